@@ -1,0 +1,75 @@
+"""Synthesise low-resolution images from high-resolution ones.
+
+Pure functions on ``(C, Y, X)`` float arrays; every random draw comes from the explicit
+``numpy.random.Generator`` passed in, so a degradation is reproducible from its seed.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.transform import resize
+
+from .config import DegradationConfig
+
+
+def crop_to_multiple(image: np.ndarray, k: int) -> np.ndarray:
+    """Crop the bottom/right edges so Y and X are multiples of ``k``."""
+    y, x = image.shape[-2] // k * k, image.shape[-1] // k * k
+    return image[..., :y, :x]
+
+
+def bin_mean(image: np.ndarray, k: int) -> np.ndarray:
+    """k x k mean binning of a ``(C, Y, X)`` image: a camera with k-times larger pixels."""
+    image = crop_to_multiple(image, k)
+    c, y, x = image.shape
+    return image.reshape(c, y // k, k, x // k, k).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+
+
+def bicubic_down(image: np.ndarray, k: int) -> np.ndarray:
+    """Anti-aliased bicubic downsampling by ``k`` of a ``(C, Y, X)`` image."""
+    image = crop_to_multiple(image, k)
+    c, y, x = image.shape
+    return resize(image, (c, y // k, x // k), order=3, anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur each channel of a ``(C, Y, X)`` image with a Gaussian of ``sigma`` pixels."""
+    if sigma <= 0:
+        return image
+    return ndimage.gaussian_filter(image, sigma=(0, sigma, sigma), mode="reflect").astype(np.float32)
+
+
+def poisson_gaussian_noise(image: np.ndarray, peak: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Shot noise (``peak`` photons at intensity 1) plus Gaussian read noise of ``sigma``.
+
+    ``image`` is a normalised image (about 0..1); negative values carry no photons.
+    """
+    out = image.astype(np.float32, copy=True)
+    if peak > 0:
+        photons = np.clip(out, 0, None) * peak
+        out += (rng.poisson(photons).astype(np.float32) - photons) / peak
+    if sigma > 0:
+        out += rng.normal(0.0, sigma, size=out.shape).astype(np.float32)
+    return out
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple) -> float:
+    low, high = bounds
+    return float(low) if high <= low else float(rng.uniform(low, high))
+
+
+def degrade(hr: np.ndarray, config: DegradationConfig, rng: np.random.Generator) -> np.ndarray:
+    """Make the low-resolution counterpart of a normalised ``(C, Y, X)`` high-resolution image.
+
+    Optional blur (before downsampling), then ``bin`` or ``bicubic`` downsampling by
+    ``config.scale``, then optional Poisson-Gaussian noise. The input's Y and X should be
+    multiples of the scale; the remainder is cropped.
+    """
+    blurred = gaussian_blur(hr, _uniform(rng, config.blur_sigma))
+    if config.method == "bin":
+        lr = bin_mean(blurred, config.scale)
+    else:
+        lr = bicubic_down(blurred, config.scale)
+    peak_low, peak_high = config.poisson_peak
+    peak = 0.0 if peak_high <= 0 else float(np.exp(rng.uniform(np.log(max(peak_low, 1e-3)), np.log(peak_high))))
+    return poisson_gaussian_noise(lr, peak, _uniform(rng, config.gaussian_sigma), rng)

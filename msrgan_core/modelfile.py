@@ -1,0 +1,180 @@
+"""Model files: safetensors weights with self-describing JSON metadata.
+
+A model file holds the generator's weights and, in the safetensors metadata under the key
+``msrgan``, a JSON document with the architecture, scale, channels, normalisation,
+degradation, training summary, validation metrics and msrgan version. Loading never
+unpickles, and a file loads with no code edits. Resume state (optimisers, step) lives in
+separate checkpoint files written by ``train.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .config import ConfigError, GeneratorConfig, NormalizationConfig
+from .models import Generator
+
+FORMAT_VERSION = 1
+METADATA_KEY = "msrgan"
+#: the packaged models, selectable by name instead of a path
+DEFAULT_MODELS = ("fidelity", "perceptual")
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, damaged, foreign or does not match the code."""
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready for inference, with what its file says about it."""
+
+    generator: Generator
+    metadata: Dict[str, Any]
+    source: str
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return self.generator.config
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def normalization(self) -> NormalizationConfig:
+        return NormalizationConfig(**self.metadata.get("normalization", {}))
+
+
+def packaged_model_path(name: str) -> Path:
+    """Path of a model shipped inside ``msrgan_core/weights``."""
+    return Path(str(resources.files("msrgan_core") / "weights" / f"{name}.safetensors"))
+
+
+def resolve_model(name_or_path: "str | Path | None") -> Path:
+    """A packaged model's name (``fidelity``, ``perceptual``; ``None`` = ``fidelity``) or a path.
+
+    A path that does not exist is an error: a custom model is never replaced by a packaged one.
+    """
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODELS[0]
+    if str(name_or_path) in DEFAULT_MODELS:
+        path = packaged_model_path(str(name_or_path))
+        if not path.is_file():
+            raise ModelFileError(f"the packaged model {name_or_path!r} is missing from {path.parent}: reinstall msrgan")
+        return path
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(
+            f"model file {path} does not exist (packaged models: {', '.join(DEFAULT_MODELS)})"
+        )
+    return path
+
+
+def save_model(path: "str | Path", generator: Generator, metadata: Dict[str, Any]) -> Path:
+    """Write weights and metadata atomically (temporary file, then rename).
+
+    ``metadata`` is merged over what the generator itself says (architecture, scale, channels,
+    format and msrgan version).
+    """
+    path = Path(path)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "msrgan_version": __version__,
+        "generator": dataclasses.asdict(generator.config),
+        "scale": generator.config.scale,
+        "in_channels": generator.config.in_channels,
+        "out_channels": generator.config.out_channels,
+    }
+    meta.update(metadata)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_metadata(path: "str | Path") -> Dict[str, Any]:
+    """The JSON metadata of a model file, without reading its weights."""
+    path = resolve_model(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+    except Exception as exc:
+        raise ModelFileError(
+            f"{path} is not a readable safetensors model file (truncated or damaged?): {exc}"
+        ) from None
+    if METADATA_KEY not in raw:
+        raise ModelFileError(f"{path} is a safetensors file but not an msrgan model (no '{METADATA_KEY}' metadata)")
+    try:
+        meta = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: its msrgan metadata is not valid JSON ({exc})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has model format version {version!r}; this msrgan ({__version__}) reads version {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
+    """Load a packaged model by name or a model file by path onto the CPU, in eval mode.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, truncated or foreign file, or weights that do not match the architecture.
+    """
+    path = resolve_model(name_or_path)
+    meta = read_metadata(path)
+    try:
+        config = GeneratorConfig(**meta["generator"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise ModelFileError(f"{path}: its architecture metadata is invalid ({exc})") from None
+    generator = Generator(config)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {exc}") from None
+    try:
+        generator.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: its weights do not match its architecture {config}: {exc}") from None
+    generator.eval()
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(generator=generator, metadata=meta, source=str(path))
+
+
+def describe(meta: Dict[str, Any]) -> str:
+    """A readable multi-line summary of model metadata, for ``msrgan info``."""
+    lines = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value):
+                walk(f"{prefix}.{key}" if prefix else key, value[key])
+        else:
+            lines.append(f"{prefix}: {value}")
+
+    walk("", meta)
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""The mSRGAN networks: an SRResNet-style generator and SRGAN's VGG-style discriminator."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DiscriminatorConfig, GeneratorConfig
+
+
+class ResidualBlock(nn.Module):
+    """conv3 - (BN) - PReLU - conv3 - (BN), plus the identity."""
+
+    def __init__(self, n_features: int, batch_norm: bool) -> None:
+        super().__init__()
+        layers = [nn.Conv2d(n_features, n_features, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(n_features))
+        layers += [nn.PReLU(n_features), nn.Conv2d(n_features, n_features, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(n_features))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Generator(nn.Module):
+    """SRResNet: head conv, residual blocks with a global skip, sub-pixel upsampling, tail conv.
+
+    Input ``(N, in_channels, H, W)`` normalised intensities; output
+    ``(N, out_channels, H * scale, W * scale)`` on the same scale.
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        f = config.n_features
+        self.head = nn.Sequential(nn.Conv2d(config.in_channels, f, 9, padding=4), nn.PReLU(f))
+        body = [ResidualBlock(f, config.batch_norm) for _ in range(config.n_blocks)]
+        body.append(nn.Conv2d(f, f, 3, padding=1))
+        if config.batch_norm:
+            body.append(nn.BatchNorm2d(f))
+        self.body = nn.Sequential(*body)
+        upsample = []
+        for _ in range(int(math.log2(config.scale))):
+            upsample += [nn.Conv2d(f, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(f)]
+        self.upsample = nn.Sequential(*upsample)
+        self.tail = nn.Conv2d(f, config.out_channels, 9, padding=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.head(x)
+        out = self.tail(self.upsample(features + self.body(features)))
+        if self.config.input_skip:
+            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return out
+
+
+def receptive_radius(config: GeneratorConfig) -> int:
+    """How far (in input pixels) an output pixel sees: the context a tile needs on each side.
+
+    Head 9x9 (4), two 3x3 per residual block, the body conv (1), one 3x3 per upsampling stage
+    at rising resolution (< 2 in all), the tail 9x9 at output resolution (4 / scale), and the
+    bicubic input skip (2). Rounded up, with one pixel to spare.
+    """
+    return 4 + 2 * config.n_blocks + 1 + 2 + math.ceil(4 / config.scale) + 2 + 1
+
+
+class Discriminator(nn.Module):
+    """SRGAN's discriminator: eight 3x3 convolutions (stride 2 every second), then a classifier.
+
+    Global average pooling before the dense layers lets it take any patch size.
+    """
+
+    def __init__(self, config: DiscriminatorConfig) -> None:
+        super().__init__()
+        f = config.n_features
+        widths = [f, f, 2 * f, 2 * f, 4 * f, 4 * f, 8 * f, 8 * f]
+        layers = []
+        in_ch = config.in_channels
+        for i, width in enumerate(widths):
+            stride = 2 if i % 2 == 1 else 1
+            layers.append(nn.Conv2d(in_ch, width, 3, stride=stride, padding=1))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(in_ch, 16 * f),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(16 * f, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of "real", shape ``(N,)``."""
+        return self.classifier(self.features(x)).squeeze(1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
