@@ -7,12 +7,13 @@ line naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import tifffile
@@ -203,18 +204,34 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
         axes = "YX"
     else:
         axes = "CYX" if layout.channel_axis == 0 else "YXC"
+    photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes})
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: "str | Path") -> Iterator[str]:
+    """Yield a temporary name beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A crash or ``kill -9`` mid-write leaves ``path`` as it was (absent or the previous
+    version) and at worst a hidden ``.part`` file, never a half-written ``path``.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
-        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes})
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
-    return path
 
 
 def find_images(inputs: Iterable["str | Path"]) -> List[Path]:
