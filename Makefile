@@ -7,8 +7,14 @@ JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
 export JAVA_HOME
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
+# GUI test environment: Debian's Python 3.11 with Debian's wxPython (no Linux wheel exists) and Xvfb.
+GUI_PYTHON ?= /usr/bin/python3.11
+GUI_VENV := .venv-gui
+GUI_BIN := $(GUI_VENV)/bin
+GUI_STAMP := $(GUI_VENV)/.installed
+GUI_APT := xvfb python3-wxgtk4.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean gui-venv
 
 venv: $(STAMP)
 
@@ -24,10 +30,33 @@ $(STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt Make
 	$(BIN)/pip install -q --no-build-isolation -e . "numpy<2"
 	touch $(STAMP)
 
+gui-venv: $(GUI_STAMP)
+
+# Same CellProfiler recipe as $(STAMP), in a venv that sees Debian's wx. pip -I keeps Debian's own
+# numpy (and Pillow, six, ...) from satisfying the pins. CellProfiler 4.2.8 passes floats to
+# wx.Point, which leaves the settings panel blank on Python >= 3.10: cast them, in this venv only.
+$(GUI_STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt Makefile
+	missing=; for p in $(GUI_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+	rm -rf $(GUI_VENV)
+	$(GUI_PYTHON) -m venv --system-site-packages $(GUI_VENV)
+	$(GUI_BIN)/pip install -q -U pip "setuptools<81" wheel
+	$(GUI_BIN)/pip install -q -I "numpy<2" "Cython<3"
+	$(GUI_BIN)/pip install -q --no-build-isolation python-javabridge==4.0.5
+	$(GUI_BIN)/pip install -q --no-deps cellprofiler==4.2.8.1 cellprofiler-core==4.2.8.1
+	$(GUI_BIN)/pip install -q -I -r requirements-cellprofiler.txt -r requirements-dev.txt "numpy<2"
+	$(GUI_BIN)/pip install -q torch==2.13.0
+	$(GUI_BIN)/pip install -q --no-build-isolation -e . "numpy<2"
+	f=$$($(GUI_BIN)/python -c 'import importlib.util as u; print(u.find_spec("cellprofiler").submodule_search_locations[0])')/gui/module_view/_module_sizer.py && \
+	sed -i 's/item_location = wx\.Point(item_x, item_y)/item_location = wx.Point(int(item_x), int(item_y))/' $$f && \
+	grep -q 'wx.Point(int(item_x), int(item_y))' $$f
+	$(GUI_BIN)/python -c 'import sys, wx, numpy, cellprofiler_core; assert numpy.__version__ < "2" and numpy.__file__.startswith(sys.prefix), numpy.__file__'
+	touch $(GUI_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m msrgan_core.demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) $(GUI_STAMP)
 	$(BIN)/python -m pytest tests -q
 
 clean:

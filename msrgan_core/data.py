@@ -1,0 +1,158 @@
+"""Training data: high-resolution images, well-aware splits, and (low, high) patch pairs.
+
+Batches are drawn by :func:`sample_batch` from a generator seeded by (seed, step, rank), so
+a run resumed at step N draws exactly the batches it would have drawn without the stop.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import DegradationConfig, NormalizationConfig
+from .degradation import crop_to_multiple, degrade
+from .io import read_image
+from .normalize import normalize, percentile_stats
+
+log = logging.getLogger("msrgan")
+
+#: the high-resolution crop of each validation image (pixels), to keep evaluation quick
+VAL_CROP = 256
+
+
+@dataclass
+class Split:
+    """Which files train and which validate, and how the split was made (``well`` or ``file``)."""
+
+    train: List[Path]
+    val: List[Path]
+    by: str
+    val_groups: List[str]
+
+
+def well_of(path: Path, pattern: "re.Pattern[str]") -> Optional[str]:
+    """The well named in a file name: the regex's group ``well``, or its first group."""
+    match = pattern.search(Path(path).name)
+    if not match:
+        return None
+    if "well" in pattern.groupindex:
+        return match.group("well")
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: float, seed: int) -> Split:
+    """Hold out ``val_fraction`` of the wells (when ``well_regex`` names a well in every file
+    name) or of the files, chosen reproducibly from ``seed``.
+
+    Fields of one well always fall on the same side, so neighbouring fields never leak.
+    """
+    paths = sorted(Path(p) for p in paths)
+    groups = {str(p): str(p) for p in paths}
+    by = "file"
+    if well_regex:
+        pattern = re.compile(well_regex)
+        wells = {str(p): well_of(p, pattern) for p in paths}
+        missing = [p for p, w in wells.items() if w is None]
+        if missing:
+            log.warning("msrgan: %d file(s) do not match the well regex %r (e.g. %s): splitting by file",
+                        len(missing), well_regex, Path(missing[0]).name)
+        else:
+            groups, by = {p: w for p, w in wells.items()}, "well"
+    names = sorted(set(groups.values()))
+    rng = np.random.default_rng(seed)
+    n_val = int(round(val_fraction * len(names)))
+    if val_fraction > 0 and len(names) > 1:
+        n_val = min(max(n_val, 1), len(names) - 1)
+    val_names = set(rng.permutation(names)[:n_val].tolist()) if n_val else set()
+    train = [p for p in paths if groups[str(p)] not in val_names]
+    val = [p for p in paths if groups[str(p)] in val_names]
+    return Split(train=train, val=val, by=by, val_groups=sorted(val_names))
+
+
+def load_images(
+    paths: Sequence[Path],
+    normalization: NormalizationConfig,
+    in_channels: int,
+    min_size: int,
+    channel_axis: Optional[int] = None,
+    progress: bool = False,
+) -> List[np.ndarray]:
+    """Read and normalise images to float32 ``(C, Y, X)`` with ``C == in_channels``.
+
+    With a one-channel model, each channel of a multi-channel file becomes its own image.
+    Images smaller than ``min_size`` are left out with a warning.
+    """
+    images = []
+    for path in tqdm(paths, desc="loading", unit="image", disable=not progress, leave=False):
+        image, _ = read_image(path, channel_axis=channel_axis)
+        if min(image.shape[1:]) < min_size:
+            log.warning("msrgan: %s is smaller than %d pixels: left out", path, min_size)
+            continue
+        planes = [image[c:c + 1] for c in range(image.shape[0])] if in_channels == 1 else [image]
+        for plane in planes:
+            if plane.shape[0] != in_channels:
+                raise ValueError(f"{path}: has {plane.shape[0]} channels but the model takes {in_channels}")
+            images.append(normalize(plane, percentile_stats(plane, normalization)))
+    if not images:
+        raise ValueError(f"no usable training images (each needs at least {min_size} x {min_size} pixels)")
+    return images
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` x ``size`` crop; of two random candidates, the one with more signal.
+
+    Screening fields are mostly background; preferring the brighter crop shows the network
+    more nuclei without excluding background.
+    """
+    best, best_mean = None, -np.inf
+    for _ in range(2):
+        y = int(rng.integers(0, image.shape[1] - size + 1))
+        x = int(rng.integers(0, image.shape[2] - size + 1))
+        crop = image[:, y:y + size, x:x + size]
+        if crop.mean() > best_mean:
+            best, best_mean = crop, crop.mean()
+    if rng.random() < 0.5:
+        best = best[:, :, ::-1]
+    return np.rot90(best, k=int(rng.integers(0, 4)), axes=(1, 2))
+
+
+def sample_batch(
+    images: Sequence[np.ndarray],
+    batch_size: int,
+    patch_size: int,
+    degradation: DegradationConfig,
+    rng: np.random.Generator,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """A batch of (low, high) resolution patch pairs.
+
+    Returns
+    -------
+    lr : numpy.ndarray, shape (N, C, patch_size // scale, patch_size // scale)
+    hr : numpy.ndarray, shape (N, C, patch_size, patch_size)
+    """
+    hr = np.stack([
+        np.ascontiguousarray(random_crop(images[int(rng.integers(len(images)))], patch_size, rng))
+        for _ in range(batch_size)
+    ])
+    lr = np.stack([degrade(patch, degradation, rng) for patch in hr])
+    return lr.astype(np.float32), hr.astype(np.float32)
+
+
+def validation_pairs(
+    images: Sequence[np.ndarray], degradation: DegradationConfig, seed: int, crop: int = VAL_CROP
+) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Fixed (low, high) pairs: the central ``crop`` of each image, degraded reproducibly."""
+    pairs = []
+    for index, image in enumerate(images):
+        _, h, w = image.shape
+        ch, cw = min(crop, h), min(crop, w)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        hr = crop_to_multiple(image[:, y:y + ch, x:x + cw], degradation.scale)
+        lr = degrade(hr, degradation, np.random.default_rng([seed, index]))
+        pairs.append((lr, np.ascontiguousarray(hr)))
+    return pairs

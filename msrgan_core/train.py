@@ -1,0 +1,369 @@
+"""The training loop, written out: SRResNet pretraining, then adversarial mSRGAN training.
+
+Phase 1 (``pretrain_steps``) minimises the pixel loss; phase 2 (``gan_steps``) continues from
+it with the perceptual loss. The same code runs on CUDA (bf16 mixed precision) and on the CPU,
+and data-parallel across processes when started by ``torchrun`` (NCCL on GPUs, gloo on CPUs).
+
+A run directory holds:
+
+- ``checkpoint.pt``: resume state (weights, optimisers, step), written atomically;
+- ``metrics.csv``: validation PSNR/SSIM (and the bicubic baseline) per evaluation;
+- ``fidelity.safetensors``: the phase-1 generator with the best validation PSNR;
+- ``perceptual.safetensors``: the phase-2 generator at the end of training;
+- ``samples/step_NNNNNNN.png``: low resolution | output | truth, for each evaluation;
+- ``split.json`` and ``config.json``: what was trained on and how.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import ExperimentConfig
+from .data import load_images, sample_batch, split_files, validation_pairs
+from .features import make_feature_extractor
+from .inference import describe_device, resolve_device
+from .io import atomic_write, find_images
+from .losses import discriminator_loss, perceptual_loss, pixel_loss
+from .metrics import image_metrics, upscale_bicubic
+from .modelfile import save_model
+from .models import Discriminator, Generator, count_parameters
+
+log = logging.getLogger("msrgan")
+
+CHECKPOINT = "checkpoint.pt"
+METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim", "seconds"]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue as asked."""
+
+
+@dataclasses.dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_choice: str) -> "tuple[Distributed, torch.device]":
+    """Join the process group when started by ``torchrun``; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), resolve_device(device_choice)
+    dist = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_choice != "cpu" and torch.cuda.is_available()
+    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(dist.local_rank)
+        return dist, torch.device("cuda", dist.local_rank)
+    return dist, torch.device("cpu")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def learning_rate(step: int, config: ExperimentConfig) -> float:
+    """Cosine decay from ``lr`` to ``lr * lr_min_fraction`` within each phase."""
+    t = config.train
+    if step < t.pretrain_steps:
+        progress, length = step, t.pretrain_steps
+    else:
+        progress, length = step - t.pretrain_steps, t.gan_steps
+    floor = t.lr * t.lr_min_fraction
+    return floor + (t.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress / max(1, length)))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"{path} cannot be read as an msrgan checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+@torch.no_grad()
+def evaluate(generator: nn.Module, pairs, device: torch.device) -> Dict[str, float]:
+    """Mean PSNR/SSIM of the generator and of bicubic upscaling on the validation pairs."""
+    generator.eval()
+    scores: Dict[str, List[float]] = {"val_psnr": [], "val_ssim": [], "bicubic_psnr": [], "bicubic_ssim": []}
+    scale = unwrap(generator).config.scale
+    for lr, hr in pairs:
+        sr = generator(torch.from_numpy(lr)[None].to(device)).float()[0].cpu().numpy()
+        model = image_metrics(hr, sr)
+        base = image_metrics(hr, upscale_bicubic(lr, scale))
+        scores["val_psnr"].append(model["psnr"])
+        scores["val_ssim"].append(model["ssim"])
+        scores["bicubic_psnr"].append(base["psnr"])
+        scores["bicubic_ssim"].append(base["ssim"])
+    generator.train()
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def save_sample(path: Path, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray) -> None:
+    """PNG of nearest-upscaled input | output | truth (first channel, shared 8-bit scaling)."""
+    import imageio.v3 as iio
+
+    scale = hr.shape[-1] // lr.shape[-1]
+    near = np.repeat(np.repeat(lr[0], scale, axis=0), scale, axis=1)
+    row = np.concatenate([near, sr[0], hr[0]], axis=1)
+    low, high = np.percentile(hr[0], [0.5, 99.8])
+    row8 = np.clip((row - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
+    with atomic_write(path) as tmp:
+        iio.imwrite(tmp, row8, extension=".png")
+
+
+def model_metadata(config: ExperimentConfig, split, name: str, step: int, metrics: Dict[str, float],
+                   device: torch.device, world_size: int) -> dict:
+    return {
+        "name": name,
+        "normalization": dataclasses.asdict(config.normalization),
+        "degradation": dataclasses.asdict(config.degradation),
+        "loss": dataclasses.asdict(config.loss) if name == "perceptual" else {"pixel": config.train.pixel_loss},
+        "training": {
+            "data": [str(p) for p in config.data.train],
+            "train_files": len(split.train),
+            "val_files": len(split.val),
+            "split_by": split.by,
+            "val_groups": split.val_groups,
+            "steps": step,
+            "pretrain_steps": config.train.pretrain_steps,
+            "gan_steps": config.train.gan_steps if name == "perceptual" else 0,
+            "batch_size": config.train.batch_size,
+            "patch_size": config.train.patch_size,
+            "seed": config.train.seed,
+            "hardware": f"{describe_device(device)} x {world_size}, {platform.machine()}",
+            "torch": torch.__version__,
+        },
+        "validation": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "msrgan_version": __version__,
+    }
+
+
+def train(config: ExperimentConfig, out_dir: "str | Path", resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run in ``out_dir``; returns ``out_dir``.
+
+    Raises
+    ------
+    TrainingError
+        ``out_dir`` already holds a run and ``resume`` is off, or ``resume`` is on and it holds none.
+    """
+    out_dir = Path(out_dir)
+    tc = config.train
+    dist, device = setup_distributed(tc.device)
+    checkpoint_path = out_dir / CHECKPOINT
+    if checkpoint_path.exists() and not resume:
+        raise TrainingError(f"{out_dir} already holds a training run: pass --resume to continue it, or use a new folder")
+    if resume and not checkpoint_path.exists():
+        raise TrainingError(f"--resume: {out_dir} holds no {CHECKPOINT} to continue from")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        log.info("msrgan: training on %s (%d process%s)", describe_device(device), dist.world_size,
+                 "es" if dist.world_size > 1 else "")
+
+    files = find_images(config.data.train)
+    split = split_files(files, config.data.well_regex, config.data.val_fraction, tc.seed)
+    g_cfg = config.generator
+    train_images = load_images(split.train, config.normalization, g_cfg.in_channels, tc.patch_size,
+                               config.data.channel_axis, progress=progress and dist.is_main)
+    val_images = load_images(split.val[: config.data.max_val_images], config.normalization, g_cfg.in_channels,
+                             g_cfg.scale * 8, config.data.channel_axis) if split.val else []
+    val_pairs = validation_pairs(val_images, config.degradation, tc.seed)
+    if dist.is_main:
+        (out_dir / "split.json").write_text(json.dumps(
+            {"by": split.by, "val_groups": split.val_groups,
+             "train": [str(p) for p in split.train], "val": [str(p) for p in split.val]}, indent=1))
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+    generator = Generator(g_cfg).to(device)
+    discriminator = Discriminator(config.discriminator).to(device)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr, betas=(0.9, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr, betas=(0.9, 0.999))
+    features = make_feature_extractor(config.loss, discriminator)
+    if isinstance(features, nn.Module) and features is not discriminator.features:
+        features = features.to(device)
+
+    step, best_psnr = 0, -math.inf
+    if resume:
+        state = load_checkpoint(checkpoint_path)
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        step, best_psnr = int(state["step"]), float(state["best_psnr"])
+        if dist.is_main:
+            log.info("msrgan: resuming %s at step %d", out_dir, step)
+    if dist.world_size > 1:
+        generator = nn.parallel.DistributedDataParallel(generator)
+        discriminator = nn.parallel.DistributedDataParallel(discriminator)
+
+    metrics_path = out_dir / "metrics.csv"
+    if dist.is_main:
+        _prepare_metrics_csv(metrics_path, step)
+    writer = _tensorboard(out_dir) if tc.tensorboard and dist.is_main else None
+    use_amp = tc.mixed_precision and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    total = tc.pretrain_steps + tc.gan_steps
+    bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not (progress and dist.is_main))
+    started, loss_value = time.time(), float("nan")
+    raw_d = unwrap(discriminator)
+
+    while step < total:
+        phase = "pretrain" if step < tc.pretrain_steps else "gan"
+        lr_now = learning_rate(step, config)
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+        rng = np.random.default_rng([tc.seed, step, dist.rank])
+        lr_np, hr_np = sample_batch(train_images, tc.batch_size, tc.patch_size, config.degradation, rng)
+        lr_t, hr_t = torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device)
+
+        if phase == "pretrain":
+            with autocast():
+                sr = generator(lr_t)
+            loss = pixel_loss(sr.float(), hr_t, tc.pixel_loss)
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_g.step()
+            terms = {"pixel": loss}
+        else:
+            # generator step, discriminator frozen
+            raw_d.requires_grad_(False)
+            with autocast():
+                sr = generator(lr_t)
+                fake_logits = raw_d(sr)
+            terms = perceptual_loss(sr.float(), hr_t, fake_logits.float(), features, config.loss, tc.pixel_loss)
+            opt_g.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt_g.step()
+            # discriminator step on the detached output
+            raw_d.requires_grad_(True)
+            with autocast():
+                real_logits = discriminator(hr_t)
+                fake_logits = discriminator(sr.detach())
+            d_loss = discriminator_loss(real_logits.float(), fake_logits.float())
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            terms["discriminator"] = d_loss
+            loss = terms["total"]
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"the loss became {loss_value} at step {step}; lower train.lr or check the data")
+        step += 1
+        bar.update(1)
+        bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}")
+        if writer is not None:
+            for name, value in terms.items():
+                writer.add_scalar(f"train/{name}", float(value.detach()), step)
+
+        phase_ends = step == tc.pretrain_steps or step == total
+        if dist.is_main and (step % tc.eval_every == 0 or phase_ends):
+            row = {"step": step, "phase": phase, "lr": lr_now, "train_loss": loss_value,
+                   "seconds": round(time.time() - started, 1)}
+            scores = evaluate(unwrap(generator), val_pairs, device) if val_pairs else {}
+            row.update(scores)
+            _append_metrics(metrics_path, row)
+            if writer is not None:
+                for name, value in scores.items():
+                    writer.add_scalar(f"val/{name}", value, step)
+            if val_pairs:
+                lr0, hr0 = val_pairs[0]
+                with torch.no_grad():
+                    raw_g = unwrap(generator).eval()
+                    sr0 = raw_g(torch.from_numpy(lr0)[None].to(device)).float()[0].cpu().numpy()
+                    raw_g.train()
+                save_sample(out_dir / "samples" / f"step_{step:07d}.png", lr0, sr0, hr0)
+            psnr_now = scores.get("val_psnr", -math.inf)
+            if phase == "pretrain" and (psnr_now > best_psnr or not val_pairs or best_psnr == -math.inf):
+                best_psnr = max(best_psnr, psnr_now)
+                save_model(out_dir / "fidelity.safetensors", unwrap(generator),
+                           model_metadata(config, split, "fidelity", step, scores, device, dist.world_size))
+            if phase == "gan" and step == total:
+                save_model(out_dir / "perceptual.safetensors", unwrap(generator),
+                           model_metadata(config, split, "perceptual", step, scores, device, dist.world_size))
+            bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}", val_psnr=f"{psnr_now:.2f}")
+        if dist.is_main and (step % tc.checkpoint_every == 0 or step == total):
+            save_checkpoint(checkpoint_path, {
+                "step": step, "best_psnr": best_psnr,
+                "generator": unwrap(generator).state_dict(), "discriminator": raw_d.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            })
+        if dist.world_size > 1 and (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0 or phase_ends):
+            torch.distributed.barrier()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if dist.world_size > 1:
+        torch.distributed.destroy_process_group()
+    if dist.is_main:
+        log.info("msrgan: trained %d steps; generator %d parameters; outputs in %s",
+                 total, count_parameters(unwrap(generator)), out_dir)
+    return out_dir
+
+
+def _prepare_metrics_csv(path: Path, resume_step: int) -> None:
+    """Create the CSV, or on resume drop rows past the checkpoint (they will be logged again)."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=METRICS_FIELDS, extrasaction="ignore").writerow(row)
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainingError("train.tensorboard = true needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def load_config(path: Optional["str | Path"], overrides: List[str] = ()) -> ExperimentConfig:
+    """A config from TOML (or the defaults), with ``section.key=value`` overrides (TOML values)."""
+    from .config import ConfigError, tomllib
+
+    base = ExperimentConfig.from_toml(path).to_dict() if path else ExperimentConfig().to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in base:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.pretrain_steps=100")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        base[section][name] = value
+    return ExperimentConfig.from_dict(base)

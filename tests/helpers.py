@@ -1,0 +1,53 @@
+"""Shared helpers for the fast unit tests: toy generators and model files, made without global seeding."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from msrgan_core.config import GeneratorConfig
+from msrgan_core.modelfile import LoadedModel, load_model, save_model
+from msrgan_core.models import Generator
+
+
+def tiny_generator(
+    scale: int = 4,
+    channels: int = 1,
+    n_blocks: int = 1,
+    n_features: int = 8,
+    seed: int = 0,
+    zero_tail: bool = False,
+    **kwargs,
+) -> Generator:
+    """A small generator with reproducible random weights (the global torch RNG is left as it was)."""
+    config = GeneratorConfig(
+        scale=scale, in_channels=channels, out_channels=kwargs.pop("out_channels", channels),
+        n_blocks=n_blocks, n_features=n_features, **kwargs,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = Generator(config)
+    if zero_tail:
+        with torch.no_grad():
+            generator.tail.weight.zero_()
+            generator.tail.bias.zero_()
+    return generator.eval()
+
+
+def tiny_model(tmp_path: Path, name: str = "tiny.safetensors", metadata: "dict | None" = None, **kwargs) -> LoadedModel:
+    """Save a :func:`tiny_generator` as a model file under ``tmp_path`` and load it back."""
+    path = save_model(Path(tmp_path) / name, tiny_generator(**kwargs), metadata or {})
+    return load_model(path)
+
+
+def smooth_image(shape: "tuple[int, ...]", seed: int = 0, low: float = 100.0, high: float = 4000.0) -> np.ndarray:
+    """A float64 image with structure on several scales (blobs plus noise) between ``low`` and ``high``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    noise = rng.random(shape)
+    sigma = [0] * (len(shape) - 2) + [3, 3]
+    image = ndimage.gaussian_filter(noise, sigma) + 0.1 * noise
+    image = (image - image.min()) / (image.max() - image.min())
+    return low + (high - low) * image
