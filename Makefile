@@ -14,7 +14,7 @@ GUI_BIN := $(GUI_VENV)/bin
 GUI_STAMP := $(GUI_VENV)/.installed
 GUI_APT := xvfb python3-wxgtk4.0
 
-.PHONY: demo test venv clean gui-venv
+.PHONY: demo test venv clean models gui-venv
 
 venv: $(STAMP)
 
@@ -61,3 +61,10 @@ test: $(STAMP) $(GUI_STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
+
+# The packaged default models: one command, checked-in config, reproducible from its seed.
+MSRGAN_DATA ?= ../shared/data
+export MSRGAN_DATA
+models: $(STAMP)
+	$(BIN)/msrgan train --config msrgan_core/configs/default_models.toml --out runs/default_models \
+		$$(test -f runs/default_models/checkpoint.pt && echo --resume)

@@ -16,7 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     if args.device:
         config.train.device = args.device
-    train(config, args.out, resume=args.resume, progress=not args.quiet)
+    train(config, args.out, resume=args.resume, progress=not args.quiet, until_step=args.until_step)
     return 0
 
 
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.pretrain_steps=500 (repeatable)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    p.add_argument("--until-step", type=int, metavar="N",
+                   help="stop at step N with a checkpoint (continue later with --resume)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

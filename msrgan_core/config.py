@@ -5,6 +5,7 @@ Every error quotes the bad value, so a typo in a config file is found from the m
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -196,6 +197,8 @@ class DataConfig:
         _check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if isinstance(self.train, str):
             self.train = [self.train]
+        # "$MSRGAN_DATA/bbbc039/images": the data folder differs between machines
+        self.train = [os.path.expandvars(str(p)) for p in self.train]
 
 
 @dataclass
@@ -285,11 +288,6 @@ class ExperimentConfig:
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        base_dir = path.parent
-        train = data.get("data", {}).get("train")
-        if train is not None:  # relative data paths are relative to the config file
-            train = [train] if isinstance(train, str) else train
-            data["data"]["train"] = [str(p) if Path(p).is_absolute() else str(base_dir / p) for p in train]
         return cls.from_dict(data)
 
 

@@ -46,32 +46,32 @@ def well_of(path: Path, pattern: "re.Pattern[str]") -> Optional[str]:
 
 
 def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: float, seed: int) -> Split:
-    """Hold out ``val_fraction`` of the wells (when ``well_regex`` names a well in every file
-    name) or of the files, chosen reproducibly from ``seed``.
+    """Hold out ``val_fraction`` of the wells and of the files, chosen reproducibly from ``seed``.
 
-    Fields of one well always fall on the same side, so neighbouring fields never leak.
+    A file whose name matches ``well_regex`` belongs to its well, so all fields of one well
+    fall on the same side and neighbouring fields never leak; any other file stands alone.
+    Wells and lone files are held out in the same proportion, so a mix of a plate (split by
+    well) and loose images (split by file) is split fairly on both sides.
     """
     paths = sorted(Path(p) for p in paths)
-    groups = {str(p): str(p) for p in paths}
-    by = "file"
-    if well_regex:
-        pattern = re.compile(well_regex)
-        wells = {str(p): well_of(p, pattern) for p in paths}
-        missing = [p for p, w in wells.items() if w is None]
-        if missing:
-            log.warning("msrgan: %d file(s) do not match the well regex %r (e.g. %s): splitting by file",
-                        len(missing), well_regex, Path(missing[0]).name)
-        else:
-            groups, by = {p: w for p, w in wells.items()}, "well"
-    names = sorted(set(groups.values()))
+    pattern = re.compile(well_regex) if well_regex else None
+    groups = {}
+    for p in paths:
+        well = well_of(p, pattern) if pattern else None
+        groups[p] = f"well {well}" if well is not None else p.name
+    wells = sorted({g for g in groups.values() if g.startswith("well ")})
+    singles = sorted({g for g in groups.values() if not g.startswith("well ")})
     rng = np.random.default_rng(seed)
-    n_val = int(round(val_fraction * len(names)))
-    if val_fraction > 0 and len(names) > 1:
-        n_val = min(max(n_val, 1), len(names) - 1)
-    val_names = set(rng.permutation(names)[:n_val].tolist()) if n_val else set()
-    train = [p for p in paths if groups[str(p)] not in val_names]
-    val = [p for p in paths if groups[str(p)] in val_names]
-    return Split(train=train, val=val, by=by, val_groups=sorted(val_names))
+    held_out = set()
+    for names in (wells, singles):
+        n_val = int(round(val_fraction * len(names)))
+        if val_fraction > 0 and len(names) > 1:
+            n_val = min(max(n_val, 1), len(names) - 1)
+        held_out |= set(rng.permutation(names)[:n_val].tolist()) if n_val else set()
+    by = "well" if wells and not singles else "file" if not wells else "well and file"
+    train = [p for p in paths if groups[p] not in held_out]
+    val = [p for p in paths if groups[p] in held_out]
+    return Split(train=train, val=val, by=by, val_groups=sorted(held_out))
 
 
 def load_images(

@@ -77,7 +77,8 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
     except ImageError:
         raise
     except Exception as exc:  # tifffile/imageio raise many types for damaged files
-        raise ImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())  # one line, even for libraries' multi-line messages
+        raise ImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {detail})") from None
     return to_cyx(array, path, axes=axes, channel_axis=channel_axis)
 
 

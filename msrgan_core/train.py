@@ -7,6 +7,7 @@ and data-parallel across processes when started by ``torchrun`` (NCCL on GPUs, g
 A run directory holds:
 
 - ``checkpoint.pt``: resume state (weights, optimisers, step), written atomically;
+- ``checkpoint_pretrained.pt``: the same at the end of pretraining;
 - ``metrics.csv``: validation PSNR/SSIM (and the bicubic baseline) per evaluation;
 - ``fidelity.safetensors``: the phase-1 generator with the best validation PSNR;
 - ``perceptual.safetensors``: the phase-2 generator at the end of training;
@@ -46,6 +47,7 @@ from .models import Discriminator, Generator, count_parameters
 log = logging.getLogger("msrgan")
 
 CHECKPOINT = "checkpoint.pt"
+PRETRAINED_CHECKPOINT = "checkpoint_pretrained.pt"
 METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim", "seconds"]
 
 
@@ -76,6 +78,13 @@ def setup_distributed(device_choice: str) -> "tuple[Distributed, torch.device]":
         torch.cuda.set_device(dist.local_rank)
         return dist, torch.device("cuda", dist.local_rank)
     return dist, torch.device("cpu")
+
+
+def spread(items: list, count: int) -> list:
+    """At most ``count`` items, evenly spaced through ``items`` (so every source is represented)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -164,8 +173,17 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
     }
 
 
-def train(config: ExperimentConfig, out_dir: "str | Path", resume: bool = False, progress: bool = True) -> Path:
+def train(
+    config: ExperimentConfig,
+    out_dir: "str | Path",
+    resume: bool = False,
+    progress: bool = True,
+    until_step: Optional[int] = None,
+) -> Path:
     """Train (or resume) a run in ``out_dir``; returns ``out_dir``.
+
+    ``until_step`` stops early at that step, with a checkpoint, e.g. to fit a cluster job's
+    time limit; ``resume`` then continues exactly as if there had been no stop.
 
     Raises
     ------
@@ -190,7 +208,7 @@ def train(config: ExperimentConfig, out_dir: "str | Path", resume: bool = False,
     g_cfg = config.generator
     train_images = load_images(split.train, config.normalization, g_cfg.in_channels, tc.patch_size,
                                config.data.channel_axis, progress=progress and dist.is_main)
-    val_images = load_images(split.val[: config.data.max_val_images], config.normalization, g_cfg.in_channels,
+    val_images = load_images(spread(split.val, config.data.max_val_images), config.normalization, g_cfg.in_channels,
                              g_cfg.scale * 8, config.data.channel_axis) if split.val else []
     val_pairs = validation_pairs(val_images, config.degradation, tc.seed)
     if dist.is_main:
@@ -199,8 +217,10 @@ def train(config: ExperimentConfig, out_dir: "str | Path", resume: bool = False,
              "train": [str(p) for p in split.train], "val": [str(p) for p in split.val]}, indent=1))
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
-    generator = Generator(g_cfg).to(device)
-    discriminator = Discriminator(config.discriminator).to(device)
+    with torch.random.fork_rng(devices=[]):  # weights drawn from the seed; the global RNG is left alone
+        torch.manual_seed(tc.seed)
+        generator = Generator(g_cfg).to(device)
+        discriminator = Discriminator(config.discriminator).to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr, betas=(0.9, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr, betas=(0.9, 0.999))
     features = make_feature_extractor(config.loss, discriminator)
@@ -232,7 +252,11 @@ def train(config: ExperimentConfig, out_dir: "str | Path", resume: bool = False,
     started, loss_value = time.time(), float("nan")
     raw_d = unwrap(discriminator)
 
-    while step < total:
+    stop = total if until_step is None else min(total, int(until_step))
+    if resume:
+        for stale in out_dir.glob(f".{CHECKPOINT}.*.part"):  # left by a kill during a write
+            stale.unlink()
+    while step < stop:
         phase = "pretrain" if step < tc.pretrain_steps else "gan"
         lr_now = learning_rate(step, config)
         for opt in (opt_g, opt_d):
@@ -307,13 +331,17 @@ def train(config: ExperimentConfig, out_dir: "str | Path", resume: bool = False,
                 save_model(out_dir / "perceptual.safetensors", unwrap(generator),
                            model_metadata(config, split, "perceptual", step, scores, device, dist.world_size))
             bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}", val_psnr=f"{psnr_now:.2f}")
-        if dist.is_main and (step % tc.checkpoint_every == 0 or step == total):
-            save_checkpoint(checkpoint_path, {
+        pretrain_ends = step == tc.pretrain_steps and tc.gan_steps > 0
+        if dist.is_main and (step % tc.checkpoint_every == 0 or step == stop or pretrain_ends):
+            state = {
                 "step": step, "best_psnr": best_psnr,
                 "generator": unwrap(generator).state_dict(), "discriminator": raw_d.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            })
-        if dist.world_size > 1 and (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0 or phase_ends):
+            }
+            save_checkpoint(checkpoint_path, state)
+            if pretrain_ends:  # lets the adversarial phase be rerun (or tuned) without pretraining again
+                save_checkpoint(out_dir / PRETRAINED_CHECKPOINT, state)
+        if dist.world_size > 1 and (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0 or phase_ends or step == stop):
             torch.distributed.barrier()
     bar.close()
     if writer is not None:
@@ -321,8 +349,8 @@ def train(config: ExperimentConfig, out_dir: "str | Path", resume: bool = False,
     if dist.world_size > 1:
         torch.distributed.destroy_process_group()
     if dist.is_main:
-        log.info("msrgan: trained %d steps; generator %d parameters; outputs in %s",
-                 total, count_parameters(unwrap(generator)), out_dir)
+        log.info("msrgan: at step %d of %d; generator %d parameters; outputs in %s",
+                 step, total, count_parameters(unwrap(generator)), out_dir)
     return out_dir
 
 

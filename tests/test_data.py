@@ -1,0 +1,70 @@
+"""Splits by well and by file, and reproducible patch pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from msrgan_core.config import DegradationConfig
+from msrgan_core.data import sample_batch, split_files, validation_pairs
+from msrgan_core.degradation import bin_mean
+
+WELL_REGEX = r"_(?P<well>[A-P][0-9]{2})_s"
+
+
+def plate_names(wells=("A01", "A02", "B03", "C04", "D05", "E06", "F07", "G08", "H09", "H10"), sites=3):
+    return [Path(f"IXMtest_{w}_s{s}_w1ABC.tif") for w in wells for s in range(1, sites + 1)]
+
+
+def test_split_by_well_keeps_every_well_on_one_side():
+    split = split_files(plate_names(), WELL_REGEX, 0.3, seed=1)
+    assert split.by == "well"
+    train_wells = {p.name.split("_")[1] for p in split.train}
+    val_wells = {p.name.split("_")[1] for p in split.val}
+    assert not train_wells & val_wells
+    assert len(val_wells) == 3 and len(split.val) == 9
+    assert sorted(split.val_groups) == sorted(f"well {w}" for w in val_wells)
+
+
+def test_split_is_reproducible_from_the_seed_and_changes_with_it():
+    a = split_files(plate_names(), WELL_REGEX, 0.3, seed=1)
+    b = split_files(list(reversed(plate_names())), WELL_REGEX, 0.3, seed=1)
+    c = split_files(plate_names(), WELL_REGEX, 0.3, seed=2)
+    assert a.val == b.val
+    assert any(a.val != split_files(plate_names(), WELL_REGEX, 0.3, seed=s).val for s in range(2, 6))
+    assert c.by == "well"
+
+
+def test_files_without_a_well_are_split_by_file_beside_a_plate():
+    loose = [Path(f"{i:04x}.png") for i in range(10)]
+    split = split_files(plate_names() + loose, WELL_REGEX, 0.2, seed=0)
+    assert split.by == "well and file"
+    assert sum(p.suffix == ".png" for p in split.val) == 2
+    assert len({p.name.split("_")[1] for p in split.val if p.suffix == ".tif"}) == 2
+
+
+def test_no_regex_splits_by_file_and_always_leaves_training_data():
+    files = [Path(f"img{i}.tif") for i in range(3)]
+    split = split_files(files, None, 0.9, seed=0)
+    assert split.by == "file" and len(split.train) == 1 and len(split.val) == 2
+
+
+def test_sample_batch_pairs_are_binned_views_of_each_other_and_reproducible():
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 64, 80)).astype(np.float32) for _ in range(3)]
+    config = DegradationConfig(method="bin", scale=4)
+    lr, hr = sample_batch(images, 5, 32, config, np.random.default_rng([7, 3]))
+    assert lr.shape == (5, 1, 8, 8) and hr.shape == (5, 1, 32, 32)
+    np.testing.assert_allclose(lr, np.stack([bin_mean(h, 4) for h in hr]), atol=1e-6)
+    lr2, hr2 = sample_batch(images, 5, 32, config, np.random.default_rng([7, 3]))
+    np.testing.assert_array_equal(hr, hr2)
+    _, hr3 = sample_batch(images, 5, 32, config, np.random.default_rng([7, 4]))
+    assert not np.array_equal(hr, hr3)
+
+
+def test_validation_pairs_are_fixed_central_crops():
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 300, 302)).astype(np.float32)]
+    (lr, hr), = validation_pairs(images, DegradationConfig(scale=4), seed=0, crop=256)
+    assert hr.shape == (1, 256, 256) and lr.shape == (1, 64, 64)
+    np.testing.assert_array_equal(hr, images[0][:, 22:278, 23:279])

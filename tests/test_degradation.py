@@ -1,0 +1,122 @@
+"""Low-resolution synthesis: exact binning, bicubic shape, reproducible random blur and noise."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msrgan_core.config import DegradationConfig
+from msrgan_core.degradation import (
+    bicubic_down, bin_mean, crop_to_multiple, degrade, gaussian_blur, poisson_gaussian_noise,
+)
+
+
+def _hr(shape=(1, 32, 32), seed=0):
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def test_bin_is_the_exact_k_by_k_mean():
+    image = np.arange(2 * 4 * 6, dtype=np.float32).reshape(2, 4, 6)
+    out = bin_mean(image, 2)
+    assert out.shape == (2, 2, 3) and out.dtype == np.float32
+    # by hand: channel 0 rows 0-1, cols 0-1 hold 0, 1, 6, 7
+    assert out[0, 0, 0] == (0 + 1 + 6 + 7) / 4
+    assert out[0, 1, 2] == (16 + 17 + 22 + 23) / 4
+    assert out[1, 0, 1] == (26 + 27 + 32 + 33) / 4
+    for c in range(2):
+        for i in range(2):
+            for j in range(3):
+                assert out[c, i, j] == pytest.approx(image[c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean())
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_bin_keeps_the_mean_and_crops_the_remainder(k):
+    image = _hr((1, 8 * 5 + 3, 8 * 4 + 1))
+    out = bin_mean(image, k)
+    assert out.shape == (1, (8 * 5 + 3) // k, (8 * 4 + 1) // k)
+    cropped = crop_to_multiple(image, k)
+    assert out.mean() == pytest.approx(cropped.mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_bicubic_shape_and_constant(k):
+    image = _hr((3, 64, 48))
+    out = bicubic_down(image, k)
+    assert out.shape == (3, 64 // k, 48 // k) and out.dtype == np.float32
+    flat = bicubic_down(np.full((1, 32, 32), 0.25, np.float32), k)
+    np.testing.assert_allclose(flat, 0.25, atol=1e-6)
+
+
+def test_blur_keeps_mean_and_smooths():
+    image = _hr((1, 64, 64))
+    blurred = gaussian_blur(image, 2.0)
+    assert blurred.shape == image.shape
+    assert blurred.mean() == pytest.approx(image.mean(), rel=1e-3)
+    assert blurred.std() < image.std() / 3
+    assert gaussian_blur(image, 0.0) is image
+
+
+def test_poisson_variance_is_mean_over_peak():
+    level, peak = 0.4, 50.0
+    image = np.full((1, 200, 200), level, np.float32)
+    noisy = poisson_gaussian_noise(image, peak, 0.0, np.random.default_rng(0))
+    assert noisy.mean() == pytest.approx(level, abs=0.005)
+    assert noisy.var() == pytest.approx(level / peak, rel=0.05)
+    # intensities are whole photon counts over the peak
+    np.testing.assert_allclose(noisy * peak, np.round(noisy * peak), atol=1e-3)
+
+
+def test_gaussian_read_noise_statistics():
+    image = np.full((1, 200, 200), 0.3, np.float32)
+    noisy = poisson_gaussian_noise(image, 0.0, 0.05, np.random.default_rng(1))
+    assert noisy.mean() == pytest.approx(0.3, abs=0.002)
+    assert noisy.std() == pytest.approx(0.05, rel=0.03)
+
+
+def test_poisson_and_gaussian_variances_add():
+    image = np.full((1, 200, 200), 0.5, np.float32)
+    noisy = poisson_gaussian_noise(image, 100.0, 0.04, np.random.default_rng(2))
+    assert noisy.var() == pytest.approx(0.5 / 100 + 0.04 ** 2, rel=0.05)
+
+
+def test_negative_intensities_carry_no_photons():
+    image = np.full((1, 20, 20), -0.2, np.float32)
+    noisy = poisson_gaussian_noise(image, 30.0, 0.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(noisy, image)
+
+
+NOISY = DegradationConfig(method="bin", scale=4, blur_sigma=(0.5, 2.0), poisson_peak=(10.0, 100.0), gaussian_sigma=(0.0, 0.05))
+
+
+@pytest.mark.parametrize("method", ["bin", "bicubic"])
+def test_degrade_is_reproducible_from_the_seed(method):
+    config = DegradationConfig(method=method, scale=4, blur_sigma=(0.5, 2.0), poisson_peak=(10.0, 100.0),
+                               gaussian_sigma=(0.0, 0.05))
+    hr = _hr((1, 64, 64))
+    a = degrade(hr, config, np.random.default_rng(123))
+    b = degrade(hr, config, np.random.default_rng(123))
+    c = degrade(hr, config, np.random.default_rng(124))
+    assert a.shape == (1, 16, 16)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_degrade_does_not_touch_global_random_state():
+    np.random.seed(5)
+    before = np.random.random()
+    np.random.seed(5)
+    degrade(_hr((1, 32, 32)), NOISY, np.random.default_rng(0))
+    assert np.random.random() == before
+
+
+def test_degrade_without_randomness_is_plain_binning():
+    hr = _hr((2, 32, 32))
+    lr = degrade(hr, DegradationConfig(method="bin", scale=4), np.random.default_rng(0))
+    np.testing.assert_array_equal(lr, bin_mean(hr, 4))
+
+
+def test_degrade_random_blur_only_differs_between_seeds():
+    config = DegradationConfig(method="bin", scale=2, blur_sigma=(0.5, 3.0))
+    hr = _hr((1, 32, 32))
+    a = degrade(hr, config, np.random.default_rng(0))
+    assert not np.array_equal(a, degrade(hr, config, np.random.default_rng(1)))
+    np.testing.assert_array_equal(a, degrade(hr, config, np.random.default_rng(0)))

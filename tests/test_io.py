@@ -1,0 +1,220 @@
+"""Reading and writing images: accepted layouts, one-line errors, dtype/layout round trips, atomic writes."""
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from msrgan_core.io import ImageError, ImageLayout, atomic_write, read_image, to_cyx, write_image
+
+
+def _pixels(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return rng.random(shape).astype(dtype)
+    return rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+
+
+def _error(path, **kwargs) -> str:
+    with pytest.raises(ImageError) as info:
+        read_image(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message, f"error is not one line: {message!r}"
+    assert path.name in message
+    return message
+
+
+# --- accepted images ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_reads_2d_tiff(tmp_path, dtype):
+    pixels = _pixels((21, 34), dtype)
+    tifffile.imwrite(tmp_path / "a.tif", pixels)
+    image, layout = read_image(tmp_path / "a.tif")
+    assert image.shape == (1, 21, 34) and image.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(image[0], pixels)
+    assert layout.channel_axis is None and layout.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("channels", [2, 3, 6])
+def test_reads_ome_tiff_channels_first(tmp_path, channels):
+    pixels = _pixels((channels, 20, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "a.ome.tif", pixels, ome=True, metadata={"axes": "CYX"})
+    image, layout = read_image(tmp_path / "a.ome.tif")
+    np.testing.assert_array_equal(image, pixels)  # six named channels are channels, not a stack
+    assert layout.channel_axis == 0
+
+
+def test_reads_ome_tiff_with_singleton_axes(tmp_path):
+    pixels = _pixels((1, 1, 1, 20, 30), np.uint8)
+    tifffile.imwrite(tmp_path / "a.ome.tif", pixels, ome=True, metadata={"axes": "TCZYX"})
+    image, layout = read_image(tmp_path / "a.ome.tif")
+    np.testing.assert_array_equal(image[0], pixels[0, 0, 0])
+    assert layout.channel_axis is None
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_reads_channels_last_tiff_named_by_the_file(tmp_path, dtype):
+    pixels = _pixels((20, 30, 2), dtype)
+    tifffile.imwrite(tmp_path / "a.tif", pixels, metadata={"axes": "YXC"})
+    image, layout = read_image(tmp_path / "a.tif")
+    np.testing.assert_array_equal(image, np.moveaxis(pixels, -1, 0))
+    assert layout.channel_axis == 2 and image.dtype == np.dtype(dtype)
+
+
+def test_reads_rgb_tiff_channels_last(tmp_path):
+    pixels = _pixels((20, 30, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", pixels, photometric="rgb")
+    image, layout = read_image(tmp_path / "a.tif")
+    np.testing.assert_array_equal(image, np.moveaxis(pixels, -1, 0))
+    assert layout.channel_axis == 2
+
+
+def test_channel_axis_option_for_a_file_without_axes(tmp_path):
+    pixels = _pixels((6, 20, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "six.tif", pixels, metadata=None)
+    assert "stack" in _error(tmp_path / "six.tif")  # six unnamed planes look like a stack...
+    image, layout = read_image(tmp_path / "six.tif", channel_axis=0)  # ...unless told they are channels
+    np.testing.assert_array_equal(image, pixels)
+    assert layout.channel_axis == 0
+
+
+def test_channel_axis_option_channels_last():
+    pixels = _pixels((20, 30, 6), np.uint8)
+    image, layout = to_cyx(pixels, "x.tif", channel_axis=-1)
+    np.testing.assert_array_equal(image, np.moveaxis(pixels, -1, 0))
+    assert layout.channel_axis == 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_reads_grayscale_png(tmp_path, dtype):
+    pixels = _pixels((20, 30), dtype)
+    iio.imwrite(tmp_path / "a.png", pixels)
+    image, layout = read_image(tmp_path / "a.png")
+    assert image.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(image[0], pixels)
+    assert layout.channel_axis is None
+
+
+def test_reads_rgb_png_channels_last_and_gray_rgb_as_one_channel(tmp_path):
+    rgb = _pixels((20, 30, 3), np.uint8)
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    image, layout = read_image(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(image, np.moveaxis(rgb, -1, 0))
+    assert layout.channel_axis == 2
+    gray = np.repeat(rgb[..., :1], 3, axis=-1)
+    iio.imwrite(tmp_path / "gray.png", gray)
+    image, layout = read_image(tmp_path / "gray.png")
+    np.testing.assert_array_equal(image, rgb[None, ..., 0])
+    assert layout.channel_axis is None
+
+
+# --- rejected images: one line naming the file and the problem ---------------------------
+
+@pytest.mark.parametrize("axes,what", [("ZYX", "3-D stack"), ("TYX", "time series")])
+def test_rejects_ome_stacks_and_time_series(tmp_path, axes, what):
+    tifffile.imwrite(tmp_path / "s.ome.tif", _pixels((3, 20, 30), np.uint16), ome=True, metadata={"axes": axes})
+    assert what in _error(tmp_path / "s.ome.tif")
+
+
+def test_rejects_unnamed_stack(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", _pixels((10, 20, 30), np.uint8))
+    assert "stack" in _error(tmp_path / "s.tif")
+
+
+def test_rejects_4d(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", _pixels((2, 5, 20, 30), np.uint8))
+    assert "dimensions" in _error(tmp_path / "s.tif")
+
+
+def test_rejects_complex(tmp_path):
+    tifffile.imwrite(tmp_path / "c.tif", np.ones((20, 30), np.complex64))
+    assert "complex" in _error(tmp_path / "c.tif")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_rejects_nan_and_inf(tmp_path, bad):
+    pixels = _pixels((20, 30), np.float32)
+    pixels[2, 3] = bad
+    tifffile.imwrite(tmp_path / "n.tif", pixels)
+    assert "NaN" in _error(tmp_path / "n.tif")
+
+
+def test_rejects_empty(tmp_path):
+    with pytest.warns(UserWarning):
+        tifffile.imwrite(tmp_path / "e.tif", np.zeros((0, 0), np.uint8))
+    assert "empty" in _error(tmp_path / "e.tif")
+    with pytest.raises(ImageError, match="empty"):
+        to_cyx(np.zeros((0, 5), np.uint16), "e2.tif")
+
+
+def test_rejects_unsupported_pixel_type():
+    with pytest.raises(ImageError, match="x.tif.*int32"):
+        to_cyx(np.full((4, 5), -1, np.int32), "x.tif")
+    image, _ = to_cyx(np.full((4, 5), 7, np.int32), "x.tif")  # non-negative counts in a wide type are fine
+    assert image.dtype == np.uint16
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # imageio's plugin search imports old plugins
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_rejects_non_image_with_image_suffix(tmp_path, suffix):
+    path = tmp_path / f"notes{suffix}"
+    path.write_text("this is not an image\n")
+    assert "cannot be read" in _error(path)
+
+
+def test_rejects_unsupported_suffix(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"\xff\xd8\xff")
+    assert "'.jpg'" in _error(path)
+
+
+def test_rejects_missing_file(tmp_path):
+    assert "no such file" in _error(tmp_path / "missing.tif")
+
+
+# --- writing ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("channels,channel_axis,file_shape", [
+    (1, None, (20, 30)), (2, 0, (2, 20, 30)), (3, 2, (20, 30, 3)), (2, 2, (20, 30, 2)),
+])
+def test_write_image_round_trips_dtype_and_layout(tmp_path, dtype, channels, channel_axis, file_shape):
+    image = _pixels((channels, 20, 30), dtype)
+    path = write_image(tmp_path / "out" / "w.tif", image, ImageLayout(channel_axis=channel_axis, dtype=np.dtype(dtype)))
+    raw = tifffile.imread(path)
+    assert raw.shape == file_shape and raw.dtype == np.dtype(dtype)
+    back, layout = read_image(path)
+    np.testing.assert_array_equal(back, image)
+    assert layout.channel_axis == channel_axis and layout.dtype == np.dtype(dtype)
+    assert [p.name for p in path.parent.iterdir()] == ["w.tif"]  # no temporary left behind
+
+
+def test_read_then_write_keeps_a_channels_last_file_channels_last(tmp_path):
+    pixels = _pixels((20, 30, 2), np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", pixels, metadata={"axes": "YXC"})
+    image, layout = read_image(tmp_path / "in.tif")
+    write_image(tmp_path / "out.tif", image, layout)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), pixels)
+
+
+def test_atomic_write_leaves_no_file_on_failure(tmp_path):
+    target = tmp_path / "result.tif"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(b"half written")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_keeps_the_previous_version_on_failure(tmp_path):
+    target = tmp_path / "result.tif"
+    write_image(target, np.ones((1, 4, 4), np.uint8))
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as tmp:
+            tifffile.imwrite(tmp, np.zeros((4, 4), np.uint8))
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == [target]
+    np.testing.assert_array_equal(tifffile.imread(target), np.ones((4, 4), np.uint8))

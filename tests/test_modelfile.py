@@ -1,0 +1,150 @@
+"""Model files: self-describing safetensors, never unpickled, every bad file a ModelFileError."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from helpers import tiny_generator
+from msrgan_core.config import NormalizationConfig
+from msrgan_core.modelfile import (
+    METADATA_KEY, ModelFileError, load_model, packaged_model_path, read_metadata, resolve_model, save_model,
+)
+
+
+def _x(seed=0):
+    return torch.rand((1, 1, 12, 10), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    generator = tiny_generator(scale=2, n_blocks=2, seed=7)
+    path = save_model(tmp_path / "m.safetensors", generator, {"normalization": {"low": 2.0, "high": 99.0}, "note": "x"})
+    return path, generator
+
+
+def test_round_trip_gives_identical_outputs(saved):
+    path, generator = saved
+    loaded = load_model(path)
+    assert loaded.scale == 2 and loaded.config == generator.config
+    assert not loaded.generator.training
+    assert not any(p.requires_grad for p in loaded.generator.parameters())
+    with torch.no_grad():
+        assert torch.equal(loaded.generator(_x()), generator(_x()))
+
+
+def test_metadata_describes_the_model(saved):
+    path, generator = saved
+    meta = read_metadata(path)
+    assert meta["generator"]["n_blocks"] == 2 and meta["scale"] == 2
+    assert meta["in_channels"] == meta["out_channels"] == 1
+    assert meta["note"] == "x" and "msrgan_version" in meta
+    assert load_model(path).normalization == NormalizationConfig(low=2.0, high=99.0)
+    with safe_open(str(path), framework="pt") as fh:  # plain JSON in string-to-string metadata
+        assert json.loads(fh.metadata()[METADATA_KEY]) == meta
+
+
+def test_save_is_atomic_and_overwrites(saved):
+    path, generator = saved
+    save_model(path, generator, {"note": "second"})
+    assert read_metadata(path)["note"] == "second"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_load_never_unpickles(tmp_path, monkeypatch, saved):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps({"head.0.weight": Payload()}))
+    with pytest.raises(ModelFileError):
+        load_model(evil)
+    assert not marker.exists()
+
+    torch_file = tmp_path / "torch.safetensors"
+    torch.save(tiny_generator().state_dict(), torch_file)
+    with pytest.raises(ModelFileError):
+        load_model(torch_file)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model file was unpickled")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    load_model(saved[0])
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.02, 4])
+def test_truncated_file(saved, keep):
+    path, _ = saved
+    data = path.read_bytes()
+    size = keep if isinstance(keep, int) else int(len(data) * keep)
+    path.write_bytes(data[:size])
+    with pytest.raises(ModelFileError, match="m.safetensors"):
+        load_model(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(ModelFileError, match="not an msrgan model"):
+        load_model(path)
+    save_file({"weight": torch.zeros(3)}, str(path))  # no metadata at all
+    with pytest.raises(ModelFileError, match="not an msrgan model"):
+        load_model(path)
+
+
+def test_missing_custom_path_never_falls_back(tmp_path):
+    missing = tmp_path / "my_model.safetensors"
+    with pytest.raises(ModelFileError, match="my_model.safetensors.*does not exist"):
+        load_model(missing)
+    with pytest.raises(ModelFileError):
+        resolve_model(str(tmp_path / "fidelity"))  # a path that merely ends like a packaged name
+
+
+def test_weights_that_do_not_match_the_metadata(tmp_path, saved):
+    path, generator = saved
+    for change in ({"n_blocks": 3}, {"n_features": 16}, {"scale": 4}):
+        meta = read_metadata(path)
+        meta["generator"].update(change)
+        bad = tmp_path / "bad.safetensors"
+        tensors = {k: v.contiguous() for k, v in generator.state_dict().items()}
+        save_file(tensors, str(bad), metadata={METADATA_KEY: json.dumps(meta)})
+        with pytest.raises(ModelFileError, match="do not match"):
+            load_model(bad)
+
+
+@pytest.mark.parametrize("meta,message", [
+    ({"format_version": 99}, "version 99"),
+    ({"format_version": 1, "generator": {"scale": 3}}, "architecture"),
+    ({"format_version": 1}, "architecture"),
+    ("{not json", "JSON"),
+])
+def test_bad_metadata(tmp_path, saved, meta, message):
+    _, generator = saved
+    path = tmp_path / "bad_meta.safetensors"
+    raw = meta if isinstance(meta, str) else json.dumps(meta)
+    save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(path), metadata={METADATA_KEY: raw})
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+@pytest.mark.parametrize("name", ["fidelity", "perceptual"])
+def test_packaged_models_load_by_name(name):
+    loaded = load_model(name)
+    assert loaded.source == str(packaged_model_path(name))
+    assert loaded.scale == 4 and loaded.config.in_channels == 1
+    with torch.no_grad():
+        assert loaded.generator(_x()).shape == (1, 1, 48, 40)
+
+
+def test_default_model_is_fidelity():
+    assert resolve_model(None) == packaged_model_path("fidelity")

@@ -1,0 +1,98 @@
+"""Generator and discriminator: shapes, the bicubic input skip, the receptive radius, any patch size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import tiny_generator
+from msrgan_core.config import DiscriminatorConfig, GeneratorConfig
+from msrgan_core.models import Discriminator, Generator, count_parameters, receptive_radius
+
+
+def _input(shape, seed=0):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("in_ch,out_ch", [(1, 1), (2, 2), (3, 3), (1, 2), (3, 1)])
+def test_generator_output_shape(scale, in_ch, out_ch):
+    generator = tiny_generator(scale=scale, channels=in_ch, out_channels=out_ch, input_skip=in_ch == out_ch)
+    with torch.no_grad():
+        out = generator(_input((2, in_ch, 7, 11)))
+    assert out.shape == (2, out_ch, 7 * scale, 11 * scale)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_input_skip_with_zero_tail_is_exactly_bicubic(scale, channels):
+    generator = tiny_generator(scale=scale, channels=channels, n_blocks=2, zero_tail=True)
+    x = _input((1, channels, 9, 12))
+    with torch.no_grad():
+        out = generator(x)
+    expected = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    assert torch.equal(out, expected)
+
+
+def test_without_input_skip_a_zero_tail_gives_zero():
+    generator = tiny_generator(scale=2, input_skip=False, zero_tail=True)
+    with torch.no_grad():
+        assert torch.equal(generator(_input((1, 1, 8, 8))), torch.zeros(1, 1, 16, 16))
+
+
+def test_batch_norm_generator_runs_in_train_and_eval():
+    generator = tiny_generator(scale=2, batch_norm=True, n_blocks=2)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())
+    generator.train()
+    assert generator(_input((2, 1, 8, 8))).shape == (2, 1, 16, 16)
+    generator.eval()
+    with torch.no_grad():
+        assert generator(_input((1, 1, 8, 8))).shape == (1, 1, 16, 16)
+
+
+@pytest.mark.parametrize("scale,n_blocks", [(2, 1), (4, 2), (8, 1)])
+def test_receptive_radius_bounds_the_influence_of_a_pixel(scale, n_blocks):
+    """Changing one input pixel changes no output pixel further than the receptive radius."""
+    config_generator = tiny_generator(scale=scale, n_blocks=n_blocks, seed=4)
+    radius = receptive_radius(config_generator.config)
+    size = 2 * radius + 11
+    x = _input((1, 1, size, size))
+    y = x.clone()
+    centre = size // 2
+    y[0, 0, centre, centre] += 1.0
+    with torch.no_grad():
+        changed = (config_generator(x) - config_generator(y)).abs()[0, 0] > 0
+    rows, cols = np.nonzero(changed.numpy())
+    assert len(rows) > 0
+    # output pixel i sits at input coordinate (i + 0.5) / scale
+    for coords in (rows, cols):
+        distance = np.abs((coords + 0.5) / scale - (centre + 0.5))
+        assert distance.max() <= radius
+
+
+@pytest.mark.parametrize("patch", [24, 48, 96, 100])
+def test_discriminator_takes_any_patch_size(patch):
+    discriminator = Discriminator(DiscriminatorConfig(in_channels=1, n_features=8))
+    discriminator.train()
+    logits = discriminator(_input((2, 1, patch, patch)))
+    assert logits.shape == (2,)
+    discriminator.eval()
+    with torch.no_grad():
+        assert discriminator(_input((1, 1, patch, patch))).shape == (1,)
+
+
+def test_discriminator_multichannel_and_gradients():
+    discriminator = Discriminator(DiscriminatorConfig(in_channels=3, n_features=8))
+    x = _input((3, 3, 32, 40)).requires_grad_(True)
+    logits = discriminator(x)
+    assert logits.shape == (3,)
+    logits.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_count_parameters_grows_with_width():
+    small = count_parameters(Generator(GeneratorConfig(n_blocks=1, n_features=8)))
+    large = count_parameters(Generator(GeneratorConfig(n_blocks=1, n_features=16)))
+    assert 0 < small < large

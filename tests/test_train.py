@@ -1,0 +1,123 @@
+"""The training loop: both phases, exact resume, atomic checkpoints that survive kill -9."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from helpers import smooth_image
+from msrgan_core.config import ExperimentConfig
+from msrgan_core.modelfile import load_model, read_metadata
+from msrgan_core.train import CHECKPOINT, TrainingError, load_checkpoint, load_config, train
+
+
+def make_plate(folder: Path, wells=("A01", "A02", "B01", "B02"), sites=2, shape=(64, 72)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, well in enumerate(wells):
+        for site in range(1, sites + 1):
+            image = smooth_image(shape, seed=10 * i + site, low=100, high=3000).astype(np.uint16)
+            tifffile.imwrite(folder / f"plate_{well}_s{site}_w1.tif", image)
+    return folder
+
+
+def tiny_config(data: Path, **train) -> ExperimentConfig:
+    overrides = [
+        f'data.train=["{data}"]', 'data.well_regex="_(?P<well>[A-P][0-9]{2})_s"', "data.val_fraction=0.25",
+        "generator.n_blocks=1", "generator.n_features=8", "discriminator.n_features=8",
+        "train.patch_size=32", "train.batch_size=2", "train.pretrain_steps=3", "train.gan_steps=3",
+        "train.checkpoint_every=2", "train.eval_every=3", "train.device=\"cpu\"",
+    ] + [f"train.{k}={v}" for k, v in train.items()]
+    return load_config(None, overrides)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_phases_write_models_metrics_samples_and_split(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    run = train(tiny_config(data), tmp_path / "run", progress=False)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [(r["step"], r["phase"]) for r in rows] == [("3", "pretrain"), ("6", "gan")]
+    assert all(np.isfinite(float(r["val_psnr"])) and 0 < float(r["val_ssim"]) <= 1 for r in rows)
+    fidelity, perceptual = load_model(run / "fidelity.safetensors"), load_model(run / "perceptual.safetensors")
+    assert fidelity.metadata["training"]["split_by"] == "well"
+    assert fidelity.metadata["training"]["val_groups"] == ["well " + w for w in ["A01", "A02", "B01", "B02"]
+                                                          if "well " + w in fidelity.metadata["training"]["val_groups"]]
+    assert len(fidelity.metadata["training"]["val_groups"]) == 1
+    assert perceptual.metadata["training"]["gan_steps"] == 3 and perceptual.metadata["loss"]["w_adv"] == 0.001
+    assert float(perceptual.metadata["validation"]["val_psnr"]) == pytest.approx(float(rows[-1]["val_psnr"]))
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+    assert (run / "checkpoint_pretrained.pt").exists()
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    straight = train(tiny_config(data), tmp_path / "straight", progress=False)
+    train(tiny_config(data), tmp_path / "stopped", progress=False, until_step=4)
+    assert load_checkpoint(tmp_path / "stopped" / CHECKPOINT)["step"] == 4
+    resumed = train(tiny_config(data), tmp_path / "stopped", resume=True, progress=False)
+    a, b = load_checkpoint(straight / CHECKPOINT), load_checkpoint(resumed / CHECKPOINT)
+    assert a["step"] == b["step"] == 6
+    assert states_equal(a["generator"], b["generator"])
+    assert states_equal(a["discriminator"], b["discriminator"])
+    steps = [r["step"] for r in csv.DictReader(open(resumed / "metrics.csv"))]
+    assert steps == ["3", "6"]
+
+
+def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    train(tiny_config(data), tmp_path / "run", progress=False, until_step=2)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(tiny_config(data), tmp_path / "run", progress=False)
+    with pytest.raises(TrainingError, match="no checkpoint.pt"):
+        train(tiny_config(data), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_kill_9_loses_only_steps_since_the_last_checkpoint(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "msrgan_core.cli", "train", "--out", str(run), "-q",
+           "--set", f'data.train=["{data}"]', "--set", "generator.n_blocks=1", "--set", "generator.n_features=8",
+           "--set", "discriminator.n_features=8", "--set", "train.patch_size=32", "--set", "train.batch_size=2",
+           "--set", "train.pretrain_steps=100000", "--set", "train.gan_steps=0",
+           "--set", "train.checkpoint_every=1", "--set", "train.eval_every=100000", "--set", 'train.device="cpu"']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / CHECKPOINT).exists() and load_checkpoint(run / CHECKPOINT)["step"] >= 3:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # mid-run, perhaps mid-write
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = load_checkpoint(run / CHECKPOINT)  # never corrupt
+    assert state["step"] >= 3
+    killed_at = state["step"]
+    config = load_config(None, [a for a in cmd[cmd.index("--set") + 1::2]])
+    config.train.pretrain_steps = killed_at + 2
+    train(config, run, resume=True, progress=False)
+    assert load_checkpoint(run / CHECKPOINT)["step"] == killed_at + 2
+    assert not list(run.glob(f".{CHECKPOINT}.*.part"))
+    assert read_metadata(run / "fidelity.safetensors")["name"] == "fidelity"
+
+
+def test_mixed_precision_is_cuda_only_and_cpu_training_is_fp32(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    run = train(tiny_config(data, pretrain_steps=2, gan_steps=0), tmp_path / "run", progress=False)
+    state = load_checkpoint(run / CHECKPOINT)
+    assert all(v.dtype == torch.float32 for v in state["generator"].values())
+    assert "cpu" in read_metadata(run / "fidelity.safetensors")["training"]["hardware"]
