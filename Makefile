@@ -18,7 +18,7 @@ GUI_APT := xvfb python3-wxgtk4.0
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt Makefile
+$(STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip "setuptools<81" wheel
@@ -32,19 +32,20 @@ $(STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt Make
 
 gui-venv: $(GUI_STAMP)
 
-# Same CellProfiler recipe as $(STAMP), in a venv that sees Debian's wx. pip -I keeps Debian's own
-# numpy (and Pillow, six, ...) from satisfying the pins. CellProfiler 4.2.8 passes floats to
-# wx.Point, which leaves the settings panel blank on Python >= 3.10: cast them, in this venv only.
-$(GUI_STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt Makefile
+# Same CellProfiler recipe as $(STAMP), in a venv that sees Debian's wx. pip -I installs numpy in
+# the venv, so Debian's python3-numpy (a dependency of wx) never stands in for it. CellProfiler
+# 4.2.8 passes floats to wx.Point, which leaves the settings panel blank on Python >= 3.10: cast
+# them to int, in this venv only.
+$(GUI_STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt
 	missing=; for p in $(GUI_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	rm -rf $(GUI_VENV)
 	$(GUI_PYTHON) -m venv --system-site-packages $(GUI_VENV)
 	$(GUI_BIN)/pip install -q -U pip "setuptools<81" wheel
 	$(GUI_BIN)/pip install -q -I "numpy<2" "Cython<3"
 	$(GUI_BIN)/pip install -q --no-build-isolation python-javabridge==4.0.5
 	$(GUI_BIN)/pip install -q --no-deps cellprofiler==4.2.8.1 cellprofiler-core==4.2.8.1
-	$(GUI_BIN)/pip install -q -I -r requirements-cellprofiler.txt -r requirements-dev.txt "numpy<2"
+	$(GUI_BIN)/pip install -q -r requirements-cellprofiler.txt -r requirements-dev.txt "numpy<2"
 	$(GUI_BIN)/pip install -q torch==2.13.0
 	$(GUI_BIN)/pip install -q --no-build-isolation -e . "numpy<2"
 	f=$$($(GUI_BIN)/python -c 'import importlib.util as u; print(u.find_spec("cellprofiler").submodule_search_locations[0])')/gui/module_view/_module_sizer.py && \
@@ -60,7 +61,7 @@ test: $(STAMP) $(GUI_STAMP)
 	$(BIN)/python -m pytest tests -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(GUI_VENV) $(DEMO_OUT)
 
 # The packaged default models: one command, checked-in config, reproducible from its seed.
 MSRGAN_DATA ?= ../shared/data

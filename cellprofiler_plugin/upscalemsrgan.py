@@ -32,6 +32,10 @@ A 2-D grayscale image, typically one fluorescence channel such as a DNA stain, 8
 or floating point. A color or multichannel image is upscaled one channel at a time with the
 default (one-channel) models. 3-D stacks are not supported: the module reports an error.
 
+The default models learned to undo what a camera with 4 times larger pixels loses (4 x 4
+binning), with mild defocus and camera noise, on widefield images of stained nuclei. They do
+best on similar images; for other stains or microscopes, train a custom model.
+
 What do I get as output?
 ^^^^^^^^^^^^^^^^^^^^^^^^
 
@@ -90,7 +94,6 @@ References
    (`link <https://doi.org/10.1038/s41592-019-0612-7>`__)
 """
 
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -105,14 +108,11 @@ from cellprofiler_core.setting.text import Directory, Filename, Integer
 try:
     from msrgan_core.inference import InferenceError, Upscaler, describe_device, resolve_device
     from msrgan_core.io import ImageError
-    from msrgan_core.modelfile import DEFAULT_MODELS, ModelFileError, load_model, resolve_model
+    from msrgan_core.modelfile import ModelFileError, load_model, resolve_model
 
     IMPORT_ERROR = None
 except (ImportError, OSError) as exc:  # still load, and say in validate_module what to install
     IMPORT_ERROR = exc
-    DEFAULT_MODELS = ("fidelity", "perceptual")
-
-LOGGER = logging.getLogger(__name__)
 
 MODEL_FIDELITY = "Default: fidelity"
 MODEL_PERCEPTUAL = "Default: perceptual"
@@ -191,8 +191,9 @@ def get_upscaler(path, device, tile):
 def upscale_pixels(upscaler, pixels, source):
     """Upscale CellProfiler pixel data: ``(Y, X)`` or ``(Y, X, C)`` floats, usually within 0..1.
 
-    Returns float64 pixels ``scale`` times larger in Y and X, with the same channels, clipped to
-    CellProfiler's 0..1 range (or to the input's own range where it already goes beyond it).
+    Returns pixels of the same dtype, ``scale`` times larger in Y and X, with the same channels,
+    clipped to CellProfiler's 0..1 range (or to the input's own range where it already goes beyond
+    it), as interpolation in **Resize** is.
     """
     pixels = numpy.asarray(pixels)
     if pixels.ndim == 3:
@@ -201,7 +202,7 @@ def upscale_pixels(upscaler, pixels, source):
         result = upscaler.upscale(pixels, source=source)
     low = min(0.0, float(pixels.min()))
     high = max(1.0, float(pixels.max()))
-    return numpy.clip(result, low, high).astype(numpy.float64, copy=False)
+    return numpy.clip(result, low, high, out=result)
 
 
 class UpscaleMSRGAN(ImageProcessing):
@@ -401,9 +402,7 @@ tile size.""",
             y_data = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(x_name))
         except (InferenceError, ImageError, ModelFileError) as exc:
             raise ValueError(
-                "UpscaleMSRGAN cannot upscale '{}' (shape {}, {}) with the model {}: {}".format(
-                    x_name, x.pixel_data.shape, x.pixel_data.dtype, os.path.basename(path), exc
-                )
+                "UpscaleMSRGAN cannot upscale '{}' with the model {}: {}".format(x_name, os.path.basename(path), exc)
             ) from exc
 
         # No parent image: the output must not inherit the input's mask or cropping, whose

@@ -128,7 +128,10 @@ class DegradationConfig:
         )
         _check(self.scale in (2, 4, 8), f"degradation.scale must be 2, 4 or 8, got {self.scale!r}")
         for name in ("blur_sigma", "poisson_peak", "gaussian_sigma"):
-            value = tuple(float(v) for v in getattr(self, name))
+            try:
+                value = tuple(float(v) for v in getattr(self, name))
+            except (TypeError, ValueError):
+                value = ()  # a single number or words: reported below with the value
             _check(
                 len(value) == 2 and 0.0 <= value[0] <= value[1],
                 f"degradation.{name} must be a range [low, high] with 0 <= low <= high, got {getattr(self, name)!r}",
@@ -296,4 +299,16 @@ def from_section(section_cls: Any, values: dict, name: str) -> Any:
     known = {f.name for f in dataclasses.fields(section_cls)}
     unknown = set(values) - known
     _check(not unknown, f"unknown key(s) {sorted(unknown)} in [{name}]; expected some of {sorted(known)}")
+    for fld in dataclasses.fields(section_cls):  # TOML has types: "16" or 2.5 for an int is a typo
+        if fld.name in values and fld.default is not dataclasses.MISSING and fld.default is not None:
+            value, default = values[fld.name], fld.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, (list, tuple)) if isinstance(default, tuple) else isinstance(value, type(default))
+            _check(ok, f"{name}.{fld.name} must be of type {type(default).__name__}, got {value!r}")
     return section_cls(**values)

@@ -45,6 +45,12 @@ def well_of(path: Path, pattern: "re.Pattern[str]") -> Optional[str]:
     return match.group(1) if pattern.groups else match.group(0)
 
 
+def group_name(path: Path, pattern: "Optional[re.Pattern[str]]") -> str:
+    """``well <name>`` for a file whose name names its well, else the file's own name."""
+    well = well_of(path, pattern) if pattern else None
+    return f"well {well}" if well is not None else Path(path).name
+
+
 def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: float, seed: int) -> Split:
     """Hold out ``val_fraction`` of the wells and of the files, chosen reproducibly from ``seed``.
 
@@ -57,8 +63,7 @@ def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: 
     pattern = re.compile(well_regex) if well_regex else None
     groups = {}
     for p in paths:
-        well = well_of(p, pattern) if pattern else None
-        groups[p] = f"well {well}" if well is not None else p.name
+        groups[p] = group_name(p, pattern)
     wells = sorted({g for g in groups.values() if g.startswith("well ")})
     singles = sorted({g for g in groups.values() if not g.startswith("well ")})
     rng = np.random.default_rng(seed)

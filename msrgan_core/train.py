@@ -157,6 +157,7 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
             "train_files": len(split.train),
             "val_files": len(split.val),
             "split_by": split.by,
+            "well_regex": config.data.well_regex,
             "val_groups": split.val_groups,
             "steps": step,
             "pretrain_steps": config.train.pretrain_steps,

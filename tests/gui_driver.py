@@ -213,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        Never returns normally: the process ends with ``os._exit`` once the result is printed
-        (0 when the module view was inspected, 2 on an error), so no "save changes?" prompt or
-        Java shutdown can hang it.
+        2 when it fails before the GUI runs or the GUI's main loop ends early. Otherwise the
+        process ends with ``os._exit`` once the result is printed (0 when the module view was
+        inspected, 2 on an error, 3 or 4 on a timeout), so no "save changes?" prompt or Java
+        shutdown can hang it.
     """
     args = parse_args(argv)
     if not args.pipeline.is_file():

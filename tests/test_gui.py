@@ -34,7 +34,7 @@ DRIVER_TIMEOUT_S = 240  # the driver reports open windows and exits after this
 SUBPROCESS_TIMEOUT_S = 300  # then the test kills it
 SCREEN = "1600x1000x24"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SUBPROCESS_TIMEOUT_S + 60)]
 
 
 def _in_ci() -> bool:
@@ -58,12 +58,17 @@ def _require_gui_environment() -> None:
 
 @pytest.fixture
 def xvfb_display(tmp_path: Path) -> Iterator[str]:
-    """Start Xvfb on a display number it picks itself (``-displayfd``); yield ``":N"``."""
+    """Start Xvfb on a display number it picks itself (``-displayfd``); yield ``":N"``.
+
+    ``-noreset``: without it, GTK failed to open the display in about one start in six here,
+    while Xvfb reset itself after a client left.
+    """
     _require_gui_environment()
     read_fd, write_fd = os.pipe()
     log = open(tmp_path / "xvfb.log", "wb")
     proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", SCREEN, "-nolisten", "tcp"],
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", SCREEN, "-nolisten", "tcp",
+         "-noreset"],
         pass_fds=(write_fd,), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     os.close(write_fd)
@@ -93,12 +98,14 @@ def xvfb_display(tmp_path: Path) -> Iterator[str]:
 
 def _run_driver(display: str, tmp_path: Path, screenshot: Path) -> dict[str, Any]:
     """Run the GUI driver in the GUI venv and return its JSON result."""
-    home = tmp_path / "home"  # CellProfiler's configuration goes here, not the user's
+    # CellProfiler's configuration and its measurement files go under tmp_path: the driver ends
+    # with os._exit, so CellProfiler does not clean up after itself.
+    home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(
         DISPLAY=display, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_RUNTIME_DIR=str(tmp_path), NO_AT_BRIDGE="1",
+        XDG_RUNTIME_DIR=str(tmp_path), TMPDIR=str(tmp_path), NO_AT_BRIDGE="1",
         JAVA_HOME=os.environ.get("JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64"),
     )
     command = [

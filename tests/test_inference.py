@@ -82,7 +82,7 @@ def test_tile_slices_cover_input_and_output_exactly(shape, tile, overlap, scale)
     assert covered.all() and out_covered.all()
 
 
-@pytest.mark.parametrize("length,tile", [(301, 60), (301, 64), (97, 60), (130, 100), (257, 200), (40, 60)])
+@pytest.mark.parametrize("length,tile", [(301, 60), (301, 64), (97, 60), (61, 60), (130, 100), (257, 200), (40, 60)])
 @pytest.mark.parametrize("scale", [2, 4])
 def test_blend_weights_sum_positive_everywhere(length, tile, scale):
     margin, ramp = 14, 8

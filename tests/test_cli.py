@@ -1,0 +1,82 @@
+"""End to end through the `msrgan` command in subprocesses: train, info, upscale, evaluate."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from msrgan_core.io import read_image
+from test_train import make_plate
+
+
+def msrgan(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "msrgan_core.cli", *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_train_info_upscale_evaluate(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    run = tmp_path / "run"
+    msrgan("train", "--out", run, "-q", "--device", "cpu", "--set", f'data.train=["{data}"]',
+           "--set", "generator.n_blocks=1", "--set", "generator.n_features=8", "--set", "discriminator.n_features=8",
+           "--set", "train.patch_size=32", "--set", "train.batch_size=2", "--set", "train.pretrain_steps=2",
+           "--set", "train.gan_steps=0")
+    model = run / "fidelity.safetensors"
+
+    info = msrgan("info", model).stdout
+    assert "scale: 4" in info and "generator.n_blocks: 1" in info and "training.steps: 2" in info
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    u16 = np.arange(37 * 53, dtype=np.uint16).reshape(37, 53) % 4000
+    tifffile.imwrite(inputs / "a.tif", u16)
+    tifffile.imwrite(inputs / "b.tiff", (u16 % 256).astype(np.uint8))
+    out = tmp_path / "out"
+    msrgan("upscale", inputs, "-o", out, "--model", model, "--device", "cpu", "-q")
+    a, _ = read_image(out / "a.tif")
+    b, _ = read_image(out / "b.tif")
+    assert a.shape == (1, 148, 212) and a.dtype == np.uint16
+    assert b.shape == (1, 148, 212) and b.dtype == np.uint8
+    assert not list(out.glob(".*.part"))
+
+    # existing outputs are skipped unless --overwrite, so an interrupted batch resumes
+    stamp = (out / "a.tif").stat().st_mtime_ns
+    again = msrgan("upscale", inputs / "*.tif*", "-o", out, "--model", model, "-q")
+    assert "skipped 2 existing" in again.stdout and (out / "a.tif").stat().st_mtime_ns == stamp
+    msrgan("upscale", inputs / "a.tif", "-o", out, "--model", model, "-q", "--overwrite")
+    assert (out / "a.tif").stat().st_mtime_ns != stamp
+
+    report = tmp_path / "eval.csv"
+    result = msrgan("evaluate", "--hr", data, "--model", model, "--csv", report, "-q")
+    for method in ("nearest", "bicubic", "lanczos", "msrgan"):
+        assert method in result.stdout
+    rows = list(csv.DictReader(open(report)))
+    means = {r["method"]: r for r in rows if r["image"] == "mean"}
+    assert set(means) == {"nearest", "bicubic", "lanczos", "msrgan"}
+    assert len(rows) == 4 * 8 + 4
+    assert float(means["bicubic"]["psnr"]) > float(means["nearest"]["psnr"])
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    missing = msrgan("upscale", tmp_path / "nope.tif", "-o", tmp_path / "o", check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    bad_model = tmp_path / "bad.safetensors"
+    bad_model.write_bytes(b"not a model")
+    tifffile.imwrite(tmp_path / "x.tif", np.zeros((20, 20), np.uint8))
+    result = msrgan("upscale", tmp_path / "x.tif", "-o", tmp_path / "o", "--model", bad_model, check=False)
+    assert result.returncode == 2 and "bad.safetensors" in result.stderr and "Traceback" not in result.stderr
+    absent = msrgan("upscale", tmp_path / "x.tif", "-o", tmp_path / "o", "--model", tmp_path / "gone.safetensors", check=False)
+    assert absent.returncode == 2 and "does not exist" in absent.stderr
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((9, 20, 20), np.uint16))
+    result = msrgan("upscale", stack, "-o", tmp_path / "o", check=False)
+    assert result.returncode == 2 and "stack.tif" in result.stderr and "3-D stack" in result.stderr
+    assert not (tmp_path / "o" / "stack.tif").exists()

@@ -1,0 +1,149 @@
+"""Configuration: validated dataclasses whose errors quote the bad value; TOML files with unknown keys rejected."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from msrgan_core.config import (
+    ConfigError, DataConfig, DegradationConfig, DiscriminatorConfig, ExperimentConfig, GeneratorConfig, LossConfig,
+    NormalizationConfig, TrainConfig,
+)
+
+
+@pytest.mark.parametrize("cls,kwargs,quoted", [
+    (GeneratorConfig, {"scale": 3}, "3"),
+    (GeneratorConfig, {"n_blocks": 0}, "0"),
+    (GeneratorConfig, {"n_features": 2}, "2"),
+    (GeneratorConfig, {"in_channels": 0}, "0"),
+    (GeneratorConfig, {"in_channels": 1, "out_channels": 3}, "1 and 3"),
+    (DiscriminatorConfig, {"n_features": 1}, "1"),
+    (NormalizationConfig, {"low": 50.0, "high": 10.0}, "low=50.0 high=10.0"),
+    (NormalizationConfig, {"low": 1.0, "high": 101.0}, "101.0"),
+    (DegradationConfig, {"method": "nearest"}, "'nearest'"),
+    (DegradationConfig, {"scale": 5}, "5"),
+    (DegradationConfig, {"blur_sigma": (2.0, 1.0)}, "(2.0, 1.0)"),
+    (DegradationConfig, {"poisson_peak": (-1.0, 10.0)}, "(-1.0, 10.0)"),
+    (DegradationConfig, {"gaussian_sigma": (0.1,)}, "(0.1,)"),
+    (DegradationConfig, {"blur_sigma": 1.5}, "1.5"),
+    (LossConfig, {"w_adv": -0.5}, "-0.5"),
+    (LossConfig, {"feature_extractor": "alexnet"}, "'alexnet'"),
+    (DataConfig, {"val_fraction": 1.5}, "1.5"),
+    (TrainConfig, {"lr": 0.0}, "0.0"),
+    (TrainConfig, {"patch_size": 8}, "8"),
+    (TrainConfig, {"pixel_loss": "huber"}, "'huber'"),
+    (TrainConfig, {"device": "tpu"}, "'tpu'"),
+    (TrainConfig, {"pretrain_steps": 0, "gan_steps": 0}, "pretrain_steps + gan_steps"),
+])
+def test_bad_values_raise_quoting_the_value(cls, kwargs, quoted):
+    with pytest.raises(ConfigError) as info:
+        cls(**kwargs)
+    assert quoted in str(info.value)
+
+
+def test_defaults_are_valid_and_consistent():
+    config = ExperimentConfig()
+    assert config.generator.scale == config.degradation.scale == 4
+    assert config.normalization == NormalizationConfig(low=1.0, high=99.8)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"generator": GeneratorConfig(scale=2)}, "degradation.scale"),
+    ({"train": TrainConfig(patch_size=18)}, "multiple"),
+    ({"discriminator": DiscriminatorConfig(in_channels=3)}, "out_channels"),
+])
+def test_sections_must_agree(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig(**kwargs)
+
+
+def _write(tmp_path, text, name="run.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_toml_loading(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSRGAN_TEST_DATA", "/data/screen")
+    path = _write(tmp_path, """
+        [generator]
+        scale = 2
+        n_blocks = 4
+        n_features = 32
+
+        [degradation]
+        method = "bicubic"
+        scale = 2
+        blur_sigma = [0.5, 1.5]
+
+        [loss]
+        w_content = 0.01
+        feature_extractor = "vgg19"
+        vgg19_weights = "/weights/vgg19.pth"
+
+        [data]
+        train = ["$MSRGAN_TEST_DATA/images/*.tif", "/abs/plate2"]
+        well_regex = "_(?P<well>[A-P][0-9]{2})_"
+
+        [train]
+        patch_size = 48
+        lr = 2e-4
+        mixed_precision = false
+    """)
+    config = ExperimentConfig.from_toml(path)
+    assert config.generator == GeneratorConfig(scale=2, n_blocks=4, n_features=32)
+    assert config.degradation.method == "bicubic" and config.degradation.blur_sigma == (0.5, 1.5)
+    assert config.loss.w_content == 0.01 and config.loss.vgg19_weights == "/weights/vgg19.pth"
+    assert config.data.train == ["/data/screen/images/*.tif", "/abs/plate2"]  # environment variables expanded
+    assert config.train.patch_size == 48 and config.train.lr == 2e-4 and config.train.mixed_precision is False
+    assert config.normalization == NormalizationConfig()  # absent sections take defaults
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+def test_toml_single_train_path(tmp_path):
+    path = _write(tmp_path, '[data]\ntrain = "plate1"\n')
+    assert ExperimentConfig.from_toml(path).data.train == ["plate1"]
+
+
+def test_unknown_keys_are_rejected_by_name(tmp_path):
+    path = _write(tmp_path, "[generator]\nscale = 4\nn_block = 8\n")
+    with pytest.raises(ConfigError, match=r"'n_block'.*\[generator\]"):
+        ExperimentConfig.from_toml(path)
+
+
+def test_unknown_sections_are_rejected(tmp_path):
+    path = _write(tmp_path, "[optimizer]\nlr = 1e-4\n")
+    with pytest.raises(ConfigError, match="'optimizer'"):
+        ExperimentConfig.from_toml(path)
+
+
+def test_bad_value_in_toml_quotes_it(tmp_path):
+    path = _write(tmp_path, '[degradation]\nmethod = "lanczos"\n')
+    with pytest.raises(ConfigError, match="'lanczos'"):
+        ExperimentConfig.from_toml(path)
+
+
+@pytest.mark.parametrize("text,quoted", [
+    ('[generator]\nn_blocks = "16"\n', "'16'"),
+    ("[generator]\nn_blocks = 2.5\n", "2.5"),
+    ("[train]\nlr = true\n", "True"),
+    ('[train]\nmixed_precision = "no"\n', "'no'"),
+    ("[degradation]\nblur_sigma = 1.0\n", "1.0"),
+    ('[degradation]\nblur_sigma = ["a", "b"]\n', "'a'"),
+])
+def test_wrong_types_in_toml_are_config_errors(tmp_path, text, quoted):
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_toml(_write(tmp_path, text))
+    assert quoted in str(info.value)
+
+
+def test_integer_where_a_float_is_expected_is_fine(tmp_path):
+    config = ExperimentConfig.from_toml(_write(tmp_path, "[loss]\nw_pixel = 1\n[normalization]\nlow = 0\nhigh = 100\n"))
+    assert config.loss.w_pixel == 1 and config.normalization.high == 100
+
+
+def test_missing_and_invalid_toml_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        ExperimentConfig.from_toml(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        ExperimentConfig.from_toml(_write(tmp_path, "[generator\nscale = 4\n"))

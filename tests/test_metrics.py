@@ -1,0 +1,82 @@
+"""Metrics checked against values computed independently, by hand or from definitions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msrgan_core.metrics import (
+    high_frequency_ratio, image_metrics, matched_f1, segment_nuclei, texture_error,
+    upscale_bicubic, upscale_lanczos, upscale_nearest,
+)
+
+
+def test_psnr_ssim_nrmse_match_their_definitions():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(100, 4100, (64, 64))
+    test = truth + rng.normal(0, 40, truth.shape)
+    mse = np.mean((truth - test) ** 2)
+    data_range = truth.max() - truth.min()
+    m = image_metrics(truth, test)
+    assert m["psnr"] == pytest.approx(10 * np.log10(data_range ** 2 / mse), abs=1e-9)
+    assert m["nrmse"] == pytest.approx(np.sqrt(mse) / np.sqrt(np.mean(truth ** 2)), rel=1e-9)
+    assert image_metrics(truth, truth)["ssim"] == pytest.approx(1.0)
+    assert 0 < m["ssim"] < 1
+
+
+def test_baselines_keep_flat_images_flat_and_nearest_replicates():
+    lr = np.full((1, 5, 7), 123.0, np.float32)
+    for fn in (upscale_nearest, upscale_bicubic, upscale_lanczos):
+        out = fn(lr, 4)
+        assert out.shape == (1, 20, 28)
+        np.testing.assert_allclose(out, 123.0, rtol=1e-5)
+    ramp = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    np.testing.assert_array_equal(upscale_nearest(ramp, 2)[0, :2, :2], 0)
+    assert upscale_nearest(ramp, 2)[0, 3, 5] == 5
+
+
+def test_high_frequency_ratio_is_the_power_ratio_of_fine_detail():
+    y, x = np.mgrid[:128, :128]
+    coarse = np.sin(2 * np.pi * x / 64.0)          # 1/64 cycles per pixel: below the cutoff (1/16)
+    fine = np.sin(2 * np.pi * (x + y) / 5.0)       # well above it
+    truth = coarse + fine
+    assert high_frequency_ratio(truth, truth, 4) == pytest.approx(1.0)
+    assert high_frequency_ratio(truth, coarse + 2 * fine, 4) == pytest.approx(4.0, rel=1e-3)
+    assert high_frequency_ratio(truth, coarse, 4) < 0.01
+
+
+def disk_labels(shape, centres, radius):
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[(y - cy) ** 2 + (x - cx) ** 2 <= radius ** 2] = i
+    return labels
+
+
+def test_matched_f1_counts_only_objects_overlapping_by_more_than_half():
+    truth = disk_labels((100, 100), [(20, 20), (20, 70), (70, 45)], 10)
+    assert matched_f1(truth, truth) == 1.0
+    shifted = disk_labels((100, 100), [(20, 20), (20, 84), (70, 45), (90, 90)], 10)  # one moved too far, one extra
+    # tp = 2 of 3 true and 4 found objects: 2 * 2 / (3 + 4)
+    assert matched_f1(truth, shifted) == pytest.approx(4 / 7)
+    assert matched_f1(truth, np.zeros_like(truth)) == 0.0
+
+
+def test_segmentation_recipe_separates_touching_nuclei():
+    truth = disk_labels((120, 120), [(40, 40), (40, 58), (90, 80)], 10)
+    rng = np.random.default_rng(1)
+    image = 100 + 1000 * (truth > 0) + rng.normal(0, 20, truth.shape)
+    found = segment_nuclei(image)
+    assert found.max() == 3
+    assert matched_f1(truth, found) == 1.0
+
+
+def test_texture_error_is_the_mean_relative_std_error_over_objects():
+    labels = disk_labels((60, 60), [(15, 15), (40, 40)], 8)
+    rng = np.random.default_rng(2)
+    truth = rng.normal(1000, 50, labels.shape)
+    test = truth.copy()
+    test[labels == 1] = 1000 + 2 * (truth[labels == 1] - 1000)     # object 1: std doubled
+    test[labels == 2] = truth[labels == 2].mean()                   # object 2: flattened
+    # relative errors: (2 - 1) / 1 = 1 for object 1 and 1 for object 2 -> mean 1.0
+    assert texture_error(truth, test, labels) == pytest.approx(1.0, rel=1e-6)
+    assert texture_error(truth, truth, labels) == 0.0

@@ -1,0 +1,332 @@
+"""UpscaleMSRGAN through cellprofiler_core: a real pipeline, workspace and image set, no mocks.
+
+The module class comes from CellProfiler's own registry, loaded from the packaged plugin folder
+(the ``upscale_module_class`` fixture), exactly as CellProfiler loads it.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from helpers import tiny_generator
+from msrgan_core.inference import Upscaler
+from msrgan_core.modelfile import load_model, save_model
+
+DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- a real CellProfiler workspace ----------------------------------------------------------
+
+class Harness:
+    """One pipeline with an UpscaleMSRGAN module, and a way to run it on images."""
+
+    def __init__(self, module_class, **settings):
+        from cellprofiler_core.image import ImageSetList
+        from cellprofiler_core.measurement import Measurements
+        from cellprofiler_core.pipeline import Pipeline
+
+        self.pipeline = Pipeline()
+        self.module = module_class()
+        self.module.set_module_num(1)
+        self.module.x_name.value = "DNA"
+        self.module.y_name.value = "Upscaled"
+        for name, value in settings.items():
+            getattr(self.module, name).value = value
+        self.pipeline.add_module(self.module)
+        self.image_set_list = ImageSetList()
+        self.measurements = Measurements()
+
+    def workspace(self, image, number: int = 0):
+        from cellprofiler_core.object import ObjectSet
+        from cellprofiler_core.workspace import Workspace
+
+        image_set = self.image_set_list.get_image_set(number)
+        image_set.add("DNA", image)
+        return Workspace(self.pipeline, self.module, image_set, ObjectSet(), self.measurements, self.image_set_list)
+
+    def run(self, image, number: int = 0):
+        workspace = self.workspace(image, number)
+        self.module.run(workspace)
+        return workspace
+
+
+def cp_image(pixels, **kwargs):
+    from cellprofiler_core.image import Image
+
+    return Image(np.asarray(pixels), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fly_dna(example_fly_images: Path) -> np.ndarray:
+    """A real 96 x 120 crop of an ExampleFly DNA field, on CellProfiler's 0..1 float32 scale."""
+    raw = tifffile.imread(example_fly_images / "01_POS002_D.TIF")
+    return (raw[300:396, 500:620] / 255.0).astype(np.float32)
+
+
+@pytest.fixture
+def plugin(upscale_module_class):
+    """The plugin's Python module (the one CellProfiler imported), for its caches."""
+    return sys.modules[upscale_module_class.__module__]
+
+
+def custom_model(path: Path, **kwargs) -> Path:
+    return save_model(path, tiny_generator(**kwargs), {"normalization": {"low": 1.0, "high": 99.8}})
+
+
+def use_custom(harness: Harness, path: Path) -> None:
+    harness.module.model_choice.value = "Custom model file"
+    harness.module.custom_model_directory.value = f"Elsewhere...|{path.parent}"
+    harness.module.custom_model_file.value = path.name
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def test_output_is_4x_larger_on_the_input_scale_without_mask_or_crop(upscale_module_class, fly_dna):
+    harness = Harness(upscale_module_class, device="CPU")
+    mask = np.ones(fly_dna.shape, bool)
+    mask[:10] = False
+    crop_mask = np.ones(fly_dna.shape, bool)
+    workspace = harness.run(cp_image(fly_dna, mask=mask, crop_mask=crop_mask, scale=255))
+
+    out = workspace.image_set.get_image("Upscaled")
+    assert out.pixel_data.shape == (4 * 96, 4 * 120)
+    assert out.pixel_data.dtype == fly_dna.dtype
+    assert not out.has_mask and not out.has_crop_mask and not out.has_parent_image
+    assert out.scale == 255
+    # same intensity scale: CellProfiler's 0..1, mean and percentiles close to the input's
+    assert 0.0 <= out.pixel_data.min() and out.pixel_data.max() <= 1.0
+    assert out.pixel_data.mean() == pytest.approx(fly_dna.mean(), rel=0.03)
+    for q in (5, 50, 95):
+        assert np.percentile(out.pixel_data, q) == pytest.approx(np.percentile(fly_dna, q), abs=0.03)
+    # the packaged model itself, as msrgan_core gives it, is what the module returns
+    expected = Upscaler(load_model("fidelity"), device="cpu").upscale(fly_dna)
+    np.testing.assert_allclose(out.pixel_data, np.clip(expected, 0, 1), atol=1e-6)
+
+
+def test_dim_12_bit_image_is_not_stretched(upscale_module_class, fly_dna):
+    """A 12-bit image in a 16-bit file sits at 0..0.0625 in CellProfiler; so must its upscaling."""
+    dim = (fly_dna * 4095.0 / 65535.0).astype(np.float32)
+    out = Harness(upscale_module_class).run(cp_image(dim)).image_set.get_image("Upscaled").pixel_data
+    assert out.max() <= dim.max() * 1.15
+    assert out.mean() == pytest.approx(dim.mean(), rel=0.03)
+
+
+def test_identify_primary_objects_runs_on_the_upscaled_image_of_a_masked_input(upscale_module_class, fly_dna):
+    """The parent's mask and cropping do not follow the image (a size mismatch would fail here)."""
+    from cellprofiler.modules.identifyprimaryobjects import IdentifyPrimaryObjects
+
+    harness = Harness(upscale_module_class)
+    mask = np.ones(fly_dna.shape, bool)
+    mask[:, :8] = False
+    workspace = harness.run(cp_image(fly_dna, mask=mask, crop_mask=np.ones(fly_dna.shape, bool)))
+    identify = IdentifyPrimaryObjects()
+    identify.set_module_num(2)
+    identify.x_name.value = "Upscaled"
+    identify.y_name.value = "Nuclei"
+    identify.size_range.value = (24, 240)
+    harness.pipeline.add_module(identify)
+    workspace.set_module(identify)
+    identify.run(workspace)
+    nuclei = workspace.object_set.get_objects("Nuclei")
+    assert nuclei.segmented.shape == (4 * 96, 4 * 120)
+    assert nuclei.count >= 3
+
+
+def test_color_image_is_upscaled_channel_by_channel(upscale_module_class, fly_dna):
+    rgb = np.stack([fly_dna, fly_dna[::-1], 0.5 * fly_dna], axis=-1).astype(np.float32)
+    harness = Harness(upscale_module_class)
+    out = harness.run(cp_image(rgb)).image_set.get_image("Upscaled")
+    assert out.multichannel and out.pixel_data.shape == (4 * 96, 4 * 120, 3)
+    gray = Harness(upscale_module_class).run(cp_image(rgb[..., 1])).image_set.get_image("Upscaled").pixel_data
+    np.testing.assert_allclose(out.pixel_data[..., 1], gray, atol=1e-6)
+
+
+def test_display_data_holds_input_and_output(upscale_module_class, fly_dna):
+    harness = Harness(upscale_module_class)
+    harness.module.show_window = True
+    data = harness.run(cp_image(fly_dna)).display_data
+    assert data.x_data.shape == fly_dna.shape and data.y_data.shape == (4 * 96, 4 * 120)
+    assert data.model_name == "fidelity.safetensors" and data.device.startswith(("cpu", "cuda"))
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+def test_3d_image_is_a_clear_error(upscale_module_class, fly_dna):
+    stack = np.stack([fly_dna] * 3)
+    with pytest.raises(ValueError, match="3-D"):
+        Harness(upscale_module_class).run(cp_image(stack, dimensions=3))
+
+
+def test_wrong_channel_count_is_a_clear_error(upscale_module_class, fly_dna, tmp_path):
+    harness = Harness(upscale_module_class)
+    use_custom(harness, custom_model(tmp_path / "rgb.safetensors", channels=3))
+    with pytest.raises(ValueError, match=r"cannot upscale 'DNA'.*1 channel\(s\).*takes 3"):
+        harness.run(cp_image(fly_dna))
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "foreign", "empty name"])
+def test_validate_module_reports_an_unusable_model_file(upscale_module_class, tmp_path, damage):
+    from cellprofiler_core.setting import ValidationError
+
+    path = custom_model(tmp_path / "model.safetensors")
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "foreign":
+        path.write_bytes(b"\x00" * 64 + b"not a model")
+    harness = Harness(upscale_module_class)
+    use_custom(harness, path)
+    if damage == "empty name":
+        harness.module.custom_model_file.value = ""
+    with pytest.raises(ValidationError) as caught:
+        harness.module.validate_module(harness.pipeline)
+    assert caught.value.setting is harness.module.custom_model_file
+    message = caught.value.message
+    if damage == "empty name":
+        assert "Choose a model file" in message
+    else:
+        assert str(path) in message
+        assert {"missing": "does not exist", "truncated": "cannot be used", "foreign": "cannot be used"}[damage] in message
+    # a headless run (which does not validate) stops in prepare_run, before any image set
+    with pytest.raises(ValidationError):
+        harness.module.prepare_run(harness.workspace(cp_image(np.zeros((8, 8), np.float32))))
+
+
+def test_custom_model_file_is_the_one_used(upscale_module_class, fly_dna, tmp_path):
+    """A 2x custom model gives a 2x image: the module never falls back to a packaged model."""
+    harness = Harness(upscale_module_class)
+    use_custom(harness, custom_model(tmp_path / "two.safetensors", scale=2))
+    harness.module.validate_module(harness.pipeline)
+    out = harness.run(cp_image(fly_dna)).image_set.get_image("Upscaled").pixel_data
+    assert out.shape == (2 * 96, 2 * 120)
+
+
+def test_model_is_loaded_once_and_reused_across_image_sets(upscale_module_class, plugin, fly_dna, monkeypatch):
+    calls = []
+
+    def counting_load(path):
+        calls.append(path)
+        return load_model(path)
+
+    monkeypatch.setattr(plugin, "load_model", counting_load)
+    monkeypatch.setattr(plugin, "_UPSCALERS", type(plugin._UPSCALERS)())
+    harness = Harness(upscale_module_class, tile_size=64)
+    for number in range(3):
+        shape = harness.run(cp_image(fly_dna), number).image_set.get_image("Upscaled").pixel_data.shape
+        assert shape == (4 * 96, 4 * 120)
+    assert len(calls) == 1
+
+
+def test_gpu_requested_without_cuda_warns_and_runs_on_cpu(upscale_module_class, plugin, fly_dna, caplog):
+    from cellprofiler_core.setting import ValidationError
+
+    if plugin.resolve_device("auto").type == "cuda":
+        pytest.skip("a CUDA GPU is present: nothing to warn about")
+    harness = Harness(upscale_module_class, device="GPU")
+    with pytest.raises(ValidationError, match="No CUDA GPU") as caught:
+        harness.module.validate_module_warnings(harness.pipeline)
+    assert caught.value.setting is harness.module.device
+    plugin._UPSCALERS.clear()  # the warning comes when the model is placed on a device
+    with caplog.at_level(logging.WARNING, logger="msrgan"):
+        workspace = harness.run(cp_image(fly_dna))
+    assert workspace.image_set.get_image("Upscaled").pixel_data.shape == (4 * 96, 4 * 120)
+    assert "GPU was requested" in caplog.text
+
+
+@pytest.mark.parametrize("missing", ["msrgan_core", "torch"])
+def test_plugin_loads_without_msrgan_and_says_what_to_install(missing):
+    """In a CellProfiler without msrgan (or torch) the module still loads, and validation says so."""
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == {missing!r} or name.startswith({missing!r} + "."):
+                    raise ImportError("No module named " + repr(name))
+                return None
+
+        sys.meta_path.insert(0, Block())
+        sys.path.insert(0, {str(ROOT / "cellprofiler_plugin")!r})
+        import cellprofiler_core.preferences as preferences
+        preferences.set_headless()
+        from cellprofiler_core.pipeline import Pipeline
+        from cellprofiler_core.setting import ValidationError
+        import upscalemsrgan
+
+        module = upscalemsrgan.UpscaleMSRGAN()
+        try:
+            module.validate_module(Pipeline())
+        except ValidationError as exc:
+            print("VALIDATION:", exc.message)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "VALIDATION: UpscaleMSRGAN needs the msrgan package and PyTorch" in proc.stdout
+    assert "pip install msrgan" in proc.stdout and missing in proc.stdout
+
+
+# --- settings in saved pipelines --------------------------------------------------------------
+
+def load_pipeline(text: str):
+    from cellprofiler_core.pipeline import LoadException, Pipeline
+
+    pipeline = Pipeline()
+    errors = []
+    pipeline.add_listener(lambda caller, event: errors.append(event) if isinstance(event, LoadException) else None)
+    pipeline.load(io.StringIO(text))
+    return pipeline, errors
+
+
+def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_path):
+    harness = Harness(upscale_module_class)
+    module = harness.module
+    module.x_name.value = "OrigBlue"
+    module.y_name.value = "BigBlue"
+    module.model_choice.value = "Custom model file"
+    module.custom_model_directory.value = f"Elsewhere...|{tmp_path}"
+    module.custom_model_file.value = "mine.safetensors"
+    module.device.value = "CPU"
+    module.tile_size.value = 192
+    saved = io.StringIO()
+    harness.pipeline.dump(saved, save_image_plane_details=False)
+
+    pipeline, errors = load_pipeline(saved.getvalue())
+    assert not errors, [e.error for e in errors]
+    (loaded,) = pipeline.modules()
+    assert loaded.module_name == "UpscaleMSRGAN"
+    assert [s.value_text for s in loaded.settings()] == [s.value_text for s in module.settings()]
+    assert loaded.tile_size.value == 192 and loaded.custom_model_directory.custom_path == str(tmp_path)
+
+
+def test_load_v1(upscale_module_class):
+    """The frozen revision-1 pipeline in tests/data keeps loading (CellProfiler's test_load_v* habit)."""
+    pipeline, errors = load_pipeline((DATA / "upscalemsrgan_v1.cppipe").read_text())
+    assert not errors, [e.error for e in errors]
+    first, second = pipeline.modules()
+    assert isinstance(first, upscale_module_class)
+    assert first.x_name.value == "OrigBlue" and first.y_name.value == "BigBlue"
+    assert first.model_choice.value == "Custom model file"
+    assert first.custom_model_directory.dir_choice == "Default Input Folder sub-folder"
+    assert first.custom_model_directory.custom_path == "models"
+    assert first.custom_model_file.value == "my_microscope.safetensors"
+    assert first.device.value == "CPU" and first.tile_size.value == 128
+    assert second.model_choice.value == "Default: perceptual" and second.device.value == "GPU"
+    assert second.tile_size.value == 0 and second.y_name.value == "BigRed"
+
+
+def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
+    text = (DATA / "upscalemsrgan_v1.cppipe").read_text().replace("variable_revision_number:1|", "variable_revision_number:7|")
+    _, errors = load_pipeline(text)
+    assert errors and "revision 7, newer than this plugin's revision 1" in str(errors[0].error)
