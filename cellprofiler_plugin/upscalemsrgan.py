@@ -193,7 +193,7 @@ def upscale_pixels(upscaler, pixels, source):
 
     Returns pixels of the same dtype, ``scale`` times larger in Y and X, with the same channels,
     clipped to CellProfiler's 0..1 range (or to the input's own range where it already goes beyond
-    it), as interpolation in **Resize** is.
+    it): a network, like bicubic interpolation, can overshoot near bright edges.
     """
     pixels = numpy.asarray(pixels)
     if pixels.ndim == 3:

@@ -213,6 +213,11 @@ def run_pipeline(
         raise HeadlessRunError(f"input folder {input_dir} does not exist or is not a folder")
     if not plugins.is_dir():
         raise HeadlessRunError(f"plugins folder {plugins} does not exist")
+    if output_dir.resolve().is_relative_to(input_dir.resolve()):
+        raise HeadlessRunError(
+            f"output folder {output_dir} is inside the input folder {input_dir}: CellProfiler reads every file "
+            "under the input folder, so a later run would take this run's outputs as inputs; choose another one"
+        )
     modules = pipeline_modules(pipeline)
     if "UpscaleMSRGAN" in modules and not (plugins / PLUGIN_FILE).is_file():
         raise HeadlessRunError(

@@ -68,20 +68,33 @@ def write_crop(source: Path, folder: Path, rows: slice, cols: slice) -> Path:
 
 @pytest.fixture(scope="module")
 def fly_input(tmp_path_factory, example_fly_images: Path) -> Dict[str, object]:
-    """Two ExampleFly fields, 160 x 160 crops of all three channels; only _D is DNA."""
-    folder = tmp_path_factory.mktemp("fly_in")
+    """Two ExampleFly fields, 160 x 160 crops of all three channels; only _D is DNA.
+
+    The folder sits inside a hidden folder, as CellProfiler's own ExampleFly images do when
+    CellProfiler is installed in ``.venv``, and holds a macOS ``._`` file that is not an image.
+    """
+    folder = tmp_path_factory.mktemp("fly") / ".venv" / "images"
+    folder.mkdir(parents=True)
     for source in sorted(example_fly_images.glob("01_POS0[07][26]_[DFR].TIF")):
         write_crop(source, folder, slice(300, 460), slice(500, 660))
-    dna = sorted(folder.glob("*_D.TIF"))
+    (folder / "._01_POS002_D.TIF").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not an image")
+    dna = sorted(folder.glob("[!.]*_D.TIF"))
     assert [p.name for p in dna] == ["01_POS002_D.TIF", "01_POS076_D.TIF"]
     return {"folder": folder, "dna": dna}
 
 
 @pytest.fixture(scope="module")
 def shared_input(tmp_path_factory, shared_data: Path) -> Dict[str, object]:
-    """A BBBC039 field (16-bit, 12-bit data), a DSB 2018 PNG and ExampleHuman d0/d1/d2, cropped."""
+    """A BBBC039 field (16-bit, 12-bit data) with its mask, a DSB 2018 PNG and ExampleHuman d0/d1/d2, cropped.
+
+    BBBC039 keeps its layout (``images/``, ``masks/``): the label masks are not DNA images.
+    """
     folder = tmp_path_factory.mktemp("shared_in")
-    bbbc = write_crop(sorted((shared_data / "bbbc039" / "images").glob("*.tif"))[0], folder, slice(0, 160), slice(0, 200))
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    source = sorted((shared_data / "bbbc039" / "images").glob("*.tif"))[0]
+    bbbc = write_crop(source, folder / "images", slice(0, 160), slice(0, 200))
+    write_crop(shared_data / "bbbc039" / "masks" / f"{source.stem}.png", folder / "masks", slice(0, 160), slice(0, 200))
     dsb = write_crop(sorted((shared_data / "dsb2018_fluorescence").glob("*.png"))[1], folder, slice(0, 128), slice(0, 128))
     human = [write_crop(p, folder, slice(176, 336), slice(176, 336)) for p in sorted((shared_data / "examplehuman").glob("*.tif"))]
     assert [p.name[-6:] for p in human] == ["d0.tif", "d1.tif", "d2.tif"]
@@ -98,8 +111,8 @@ def check_run(pipeline: str, dna: List[Path], folder: Path, out: Path) -> None:
             upscaled = tifffile.imread(out / f"{source.stem}{suffix}.tiff")
             assert upscaled.shape == (SCALE * pixels.shape[0], SCALE * pixels.shape[1]), (source.name, suffix)
             assert unit_scale(upscaled).mean() == pytest.approx(unit_scale(pixels).mean(), rel=0.05), (source.name, suffix)
-    for other in set(folder.iterdir()) - set(dna):
-        assert not any(name.startswith(other.stem) for name in written), (other.name, written)
+    for other in {p.stem for p in folder.rglob("*") if p.is_file()} - {p.stem for p in dna}:
+        assert not any(name.startswith(other) for name in written), (other, written)
 
     images = read_csv(out / "Image.csv")
     assert sorted(r["FileName_DNA"] for r in images) == [p.name for p in dna]
@@ -133,7 +146,7 @@ def test_shipped_pipeline_on_example_fly(pipeline, fly_input, cellprofiler_comma
 def test_shipped_pipeline_on_shared_data(pipeline, shared_input, cellprofiler_command, tmp_path):
     out = tmp_path / "out"
     result = run_pipeline(pipeline, shared_input["folder"], out, timeout=RUN_TIMEOUT_S)
-    assert result.image_sets == 3  # BBBC039, DSB and ExampleHuman d0; d1 and d2 are not DNA
+    assert result.image_sets == 3  # BBBC039, DSB and ExampleHuman d0; d1, d2 and the mask are not DNA
     check_run(pipeline, shared_input["dna"], shared_input["folder"], out)
 
 
@@ -261,6 +274,7 @@ def test_shipped_pipelines_resolve_by_name():
         ({"first": 3, "last": 2}, "first image set 3 is after last image set 2"),
         ({"first": 0}, "first image set must be >= 1"),
         ({"plugins_dir": "empty"}, "has no upscalemsrgan.py"),
+        ({"output_dir": "in/results"}, "is inside the input folder"),
     ],
 )
 def test_bad_arguments_fail_before_cellprofiler_starts(tmp_path, kwargs, message):
