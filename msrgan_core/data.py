@@ -135,15 +135,17 @@ def sample_batch(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """A batch of (low, high) resolution patch pairs.
 
+    Images are picked in proportion to their area, so a large field counts as much as the same
+    area in small images, then cropped at random (see :func:`random_crop`).
+
     Returns
     -------
     lr : numpy.ndarray, shape (N, C, patch_size // scale, patch_size // scale)
     hr : numpy.ndarray, shape (N, C, patch_size, patch_size)
     """
-    hr = np.stack([
-        np.ascontiguousarray(random_crop(images[int(rng.integers(len(images)))], patch_size, rng))
-        for _ in range(batch_size)
-    ])
+    areas = np.array([image.shape[1] * image.shape[2] for image in images], np.float64)
+    picks = rng.choice(len(images), size=batch_size, p=areas / areas.sum())  # every pixel equally likely
+    hr = np.stack([np.ascontiguousarray(random_crop(images[i], patch_size, rng)) for i in picks])
     lr = np.stack([degrade(patch, degradation, rng) for patch in hr])
     return lr.astype(np.float32), hr.astype(np.float32)
 

@@ -68,3 +68,11 @@ def test_validation_pairs_are_fixed_central_crops():
     (lr, hr), = validation_pairs(images, DegradationConfig(scale=4), seed=0, crop=256)
     assert hr.shape == (1, 256, 256) and lr.shape == (1, 64, 64)
     np.testing.assert_array_equal(hr, images[0][:, 22:278, 23:279])
+
+
+def test_images_are_picked_in_proportion_to_their_area():
+    small = np.zeros((1, 32, 32), np.float32)
+    large = np.ones((1, 96, 96), np.float32)  # 9 times the area
+    _, hr = sample_batch([small, large], 2000, 16, DegradationConfig(scale=4), np.random.default_rng(0))
+    share_large = float(np.mean(hr.mean(axis=(1, 2, 3)) == 1.0))
+    assert abs(share_large - 0.9) < 0.03
