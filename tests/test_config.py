@@ -147,3 +147,18 @@ def test_missing_and_invalid_toml_files(tmp_path):
         ExperimentConfig.from_toml(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         ExperimentConfig.from_toml(_write(tmp_path, "[generator\nscale = 4\n"))
+
+
+def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data(monkeypatch):
+    from pathlib import Path
+
+    from msrgan_core.train import load_config
+
+    monkeypatch.setenv("MSRGAN_DATA", "/data/screens")
+    recipes = sorted((Path(__file__).parents[1] / "msrgan_core" / "configs").glob("*.toml"))
+    assert [p.name for p in recipes] == ["default_models.toml", "default_models_gpu.toml"]
+    for recipe in recipes:
+        config = load_config(recipe)
+        assert config.data.train == ["/data/screens/bbbc039/images", "/data/screens/dsb2018_fluorescence"]
+        assert config.degradation.method == "bin" and config.generator.scale == 4
+        assert config.loss.feature_extractor == "discriminator"
