@@ -64,7 +64,7 @@ clean:
 	rm -rf $(VENV) $(GUI_VENV) $(DEMO_OUT)
 
 # The packaged default models: one command, checked-in config, reproducible from its seed.
-# Trains on the CPU in about 40 minutes (2 cores), then copies both models into the package.
+# Trains on 2 CPU cores in 25 to 40 minutes, then copies both models into the package.
 MSRGAN_DATA ?= ../shared/data
 export MSRGAN_DATA
 models: $(STAMP)
