@@ -228,20 +228,21 @@ class Upscaler:
         c_out = self.model.config.out_channels
         _, h, w = image.shape
         acc = np.zeros((c_out, h * s, w * s), dtype=np.float32)
+        # the weights are separable and the tiles form a grid: their sum is outer(sum_y, sum_x)
+        ramps_y = {y0: blend_weight(y0, min(y0 + plan.tile, h), h, plan.margin, plan.ramp, s)
+                   for y0 in axis_starts(h, plan.tile, plan.overlap)}
+        ramps_x = {x0: blend_weight(x0, min(x0 + plan.tile, w), w, plan.margin, plan.ramp, s)
+                   for x0 in axis_starts(w, plan.tile, plan.overlap)}
         weight_y = np.zeros(h * s, dtype=np.float32)
         weight_x = np.zeros(w * s, dtype=np.float32)
-        for y0 in axis_starts(h, plan.tile, plan.overlap):
-            y1 = min(y0 + plan.tile, h)
-            weight_y[y0 * s:y1 * s] += blend_weight(y0, y1, h, plan.margin, plan.ramp, s)
-        for x0 in axis_starts(w, plan.tile, plan.overlap):
-            x1 = min(x0 + plan.tile, w)
-            weight_x[x0 * s:x1 * s] += blend_weight(x0, x1, w, plan.margin, plan.ramp, s)
+        for y0, ramp in ramps_y.items():
+            weight_y[y0 * s:y0 * s + ramp.size] += ramp
+        for x0, ramp in ramps_x.items():
+            weight_x[x0 * s:x0 * s + ramp.size] += ramp
         tiles = list(tile_slices((h, w), plan.tile, plan.overlap, s))
         for (sy, sx), (dy, dx) in tqdm(tiles, desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False):
             pred = self._forward(image[:, sy, sx])
-            wy = blend_weight(sy.start, sy.stop, h, plan.margin, plan.ramp, s)
-            wx = blend_weight(sx.start, sx.stop, w, plan.margin, plan.ramp, s)
-            acc[:, dy, dx] += pred * wy[None, :, None] * wx[None, None, :]
+            acc[:, dy, dx] += pred * ramps_y[sy.start][None, :, None] * ramps_x[sx.start][None, None, :]
         acc /= weight_y[None, :, None]
         acc /= weight_x[None, None, :]
         return acc
