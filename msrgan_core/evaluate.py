@@ -13,7 +13,7 @@ from .degradation import crop_to_multiple, degrade
 from .inference import Upscaler
 from .io import atomic_write, read_image
 from .metrics import BASELINES, image_metrics
-from .normalize import normalize, percentile_stats
+from .normalize import denormalize, normalize, percentile_stats
 
 METHOD_ORDER = ("nearest", "bicubic", "lanczos", "msrgan")
 
@@ -26,7 +26,7 @@ def low_resolution(hr: np.ndarray, upscaler: Upscaler, degradation: DegradationC
     """
     stats = percentile_stats(hr, upscaler.model.normalization)
     lr = degrade(normalize(hr, stats), degradation, np.random.default_rng([seed, index]))
-    return lr * stats.span.astype(np.float32)[:, None, None] + stats.low.astype(np.float32)[:, None, None]
+    return denormalize(lr, stats, np.float32)[0]
 
 
 def evaluate_images(

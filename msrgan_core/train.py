@@ -114,22 +114,22 @@ def load_checkpoint(path: Path) -> dict:
         raise TrainingError(f"{path} cannot be read as an msrgan checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def bicubic_scores(pairs) -> Dict[str, float]:
+    """Mean PSNR/SSIM of bicubic upscaling on the validation pairs: the baseline, computed once."""
+    scores = [image_metrics(hr, upscale_bicubic(lr, hr.shape[-1] // lr.shape[-1])) for lr, hr in pairs]
+    return {"bicubic_psnr": float(np.mean([m["psnr"] for m in scores])),
+            "bicubic_ssim": float(np.mean([m["ssim"] for m in scores]))}
+
+
 @torch.no_grad()
-def evaluate(generator: nn.Module, pairs, device: torch.device) -> Dict[str, float]:
-    """Mean PSNR/SSIM of the generator and of bicubic upscaling on the validation pairs."""
+def evaluate(generator: nn.Module, pairs, device: torch.device) -> "tuple[Dict[str, float], np.ndarray]":
+    """Mean PSNR/SSIM of the generator on the validation pairs, and its output for the first pair."""
     generator.eval()
-    scores: Dict[str, List[float]] = {"val_psnr": [], "val_ssim": [], "bicubic_psnr": [], "bicubic_ssim": []}
-    scale = unwrap(generator).config.scale
-    for lr, hr in pairs:
-        sr = generator(torch.from_numpy(lr)[None].to(device)).float()[0].cpu().numpy()
-        model = image_metrics(hr, sr)
-        base = image_metrics(hr, upscale_bicubic(lr, scale))
-        scores["val_psnr"].append(model["psnr"])
-        scores["val_ssim"].append(model["ssim"])
-        scores["bicubic_psnr"].append(base["psnr"])
-        scores["bicubic_ssim"].append(base["ssim"])
+    outputs = [generator(torch.from_numpy(lr)[None].to(device)).float()[0].cpu().numpy() for lr, _ in pairs]
     generator.train()
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+    scores = [image_metrics(hr, sr) for (_, hr), sr in zip(pairs, outputs)]
+    return ({"val_psnr": float(np.mean([m["psnr"] for m in scores])),
+             "val_ssim": float(np.mean([m["ssim"] for m in scores]))}, outputs[0])
 
 
 def save_sample(path: Path, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray) -> None:
@@ -212,6 +212,7 @@ def train(
     val_images = load_images(spread(split.val, config.data.max_val_images), config.normalization, g_cfg.in_channels,
                              g_cfg.scale * 8, config.data.channel_axis) if split.val else []
     val_pairs = validation_pairs(val_images, config.degradation, tc.seed)
+    baseline = bicubic_scores(val_pairs) if val_pairs else {}
     if dist.is_main:
         (out_dir / "split.json").write_text(json.dumps(
             {"by": split.by, "val_groups": split.val_groups,
@@ -310,19 +311,16 @@ def train(
         if dist.is_main and (step % tc.eval_every == 0 or phase_ends):
             row = {"step": step, "phase": phase, "lr": lr_now, "train_loss": loss_value,
                    "seconds": round(time.time() - started, 1)}
-            scores = evaluate(unwrap(generator), val_pairs, device) if val_pairs else {}
+            scores = {}
+            if val_pairs:
+                scores, sample = evaluate(unwrap(generator), val_pairs, device)
+                scores.update(baseline)
+                save_sample(out_dir / "samples" / f"step_{step:07d}.png", val_pairs[0][0], sample, val_pairs[0][1])
             row.update(scores)
             _append_metrics(metrics_path, row)
             if writer is not None:
                 for name, value in scores.items():
                     writer.add_scalar(f"val/{name}", value, step)
-            if val_pairs:
-                lr0, hr0 = val_pairs[0]
-                with torch.no_grad():
-                    raw_g = unwrap(generator).eval()
-                    sr0 = raw_g(torch.from_numpy(lr0)[None].to(device)).float()[0].cpu().numpy()
-                    raw_g.train()
-                save_sample(out_dir / "samples" / f"step_{step:07d}.png", lr0, sr0, hr0)
             psnr_now = scores.get("val_psnr", -math.inf)
             if phase == "pretrain" and (psnr_now > best_psnr or not val_pairs or best_psnr == -math.inf):
                 best_psnr = max(best_psnr, psnr_now)
