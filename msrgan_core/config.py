@@ -113,6 +113,9 @@ class DegradationConfig:
         ``(0, 0)`` disables shot noise.
     gaussian_sigma : tuple of float
         Read-noise sigma on normalised intensities, drawn uniformly; ``(0, 0)`` disables it.
+    degraded_fraction : float
+        Share of patches that get the blur and noise above; the rest are plainly downsampled,
+        so the model stays sharp on clean inputs while it learns to tolerate noisy ones.
     """
 
     method: str = "bin"
@@ -120,6 +123,7 @@ class DegradationConfig:
     blur_sigma: tuple = (0.0, 0.0)
     poisson_peak: tuple = (0.0, 0.0)
     gaussian_sigma: tuple = (0.0, 0.0)
+    degraded_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         _check(
@@ -137,6 +141,12 @@ class DegradationConfig:
                 f"degradation.{name} must be a range [low, high] with 0 <= low <= high, got {getattr(self, name)!r}",
             )
             setattr(self, name, value)
+        _check(
+            isinstance(self.degraded_fraction, (int, float)) and not isinstance(self.degraded_fraction, bool)
+            and 0.0 <= self.degraded_fraction <= 1.0,
+            f"degradation.degraded_fraction must be a number from 0 to 1, got {self.degraded_fraction!r}",
+        )
+        self.degraded_fraction = float(self.degraded_fraction)
 
 
 FEATURE_EXTRACTORS = ("discriminator", "vgg19")

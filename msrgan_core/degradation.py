@@ -62,9 +62,12 @@ def degrade(hr: np.ndarray, config: DegradationConfig, rng: np.random.Generator)
     """Make the low-resolution counterpart of a normalised ``(C, Y, X)`` high-resolution image.
 
     Optional blur (before downsampling), then ``bin`` or ``bicubic`` downsampling by
-    ``config.scale``, then optional Poisson-Gaussian noise. The input's Y and X should be
-    multiples of the scale; the remainder is cropped.
+    ``config.scale``, then optional Poisson-Gaussian noise; blur and noise only for a
+    ``config.degraded_fraction`` share of calls. The input's Y and X should be multiples of
+    the scale; the remainder is cropped.
     """
+    if config.degraded_fraction < 1.0 and rng.random() >= config.degraded_fraction:
+        return bin_mean(hr, config.scale) if config.method == "bin" else bicubic_down(hr, config.scale)
     blurred = gaussian_blur(hr, _uniform(rng, config.blur_sigma))
     if config.method == "bin":
         lr = bin_mean(blurred, config.scale)

@@ -26,6 +26,8 @@ from msrgan_core.config import (
     (DegradationConfig, {"poisson_peak": (-1.0, 10.0)}, "(-1.0, 10.0)"),
     (DegradationConfig, {"gaussian_sigma": (0.1,)}, "(0.1,)"),
     (DegradationConfig, {"blur_sigma": 1.5}, "1.5"),
+    (DegradationConfig, {"degraded_fraction": 1.5}, "1.5"),
+    (DegradationConfig, {"degraded_fraction": -0.1}, "-0.1"),
     (LossConfig, {"w_adv": -0.5}, "-0.5"),
     (LossConfig, {"feature_extractor": "alexnet"}, "'alexnet'"),
     (DataConfig, {"val_fraction": 1.5}, "1.5"),
@@ -130,6 +132,7 @@ def test_bad_value_in_toml_quotes_it(tmp_path):
     ('[train]\nmixed_precision = "no"\n', "'no'"),
     ("[degradation]\nblur_sigma = 1.0\n", "1.0"),
     ('[degradation]\nblur_sigma = ["a", "b"]\n', "'a'"),
+    ('[degradation]\ndegraded_fraction = "half"\n', "'half'"),
 ])
 def test_wrong_types_in_toml_are_config_errors(tmp_path, text, quoted):
     with pytest.raises(ConfigError) as info:

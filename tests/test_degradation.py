@@ -120,3 +120,20 @@ def test_degrade_random_blur_only_differs_between_seeds():
     a = degrade(hr, config, np.random.default_rng(0))
     assert not np.array_equal(a, degrade(hr, config, np.random.default_rng(1)))
     np.testing.assert_array_equal(a, degrade(hr, config, np.random.default_rng(0)))
+
+
+def test_degraded_fraction_zero_is_plain_binning_even_with_noise_configured():
+    config = DegradationConfig(method="bin", scale=4, blur_sigma=(0.5, 2.0), poisson_peak=(10.0, 100.0),
+                               gaussian_sigma=(0.0, 0.05), degraded_fraction=0.0)
+    hr = _hr((1, 32, 32))
+    for seed in range(5):
+        np.testing.assert_array_equal(degrade(hr, config, np.random.default_rng(seed)), bin_mean(hr, 4))
+
+
+def test_degraded_fraction_sets_the_share_of_blurred_noisy_patches():
+    config = DegradationConfig(method="bin", scale=4, blur_sigma=(0.5, 2.0), poisson_peak=(10.0, 100.0),
+                               gaussian_sigma=(0.0, 0.05), degraded_fraction=0.3)
+    hr = _hr((1, 32, 32))
+    clean = bin_mean(hr, 4)
+    degraded = [not np.array_equal(degrade(hr, config, np.random.default_rng(seed)), clean) for seed in range(400)]
+    assert 0.22 < np.mean(degraded) < 0.38
