@@ -219,7 +219,8 @@ class TrainConfig:
     """The training run: two phases as in SRGAN.
 
     ``pretrain_steps`` of pixel loss (SRResNet), then ``gan_steps`` of the full perceptual loss
-    starting from the pretrained generator.
+    starting from the pretrained generator. Each phase decays its learning rate (``lr``, and
+    ``gan_lr`` for the adversarial phase; 0 = ``lr``) along a cosine to ``lr_min_fraction`` of it.
     """
 
     patch_size: int = 96
@@ -227,6 +228,7 @@ class TrainConfig:
     pretrain_steps: int = 1000
     gan_steps: int = 1000
     lr: float = 1e-4
+    gan_lr: float = 0.0
     lr_min_fraction: float = 0.1
     pixel_loss: str = "l1"
     checkpoint_every: int = 100
@@ -243,6 +245,7 @@ class TrainConfig:
         _check(self.gan_steps >= 0, f"train.gan_steps must be >= 0, got {self.gan_steps!r}")
         _check(self.pretrain_steps + self.gan_steps >= 1, "train needs pretrain_steps + gan_steps >= 1")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
+        _check(self.gan_lr >= 0, f"train.gan_lr must be >= 0 (0: the same as lr), got {self.gan_lr!r}")
         _check(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
         _check(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every!r}")
         _check(self.pixel_loss in ("l1", "mse"), f"train.pixel_loss must be 'l1' or 'mse', got {self.pixel_loss!r}")

@@ -92,14 +92,14 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def learning_rate(step: int, config: ExperimentConfig) -> float:
-    """Cosine decay from ``lr`` to ``lr * lr_min_fraction`` within each phase."""
+    """Cosine decay from the phase's rate (``lr``, then ``gan_lr`` or ``lr``) to ``lr_min_fraction`` of it."""
     t = config.train
     if step < t.pretrain_steps:
-        progress, length = step, t.pretrain_steps
+        progress, length, top = step, t.pretrain_steps, t.lr
     else:
-        progress, length = step - t.pretrain_steps, t.gan_steps
-    floor = t.lr * t.lr_min_fraction
-    return floor + (t.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress / max(1, length)))
+        progress, length, top = step - t.pretrain_steps, t.gan_steps, t.gan_lr or t.lr
+    floor = top * t.lr_min_fraction
+    return floor + (top - floor) * 0.5 * (1 + math.cos(math.pi * progress / max(1, length)))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

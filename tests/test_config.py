@@ -32,6 +32,7 @@ from msrgan_core.config import (
     (LossConfig, {"feature_extractor": "alexnet"}, "'alexnet'"),
     (DataConfig, {"val_fraction": 1.5}, "1.5"),
     (TrainConfig, {"lr": 0.0}, "0.0"),
+    (TrainConfig, {"gan_lr": -1e-4}, "-0.0001"),
     (TrainConfig, {"patch_size": 8}, "8"),
     (TrainConfig, {"pixel_loss": "huber"}, "'huber'"),
     (TrainConfig, {"device": "tpu"}, "'tpu'"),

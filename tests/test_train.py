@@ -17,7 +17,7 @@ import torch
 from helpers import smooth_image
 from msrgan_core.config import ExperimentConfig
 from msrgan_core.modelfile import load_model, read_metadata
-from msrgan_core.train import CHECKPOINT, TrainingError, load_checkpoint, load_config, train
+from msrgan_core.train import CHECKPOINT, TrainingError, learning_rate, load_checkpoint, load_config, train
 
 
 def make_plate(folder: Path, wells=("A01", "A02", "B01", "B02"), sites=2, shape=(64, 72)) -> Path:
@@ -27,6 +27,17 @@ def make_plate(folder: Path, wells=("A01", "A02", "B01", "B02"), sites=2, shape=
             image = smooth_image(shape, seed=10 * i + site, low=100, high=3000).astype(np.uint16)
             tifffile.imwrite(folder / f"plate_{well}_s{site}_w1.tif", image)
     return folder
+
+
+@pytest.mark.parametrize("gan_lr,gan_top", [(0.0, 2e-4), (5e-5, 5e-5)])
+def test_each_phase_decays_from_its_own_rate(gan_lr, gan_top):
+    config = load_config(None, ["train.pretrain_steps=100", "train.gan_steps=50", "train.lr=2e-4",
+                                f"train.gan_lr={gan_lr}", "train.lr_min_fraction=0.1"])
+    assert learning_rate(0, config) == pytest.approx(2e-4)
+    assert learning_rate(50, config) == pytest.approx(0.5 * (2e-4 + 2e-5))
+    assert learning_rate(99, config) == pytest.approx(2e-5, rel=0.01)
+    assert learning_rate(100, config) == pytest.approx(gan_top)  # the adversarial phase starts afresh
+    assert learning_rate(149, config) == pytest.approx(0.1 * gan_top, rel=0.01)
 
 
 def tiny_config(data: Path, **train) -> ExperimentConfig:
