@@ -66,13 +66,10 @@ def degrade(hr: np.ndarray, config: DegradationConfig, rng: np.random.Generator)
     ``config.degraded_fraction`` share of calls. The input's Y and X should be multiples of
     the scale; the remainder is cropped.
     """
+    downsample = bin_mean if config.method == "bin" else bicubic_down
     if config.degraded_fraction < 1.0 and rng.random() >= config.degraded_fraction:
-        return bin_mean(hr, config.scale) if config.method == "bin" else bicubic_down(hr, config.scale)
-    blurred = gaussian_blur(hr, _uniform(rng, config.blur_sigma))
-    if config.method == "bin":
-        lr = bin_mean(blurred, config.scale)
-    else:
-        lr = bicubic_down(blurred, config.scale)
+        return downsample(hr, config.scale)
+    lr = downsample(gaussian_blur(hr, _uniform(rng, config.blur_sigma)), config.scale)
     peak_low, peak_high = config.poisson_peak
     peak = 0.0 if peak_high <= 0 else float(np.exp(rng.uniform(np.log(max(peak_low, 1e-3)), np.log(peak_high))))
     return poisson_gaussian_noise(lr, peak, _uniform(rng, config.gaussian_sigma), rng)
