@@ -221,6 +221,10 @@ class TrainConfig:
     ``pretrain_steps`` of pixel loss (SRResNet), then ``gan_steps`` of the full perceptual loss
     starting from the pretrained generator. Each phase decays its learning rate (``lr``, and
     ``gan_lr`` for the adversarial phase; 0 = ``lr``) along a cosine to ``lr_min_fraction`` of it.
+    ``init`` starts the generator from a model file or packaged model name (``fidelity``)
+    instead of random weights: fine-tuning. Its architecture and normalisation must match.
+    ``ema_decay`` > 0 keeps an exponential moving average of the generator's weights in each
+    phase; the saved models and the validation figures are then the average's.
     """
 
     patch_size: int = 96
@@ -230,6 +234,8 @@ class TrainConfig:
     lr: float = 1e-4
     gan_lr: float = 0.0
     lr_min_fraction: float = 0.1
+    ema_decay: float = 0.0
+    init: str = ""
     pixel_loss: str = "l1"
     checkpoint_every: int = 100
     eval_every: int = 200
@@ -246,6 +252,7 @@ class TrainConfig:
         _check(self.pretrain_steps + self.gan_steps >= 1, "train needs pretrain_steps + gan_steps >= 1")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
         _check(self.gan_lr >= 0, f"train.gan_lr must be >= 0 (0: the same as lr), got {self.gan_lr!r}")
+        _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (0: no average), got {self.ema_decay!r}")
         _check(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
         _check(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every!r}")
         _check(self.pixel_loss in ("l1", "mse"), f"train.pixel_loss must be 'l1' or 'mse', got {self.pixel_loss!r}")

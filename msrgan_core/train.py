@@ -11,12 +11,15 @@ A run directory holds:
 - ``metrics.csv``: validation PSNR/SSIM (and the bicubic baseline) per evaluation;
 - ``fidelity.safetensors``: the phase-1 generator with the best validation PSNR;
 - ``perceptual.safetensors``: the phase-2 generator at the end of training;
+
+(with ``train.ema_decay`` > 0, "the generator" above is the moving average of its weights);
 - ``samples/step_NNNNNNN.png``: low resolution | output | truth, for each evaluation;
 - ``split.json`` and ``config.json``: what was trained on and how.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -41,7 +44,7 @@ from .inference import describe_device, resolve_device
 from .io import atomic_write, find_images
 from .losses import discriminator_loss, perceptual_loss, pixel_loss
 from .metrics import image_metrics, upscale_bicubic
-from .modelfile import save_model
+from .modelfile import ModelFileError, load_model, save_model
 from .models import Discriminator, Generator, count_parameters
 
 log = logging.getLogger("msrgan")
@@ -102,6 +105,52 @@ def learning_rate(step: int, config: ExperimentConfig) -> float:
     return floor + (top - floor) * 0.5 * (1 + math.cos(math.pi * progress / max(1, length)))
 
 
+class WeightAverage:
+    """Exponential moving average of a generator's weights, restarted at the start of each phase.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` over the ``n`` updates since the
+    restart, so early on the average follows the fast-moving weights instead of holding on to
+    where the phase began.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(module).requires_grad_(False)
+        self.updates = 0
+
+    def restart(self, module: nn.Module) -> None:
+        self.module.load_state_dict(module.state_dict())
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for mine, theirs in zip(self.module.parameters(), module.parameters()):
+            mine.lerp_(theirs.detach(), 1 - decay)
+        for mine, theirs in zip(self.module.buffers(), module.buffers()):
+            mine.copy_(theirs)
+        self.updates += 1
+
+
+def initial_weights(config: ExperimentConfig) -> "tuple[Optional[dict], Optional[dict]]":
+    """The generator weights named by ``train.init`` and a note of where they came from (or None)."""
+    if not config.train.init:
+        return None, None
+    try:
+        model = load_model(config.train.init)
+    except ModelFileError as exc:
+        raise TrainingError(f"train.init: {exc}") from None
+    if model.config != config.generator:
+        raise TrainingError(f"train.init: {model.source} is a {model.config} but [generator] asks for {config.generator}")
+    if model.normalization != config.normalization:
+        raise TrainingError(f"train.init: {model.source} was trained on {model.normalization} "
+                            f"but [normalization] says {config.normalization}")
+    meta = model.metadata
+    note = {"model": config.train.init, "name": meta.get("name"), "steps": meta.get("training", {}).get("steps"),
+            "created": meta.get("created")}
+    return model.generator.state_dict(), note
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     with atomic_write(path) as tmp:
         torch.save(state, tmp)
@@ -146,7 +195,7 @@ def save_sample(path: Path, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray) -> N
 
 
 def model_metadata(config: ExperimentConfig, split, name: str, step: int, metrics: Dict[str, float],
-                   device: torch.device, world_size: int) -> dict:
+                   device: torch.device, world_size: int, init: Optional[dict] = None) -> dict:
     return {
         "name": name,
         "normalization": dataclasses.asdict(config.normalization),
@@ -165,6 +214,7 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
             "batch_size": config.train.batch_size,
             "patch_size": config.train.patch_size,
             "seed": config.train.seed,
+            "init": init,
             "hardware": f"{describe_device(device)} x {world_size}, {platform.machine()}",
             "torch": torch.__version__,
         },
@@ -223,12 +273,16 @@ def train(
         torch.manual_seed(tc.seed)
         generator = Generator(g_cfg).to(device)
         discriminator = Discriminator(config.discriminator).to(device)
+    init_state, init_note = initial_weights(config)
+    if init_state is not None:
+        generator.load_state_dict(init_state)
     opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr, betas=(0.9, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr, betas=(0.9, 0.999))
     features = make_feature_extractor(config.loss, discriminator)
     if isinstance(features, nn.Module) and features is not discriminator.features:
         features = features.to(device)
 
+    average = WeightAverage(generator, tc.ema_decay) if tc.ema_decay > 0 else None
     step, best_psnr = 0, -math.inf
     if resume:
         state = load_checkpoint(checkpoint_path)
@@ -237,6 +291,11 @@ def train(
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         step, best_psnr = int(state["step"]), float(state["best_psnr"])
+        if average is not None and "generator_average" in state:
+            average.module.load_state_dict(state["generator_average"])
+            average.updates = int(state["average_updates"])
+        elif average is not None:  # a checkpoint from a run without the average: start it here
+            average.restart(generator)
         if dist.is_main:
             log.info("msrgan: resuming %s at step %d", out_dir, step)
     if dist.world_size > 1:
@@ -260,6 +319,8 @@ def train(
             stale.unlink()
     while step < stop:
         phase = "pretrain" if step < tc.pretrain_steps else "gan"
+        if average is not None and step == tc.pretrain_steps and step > 0:
+            average.restart(unwrap(generator))  # the adversarial phase averages only its own weights
         lr_now = learning_rate(step, config)
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
@@ -297,6 +358,8 @@ def train(
             opt_d.step()
             terms["discriminator"] = d_loss
             loss = terms["total"]
+        if average is not None:
+            average.update(unwrap(generator))
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise TrainingError(f"the loss became {loss_value} at step {step}; lower train.lr or check the data")
@@ -309,11 +372,12 @@ def train(
 
         phase_ends = step == tc.pretrain_steps or step == total
         if dist.is_main and (step % tc.eval_every == 0 or phase_ends):
+            served = average.module if average is not None else unwrap(generator)  # what gets scored and saved
             row = {"step": step, "phase": phase, "lr": lr_now, "train_loss": loss_value,
                    "seconds": round(time.time() - started, 1)}
             scores = {}
             if val_pairs:
-                scores, sample = evaluate(unwrap(generator), val_pairs, device)
+                scores, sample = evaluate(served, val_pairs, device)
                 scores.update(baseline)
                 save_sample(out_dir / "samples" / f"step_{step:07d}.png", val_pairs[0][0], sample, val_pairs[0][1])
             row.update(scores)
@@ -324,11 +388,11 @@ def train(
             psnr_now = scores.get("val_psnr", -math.inf)
             if phase == "pretrain" and (psnr_now > best_psnr or not val_pairs or best_psnr == -math.inf):
                 best_psnr = max(best_psnr, psnr_now)
-                save_model(out_dir / "fidelity.safetensors", unwrap(generator),
-                           model_metadata(config, split, "fidelity", step, scores, device, dist.world_size))
+                save_model(out_dir / "fidelity.safetensors", served,
+                           model_metadata(config, split, "fidelity", step, scores, device, dist.world_size, init_note))
             if phase == "gan" and step == total:
-                save_model(out_dir / "perceptual.safetensors", unwrap(generator),
-                           model_metadata(config, split, "perceptual", step, scores, device, dist.world_size))
+                save_model(out_dir / "perceptual.safetensors", served,
+                           model_metadata(config, split, "perceptual", step, scores, device, dist.world_size, init_note))
             bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}", val_psnr=f"{psnr_now:.2f}")
         pretrain_ends = step == tc.pretrain_steps and tc.gan_steps > 0
         if dist.is_main and (step % tc.checkpoint_every == 0 or step == stop or pretrain_ends):
@@ -337,6 +401,8 @@ def train(
                 "generator": unwrap(generator).state_dict(), "discriminator": raw_d.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             }
+            if average is not None:
+                state.update(generator_average=average.module.state_dict(), average_updates=average.updates)
             save_checkpoint(checkpoint_path, state)
             if pretrain_ends:  # lets the adversarial phase be rerun (or tuned) without pretraining again
                 save_checkpoint(out_dir / PRETRAINED_CHECKPOINT, state)

@@ -42,6 +42,19 @@ def test_without_input_skip_a_zero_tail_gives_zero():
         assert torch.equal(generator(_input((1, 1, 8, 8))), torch.zeros(1, 1, 16, 16))
 
 
+def test_forward_is_the_plain_layer_by_layer_computation():
+    """The channels-last tail is a speed-up only: same numbers as the layers applied in order."""
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(scale=4, n_blocks=2, n_features=16)).eval()
+    x = torch.rand(2, 1, 20, 28)
+    with torch.no_grad():
+        features = g.head(x)
+        plain = g.tail(g.upsample(features + g.body(features))) + F.interpolate(x, scale_factor=4, mode="bicubic")
+        out = g(x)
+    assert out.is_contiguous() and out.shape == (2, 1, 80, 112)
+    assert torch.allclose(out, plain, atol=1e-5)
+
+
 def test_batch_norm_generator_runs_in_train_and_eval():
     generator = tiny_generator(scale=2, batch_norm=True, n_blocks=2)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())

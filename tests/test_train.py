@@ -17,7 +17,9 @@ import torch
 from helpers import smooth_image
 from msrgan_core.config import ExperimentConfig
 from msrgan_core.modelfile import load_model, read_metadata
-from msrgan_core.train import CHECKPOINT, TrainingError, learning_rate, load_checkpoint, load_config, train
+from msrgan_core.train import (
+    CHECKPOINT, TrainingError, WeightAverage, learning_rate, load_checkpoint, load_config, train,
+)
 
 
 def make_plate(folder: Path, wells=("A01", "A02", "B01", "B02"), sites=2, shape=(64, 72)) -> Path:
@@ -83,6 +85,68 @@ def test_resume_continues_exactly(tmp_path):
     assert states_equal(a["discriminator"], b["discriminator"])
     steps = [r["step"] for r in csv.DictReader(open(resumed / "metrics.csv"))]
     assert steps == ["3", "6"]
+
+
+def test_weight_average_warms_up_then_holds_its_decay():
+    weights = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(weights.weight)
+    average = WeightAverage(weights, decay=0.5)
+    with torch.no_grad():
+        weights.weight.fill_(1.0)
+    average.update(weights)  # warm-up decay 1/10: mostly the new weights
+    assert float(average.module.weight) == pytest.approx(0.9)
+    average.update(weights)  # decay min(0.5, 2/11)
+    assert float(average.module.weight) == pytest.approx(0.9 * 2 / 11 + 9 / 11)
+    for _ in range(30):
+        average.update(weights)
+    with torch.no_grad():
+        weights.weight.fill_(3.0)
+    before = float(average.module.weight)
+    average.update(weights)  # warmed up: the decay is capped at 0.5
+    assert float(average.module.weight) == pytest.approx(0.5 * before + 0.5 * 3.0)
+    average.restart(weights)
+    assert float(average.module.weight) == 3.0 and average.updates == 0
+    assert not average.module.weight.requires_grad
+
+
+def test_weight_average_is_what_gets_saved_and_resumes_exactly(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    straight = train(tiny_config(data, ema_decay=0.9), tmp_path / "straight", progress=False)
+    state = load_checkpoint(straight / CHECKPOINT)
+    perceptual = load_model(straight / "perceptual.safetensors").generator.state_dict()
+    assert states_equal(perceptual, state["generator_average"])
+    assert not states_equal(perceptual, state["generator"])  # the average, not the last weights
+    assert state["average_updates"] == 3  # restarted when the adversarial phase began
+    pretrained = load_checkpoint(straight / "checkpoint_pretrained.pt")
+    fidelity = load_model(straight / "fidelity.safetensors").generator.state_dict()
+    assert pretrained["average_updates"] == 3 and states_equal(fidelity, pretrained["generator_average"])
+
+    train(tiny_config(data, ema_decay=0.9), tmp_path / "stopped", progress=False, until_step=4)
+    resumed = train(tiny_config(data, ema_decay=0.9), tmp_path / "stopped", resume=True, progress=False)
+    assert states_equal(load_checkpoint(resumed / CHECKPOINT)["generator_average"], state["generator_average"])
+
+
+def test_init_fine_tunes_a_model_file_and_records_it(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    first = train(tiny_config(data, gan_steps=0), tmp_path / "first", progress=False)
+    start = load_model(first / "fidelity.safetensors").generator.state_dict()
+    tuned = train(tiny_config(data, gan_steps=0, pretrain_steps=1, lr=1e-12, init=f'"{first / "fidelity.safetensors"}"'),
+                  tmp_path / "tuned", progress=False)
+    weights = load_checkpoint(tuned / CHECKPOINT)["generator"]
+    assert all(torch.allclose(weights[k], start[k], atol=1e-9) for k in start)  # began from the file
+    fresh = load_checkpoint(train(tiny_config(data, gan_steps=0, pretrain_steps=1, lr=1e-12), tmp_path / "fresh",
+                                  progress=False) / CHECKPOINT)["generator"]
+    assert not states_equal(fresh, weights)
+    meta = read_metadata(tuned / "fidelity.safetensors")["training"]["init"]
+    assert meta["model"] == str(first / "fidelity.safetensors") and meta["name"] == "fidelity" and meta["steps"] == 3
+
+
+def test_init_refuses_a_missing_or_mismatched_model(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    with pytest.raises(TrainingError, match="train.init: .*nothing.safetensors"):
+        train(tiny_config(data, init=f'"{tmp_path / "nothing.safetensors"}"'), tmp_path / "a", progress=False)
+    with pytest.raises(TrainingError, match="train.init: .*n_features=32"):  # the packaged model is wider
+        train(tiny_config(data, init='"fidelity"'), tmp_path / "b", progress=False)
 
 
 def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path):
