@@ -64,7 +64,9 @@ clean:
 	rm -rf $(VENV) $(GUI_VENV) $(DEMO_OUT)
 
 # The packaged default models: one command, checked-in config, reproducible from its seed.
-# Trains on 2 CPU cores in 25 to 40 minutes, then copies both models into the package.
+# Took 65 minutes on the 2 CPU cores the shipped models were trained on; about 2.5 hours on
+# 2 slower AVX2-only cores (0.65 s per pretraining step, 1.5 s per adversarial step). Then it
+# copies both models into the package.
 MSRGAN_DATA ?= ../shared/data
 export MSRGAN_DATA
 models: $(STAMP)
