@@ -11,10 +11,10 @@ A run directory holds:
 - ``metrics.csv``: validation PSNR/SSIM (and the bicubic baseline) per evaluation;
 - ``fidelity.safetensors``: the phase-1 generator with the best validation PSNR;
 - ``perceptual.safetensors``: the phase-2 generator at the end of training;
-
-(with ``train.ema_decay`` > 0, "the generator" above is the moving average of its weights);
 - ``samples/step_NNNNNNN.png``: low resolution | output | truth, for each evaluation;
 - ``split.json`` and ``config.json``: what was trained on and how.
+
+With ``train.ema_decay`` > 0, the saved and scored generator is the moving average of its weights.
 """
 from __future__ import annotations
 

@@ -166,4 +166,3 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
         assert config.data.train == ["/data/screens/bbbc039/images", "/data/screens/dsb2018_fluorescence"]
         assert config.degradation.method == "bin" and config.generator.scale == 4
         assert config.loss.feature_extractor == "discriminator"
-
