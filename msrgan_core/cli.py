@@ -53,6 +53,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blend(args: argparse.Namespace) -> int:
+    from .modelfile import blend_models, load_model, save_model
+
+    blended = blend_models(load_model(args.adversarial), load_model(args.fidelity), args.weight)
+    save_model(args.out, blended.generator, blended.metadata)
+    print(f"msrgan: {args.out} = {args.weight:g} x {args.adversarial} + {1 - args.weight:g} x {args.fidelity}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import DegradationConfig
     from .evaluate import evaluate_images, format_table, summarize, write_csv
@@ -115,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("blend", help="blend an adversarial model with the fidelity model it was trained from")
+    p.add_argument("adversarial", help="model file or packaged model name (e.g. perceptual)")
+    p.add_argument("fidelity", help="the fidelity model the adversarial one started from")
+    p.add_argument("--weight", type=float, required=True,
+                   help="share of the adversarial model, 0..1: lower is more accurate, higher has more texture")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the blended model file to write")
+    p.set_defaults(func=cmd_blend)
 
     p = sub.add_parser("info", help="print a model file's metadata")
     p.add_argument("model", help="model file or packaged model name")

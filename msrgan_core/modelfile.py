@@ -156,6 +156,39 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
     return LoadedModel(generator=generator, metadata=meta, source=str(path))
 
 
+def blend_models(adversarial: LoadedModel, fidelity: LoadedModel, weight: float) -> LoadedModel:
+    """Network interpolation: ``weight`` x adversarial + (1 - ``weight``) x fidelity, weight by weight.
+
+    Trades some of an adversarial model's texture for its fidelity model's accuracy without
+    retraining (Wang et al., ESRGAN). It is meaningful only when the adversarial model was
+    trained on from the fidelity one, so the two share an architecture and normalisation;
+    anything else is a :class:`ModelFileError`. The result's metadata is the adversarial
+    model's, with a ``blend`` note and without its validation figures (they no longer hold).
+    """
+    if not 0.0 <= float(weight) <= 1.0:
+        raise ModelFileError(f"the blend weight must be between 0 and 1, got {weight!r}")
+    if adversarial.config != fidelity.config:
+        raise ModelFileError(f"cannot blend {adversarial.source} ({adversarial.config}) "
+                             f"with {fidelity.source} ({fidelity.config}): the architectures differ")
+    if adversarial.normalization != fidelity.normalization:
+        raise ModelFileError(f"cannot blend {adversarial.source} ({adversarial.normalization}) "
+                             f"with {fidelity.source} ({fidelity.normalization}): the normalisations differ")
+    generator = Generator(adversarial.config)
+    mine, theirs = adversarial.generator.state_dict(), fidelity.generator.state_dict()
+    generator.load_state_dict({k: torch.lerp(theirs[k].float(), mine[k].float(), float(weight)).to(mine[k].dtype)
+                               for k in mine})
+    generator.eval().requires_grad_(False)
+
+    def note(model: LoadedModel) -> Dict[str, Any]:
+        meta = model.metadata
+        return {"model": model.source, "name": meta.get("name"), "created": meta.get("created"),
+                "steps": meta.get("training", {}).get("steps")}
+
+    meta = {k: v for k, v in adversarial.metadata.items() if k != "validation"}
+    meta["blend"] = {"weight": float(weight), "adversarial": note(adversarial), "fidelity": note(fidelity)}
+    return LoadedModel(generator=generator, metadata=meta, source=f"blend of {adversarial.source} and {fidelity.source}")
+
+
 def describe(meta: Dict[str, Any]) -> str:
     """A readable multi-line summary of model metadata, for ``msrgan info``."""
     lines = []

@@ -80,3 +80,21 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     result = msrgan("upscale", stack, "-o", tmp_path / "o", check=False)
     assert result.returncode == 2 and "stack.tif" in result.stderr and "3-D stack" in result.stderr
     assert not (tmp_path / "o" / "stack.tif").exists()
+
+
+def test_blend_writes_a_model_between_the_packaged_two(tmp_path):
+    import torch
+
+    from msrgan_core.modelfile import load_model
+
+    out = tmp_path / "half.safetensors"
+    result = msrgan("blend", "perceptual", "fidelity", "--weight", "0.5", "-o", out)
+    assert "0.5 x perceptual + 0.5 x fidelity" in result.stdout
+    info = msrgan("info", out).stdout
+    assert "blend.weight: 0.5" in info and "name: perceptual" in info and "validation." not in info
+    half, ends = load_model(out).generator.state_dict(), [load_model(n).generator.state_dict() for n in ("perceptual", "fidelity")]
+    torch.testing.assert_close(half["tail.weight"], (ends[0]["tail.weight"] + ends[1]["tail.weight"]) / 2)
+
+    bad = msrgan("blend", "perceptual", "fidelity", "--weight", "2", "-o", tmp_path / "bad.safetensors", check=False)
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from helpers import tiny_generator
 from msrgan_core.config import NormalizationConfig
 from msrgan_core.modelfile import (
-    METADATA_KEY, ModelFileError, load_model, packaged_model_path, read_metadata, resolve_model, save_model,
+    METADATA_KEY, ModelFileError, blend_models, load_model, packaged_model_path, read_metadata, resolve_model, save_model,
 )
 
 
@@ -135,6 +135,49 @@ def test_bad_metadata(tmp_path, saved, meta, message):
     save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(path), metadata={METADATA_KEY: raw})
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
+
+
+def _pair(tmp_path, **kwargs):
+    norm = {"normalization": {"low": 2.0, "high": 99.0}}
+    fid = save_model(tmp_path / "f.safetensors", tiny_generator(scale=2, n_blocks=2, seed=1), {**norm, "name": "fidelity"})
+    adv = save_model(tmp_path / "a.safetensors", tiny_generator(scale=2, n_blocks=2, seed=2, **kwargs),
+                     {**norm, "name": "perceptual", "validation": {"val_psnr": 30.0}, "training": {"steps": 9}})
+    return load_model(adv), load_model(fid)
+
+
+def test_blend_is_the_weighted_mean_of_the_weights_and_says_so(tmp_path):
+    adv, fid = _pair(tmp_path)
+    blended = blend_models(adv, fid, 0.75)
+    a, f, b = adv.generator.state_dict(), fid.generator.state_dict(), blended.generator.state_dict()
+    assert not torch.equal(a["tail.weight"], f["tail.weight"])
+    for key in a:
+        torch.testing.assert_close(b[key], 0.75 * a[key] + 0.25 * f[key])
+    with torch.no_grad():  # the two ends are the models themselves
+        assert torch.equal(blend_models(adv, fid, 1.0).generator(_x()), adv.generator(_x()))
+        assert torch.equal(blend_models(adv, fid, 0.0).generator(_x()), fid.generator(_x()))
+    # written and read back like any model: the adversarial model's metadata, a blend note, no stale figures
+    reloaded = load_model(save_model(tmp_path / "b.safetensors", blended.generator, blended.metadata))
+    meta = reloaded.metadata
+    assert meta["name"] == "perceptual" and meta["training"]["steps"] == 9 and "validation" not in meta
+    assert meta["blend"]["weight"] == 0.75 and meta["blend"]["adversarial"]["steps"] == 9
+    assert meta["blend"]["fidelity"]["model"] == str(tmp_path / "f.safetensors")
+    assert reloaded.normalization == NormalizationConfig(low=2.0, high=99.0)
+    with torch.no_grad():
+        assert torch.equal(reloaded.generator(_x()), blended.generator(_x()))
+
+
+def test_blend_refuses_models_that_do_not_match_and_weights_outside_0_1(tmp_path):
+    adv, fid = _pair(tmp_path / "same")
+    for weight in (-0.1, 1.5):
+        with pytest.raises(ModelFileError, match="between 0 and 1"):
+            blend_models(adv, fid, weight)
+    wider, fid = _pair(tmp_path / "wider", n_features=16)
+    with pytest.raises(ModelFileError, match="architectures differ"):
+        blend_models(wider, fid, 0.5)
+    other = save_model(tmp_path / "o.safetensors", tiny_generator(scale=2, n_blocks=2, seed=3),
+                       {"normalization": {"low": 0.0, "high": 100.0}})
+    with pytest.raises(ModelFileError, match="normalisations differ"):
+        blend_models(adv, load_model(other), 0.5)
 
 
 @pytest.mark.parametrize("name", ["fidelity", "perceptual"])
