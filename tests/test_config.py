@@ -160,7 +160,7 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
 
     monkeypatch.setenv("MSRGAN_DATA", "/data/screens")
     recipes = sorted((Path(__file__).parents[1] / "msrgan_core" / "configs").glob("*.toml"))
-    assert [p.name for p in recipes] == ["default_models.toml", "default_models_gpu.toml"]
+    assert [p.name for p in recipes] == ["default_models.toml", "default_models_gpu.toml", "default_models_refine.toml"]
     for recipe in recipes:
         config = load_config(recipe)
         assert config.data.train == ["/data/screens/bbbc039/images", "/data/screens/dsb2018_fluorescence"]
