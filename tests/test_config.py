@@ -166,3 +166,10 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
         assert config.data.train == ["/data/screens/bbbc039/images", "/data/screens/dsb2018_fluorescence"]
         assert config.degradation.method == "bin" and config.generator.scale == 4
         assert config.loss.feature_extractor == "discriminator"
+    # stage 2 trains stage 1's output on: same network, normalisation, degradation, data and seed
+    # (so the same held-out split), and it reads the file that `make models` writes in stage 1
+    stage1, stage2 = (load_config(p) for p in recipes if p.name in ("default_models.toml", "default_models_refine.toml"))
+    assert stage2.train.init == "runs/default_models/fidelity.safetensors" and stage1.train.init == ""
+    assert (stage2.generator, stage2.normalization, stage2.degradation, stage2.data) == \
+        (stage1.generator, stage1.normalization, stage1.degradation, stage1.data)
+    assert stage2.train.seed == stage1.train.seed
