@@ -3,7 +3,8 @@
     python benchmarks/perception_tradeoff.py [--data ../shared/data] [--hf 0.9]
 
 Each image's ``fidelity`` output is raised to a high-frequency power ratio of ``--hf`` (where it
-is below) in two ways that add no knowledge of the truth:
+is below) in two ways that add no information about the truth (only how much is added is set
+from the truth's HF power):
 
 - ``fidelity + noise``: independent white noise, high-passed above the HF ratio's cutoff (half
   the low-resolution Nyquist frequency). Detail that costs as much PSNR as this carries no more
