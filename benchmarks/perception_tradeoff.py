@@ -28,19 +28,18 @@ from tqdm.auto import tqdm
 from msrgan_core.degradation import bin_mean, crop_to_multiple
 from msrgan_core.inference import Upscaler
 from msrgan_core.io import read_image
-from msrgan_core.metrics import high_frequency_ratio, psnr, upscale_lanczos
+from msrgan_core.metrics import (
+    above_cutoff, high_frequency_cutoff, high_frequency_ratio, psnr, upscale_lanczos,
+)
 from msrgan_core.modelfile import load_model
 from quality import SCALE, validation_files
 
-CUTOFF = 0.25 / SCALE  # cycles per high-resolution pixel, as in metrics.high_frequency_ratio
 ROWS = ["fidelity", "perceptual", "fidelity + noise", "fidelity + own HF"]
 
 
 def high_pass(image: np.ndarray) -> np.ndarray:
-    """The part of ``image`` above ``CUTOFF`` (ideal filter in the Fourier domain)."""
-    fy = np.fft.fftfreq(image.shape[0])[:, None]
-    fx = np.fft.fftfreq(image.shape[1])[None, :]
-    return np.real(np.fft.ifft2(np.fft.fft2(image) * (np.hypot(fy, fx) > CUTOFF)))
+    """The part of ``image`` above the HF ratio's cutoff (ideal filter in the Fourier domain)."""
+    return np.real(np.fft.ifft2(np.fft.fft2(image) * above_cutoff(image.shape, high_frequency_cutoff(SCALE))))
 
 
 def raise_hf(truth: np.ndarray, base: np.ndarray, detail: np.ndarray, target: float) -> np.ndarray:

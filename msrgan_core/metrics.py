@@ -68,20 +68,30 @@ BASELINES: Dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
 
 # --- measures of sharpness, texture and segmentation (benchmarks/quality.py) ---------------
 
+def high_frequency_cutoff(scale: int) -> float:
+    """Half the low-resolution Nyquist frequency, in cycles per high-resolution pixel."""
+    return 0.25 / scale
+
+
+def above_cutoff(shape: tuple, cutoff: float) -> np.ndarray:
+    """Boolean mask of the ``np.fft.fft2`` frequencies of a ``shape`` image above ``cutoff``."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.fftfreq(shape[1])[None, :]
+    return np.hypot(fy, fx) > cutoff
+
+
 def high_frequency_power(image: np.ndarray, cutoff: float) -> float:
     """Spectral power of a ``(Y, X)`` image above ``cutoff`` cycles per pixel (Hann-windowed)."""
     image = np.asarray(image, np.float64)
     window = np.outer(np.hanning(image.shape[0]), np.hanning(image.shape[1]))
     spectrum = np.abs(np.fft.fft2((image - image.mean()) * window)) ** 2
-    fy = np.fft.fftfreq(image.shape[0])[:, None]
-    fx = np.fft.fftfreq(image.shape[1])[None, :]
-    return float(spectrum[np.hypot(fy, fx) > cutoff].sum())
+    return float(spectrum[above_cutoff(image.shape, cutoff)].sum())
 
 
 def high_frequency_ratio(truth: np.ndarray, test: np.ndarray, scale: int) -> float:
-    """Power above half the low-resolution Nyquist frequency (``0.25 / scale`` cycles per
-    high-resolution pixel), of ``test`` over ``truth``: 1.0 is as sharp as the truth."""
-    cutoff = 0.25 / scale
+    """Power above :func:`high_frequency_cutoff`, of ``test`` over ``truth``: 1.0 is as sharp
+    as the truth."""
+    cutoff = high_frequency_cutoff(scale)
     return high_frequency_power(test, cutoff) / high_frequency_power(truth, cutoff)
 
 
