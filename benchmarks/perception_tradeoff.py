@@ -48,6 +48,8 @@ def raise_hf(truth: np.ndarray, base: np.ndarray, detail: np.ndarray, target: fl
         return base
     low, high = 0.0, 1.0
     while high_frequency_ratio(truth, base + high * detail, SCALE) < target:
+        if high > 1e12:  # the detail has no power above the cutoff
+            raise ValueError("the added detail cannot raise the HF ratio")
         high *= 2
     for _ in range(30):
         mid = (low + high) / 2
