@@ -25,14 +25,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from msrgan_core.degradation import bin_mean, crop_to_multiple
 from msrgan_core.inference import Upscaler
-from msrgan_core.io import read_image
 from msrgan_core.metrics import (
     above_cutoff, high_frequency_cutoff, high_frequency_ratio, psnr, upscale_lanczos,
 )
 from msrgan_core.modelfile import load_model
-from quality import SCALE, validation_files
+from quality import SCALE, binned_pair, validation_files
 
 ROWS = ["fidelity", "perceptual", "fidelity + noise", "fidelity + own HF"]
 
@@ -72,12 +70,9 @@ def main() -> None:
         gains = {name: [] for name in ROWS}
         ratios = {name: [] for name in ROWS}
         for index, path in enumerate(tqdm(paths, desc=dataset, unit="image")):
-            image, _ = read_image(path)
-            hr = crop_to_multiple(image.astype(np.float32), SCALE)[0].astype(np.float64)
-            lr = bin_mean(hr[None].astype(np.float32), SCALE)
-            data_range = float(hr.max() - hr.min())
+            hr, lr, data_range = binned_pair(path)
             lanczos = psnr(hr, upscale_lanczos(lr, SCALE)[0], data_range)
-            outputs = {name: upscaler.upscale(lr)[0].astype(np.float64) for name, upscaler in models.items()}
+            outputs = {name: upscaler.upscale(lr)[0] for name, upscaler in models.items()}
             base = outputs["fidelity"]
             noise = high_pass(np.random.default_rng(index).standard_normal(base.shape))
             outputs["fidelity + noise"] = raise_hf(hr, base, noise, args.hf)

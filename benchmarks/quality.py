@@ -23,7 +23,7 @@ import csv
 import os
 import re
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -67,17 +67,21 @@ def validation_files(data: Path, model_meta: dict) -> Dict[str, List[Path]]:
     return out
 
 
+def binned_pair(path: Path) -> Tuple[np.ndarray, np.ndarray, float]:
+    """A held-out image as ``(hr (Y, X), lr (1, Y/4, X/4), data range of hr)``: LR = mean binning."""
+    image, _ = read_image(path)
+    hr = crop_to_multiple(image.astype(np.float32), SCALE)[0]
+    return hr, bin_mean(hr[None], SCALE), float(hr.max() - hr.min())
+
+
 def score(dataset: str, paths: List[Path], models: Dict[str, Upscaler], masks_dir: Path) -> List[dict]:
     rows = []
     for path in tqdm(paths, desc=dataset, unit="image"):
-        image, _ = read_image(path)
-        hr = crop_to_multiple(image.astype(np.float32), SCALE)[0]
-        lr = bin_mean(hr[None], SCALE)
+        hr, lr, data_range = binned_pair(path)
         outputs = {name: fn(lr, SCALE)[0] for name, fn in BASELINES.items()}
         for name, upscaler in models.items():
             outputs[name] = upscaler.upscale(lr)[0]
         outputs["high-res"] = hr
-        data_range = float(hr.max() - hr.min())
         mask_path = masks_dir / (path.stem + ".png")
         labels = read_mask(mask_path)[: hr.shape[0], : hr.shape[1]] if dataset == "BBBC039" and mask_path.exists() else None
         for method in METHODS:
