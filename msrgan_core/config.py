@@ -44,11 +44,6 @@ class GeneratorConfig:
     input_skip : bool
         Add the bicubic upsampling of the input to the output, so the network learns the residual
         detail only. Needs ``in_channels == out_channels``.
-    upsampler : str
-        ``stages``: SRGAN's sub-pixel stages (a 3x3 convolution and a 2x pixel shuffle per
-        doubling) and a 9x9 tail at output resolution. ``single``: ESPCN's one 3x3 convolution
-        to ``scale**2`` channels per output channel at input resolution and one pixel shuffle;
-        about half the cost of a training step on the CPU, so the body can be wider.
     """
 
     scale: int = 4
@@ -58,12 +53,9 @@ class GeneratorConfig:
     n_features: int = 64
     batch_norm: bool = False
     input_skip: bool = True
-    upsampler: str = "stages"
 
     def __post_init__(self) -> None:
         _check(self.scale in (2, 4, 8), f"generator.scale must be 2, 4 or 8, got {self.scale!r}")
-        _check(self.upsampler in ("stages", "single"),
-               f"generator.upsampler must be 'stages' or 'single', got {self.upsampler!r}")
         _check(self.in_channels >= 1, f"generator.in_channels must be >= 1, got {self.in_channels!r}")
         _check(self.out_channels >= 1, f"generator.out_channels must be >= 1, got {self.out_channels!r}")
         _check(self.n_blocks >= 1, f"generator.n_blocks must be >= 1, got {self.n_blocks!r}")

@@ -30,9 +30,6 @@ class ResidualBlock(nn.Module):
 class Generator(nn.Module):
     """SRResNet: head conv, residual blocks with a global skip, sub-pixel upsampling, tail conv.
 
-    With ``upsampler = "single"`` the tail is one 3x3 convolution at input resolution whose
-    ``scale**2`` channels per output channel a pixel shuffle lays out (ESPCN).
-
     Input ``(N, in_channels, H, W)`` normalised intensities; output
     ``(N, out_channels, H * scale, W * scale)`` on the same scale.
     """
@@ -48,42 +45,31 @@ class Generator(nn.Module):
             body.append(nn.BatchNorm2d(f))
         self.body = nn.Sequential(*body)
         upsample = []
-        if config.upsampler == "single":
-            self.tail = nn.Conv2d(f, config.out_channels * config.scale ** 2, 3, padding=1)
-        else:
-            for _ in range(int(math.log2(config.scale))):
-                upsample += [nn.Conv2d(f, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(f)]
-            self.tail = nn.Conv2d(f, config.out_channels, 9, padding=4)
+        for _ in range(int(math.log2(config.scale))):
+            upsample += [nn.Conv2d(f, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(f)]
         self.upsample = nn.Sequential(*upsample)
+        self.tail = nn.Conv2d(f, config.out_channels, 9, padding=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.head(x)
-        if self.config.upsampler == "single":
-            out = F.pixel_shuffle(self.tail(features + self.body(features)), self.config.scale)
-        else:
-            out = self._stages(features)
-        if self.config.input_skip:
-            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
-        return out
-
-    def _stages(self, features: torch.Tensor) -> torch.Tensor:
         # oneDNN runs the tail (9 x 9 to one channel, the costliest layer on the CPU) about twice
         # as fast on channels-last input; same result. No name holds the upsampled features, so
         # without autograd their contiguous copy is freed as soon as it is converted.
         upsampled = self.upsample(features + self.body(features)).contiguous(memory_format=torch.channels_last)
-        return self.tail(upsampled).contiguous()
+        out = self.tail(upsampled).contiguous()
+        if self.config.input_skip:
+            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return out
 
 
 def receptive_radius(config: GeneratorConfig) -> int:
     """How far (in input pixels) an output pixel sees: the context a tile needs on each side.
 
-    Head 9x9 (4), two 3x3 per residual block, the body conv (1); then either one 3x3 per
-    upsampling stage at rising resolution (< 2 in all) and the tail 9x9 at output resolution
-    (4 / scale), or the single upsampler's 3x3 at input resolution (1); and the bicubic input
-    skip (2). Rounded up, with one pixel to spare.
+    Head 9x9 (4), two 3x3 per residual block, the body conv (1), one 3x3 per upsampling stage
+    at rising resolution (< 2 in all), the tail 9x9 at output resolution (4 / scale), and the
+    bicubic input skip (2). Rounded up, with one pixel to spare.
     """
-    upsampling = 1 if config.upsampler == "single" else 2 + math.ceil(4 / config.scale)
-    return 4 + 2 * config.n_blocks + 1 + upsampling + 2 + 1
+    return 4 + 2 * config.n_blocks + 1 + 2 + math.ceil(4 / config.scale) + 2 + 1
 
 
 class Discriminator(nn.Module):

@@ -17,7 +17,6 @@ from msrgan_core.config import (
     (GeneratorConfig, {"n_features": 2}, "2"),
     (GeneratorConfig, {"in_channels": 0}, "0"),
     (GeneratorConfig, {"in_channels": 1, "out_channels": 3}, "1 and 3"),
-    (GeneratorConfig, {"upsampler": "deconv"}, "'deconv'"),
     (DiscriminatorConfig, {"n_features": 1}, "1"),
     (NormalizationConfig, {"low": 50.0, "high": 10.0}, "low=50.0 high=10.0"),
     (NormalizationConfig, {"low": 1.0, "high": 101.0}, "101.0"),

@@ -37,11 +37,6 @@ def model_2ch(model_dir):
 
 
 @pytest.fixture(scope="module")
-def model_single_x4(model_dir):
-    return tiny_model(model_dir, "single.safetensors", scale=4, seed=8, upsampler="single")
-
-
-@pytest.fixture(scope="module")
 def bicubic_x4(model_dir):
     return tiny_model(model_dir, "bicubic.safetensors", scale=4, zero_tail=True)
 
@@ -121,11 +116,6 @@ def test_tiled_equals_untiled_odd_size_x2(model_x2):
 def test_tiled_equals_untiled_odd_size_x4(model_x4, dtype):
     image = smooth_image((97, 130), seed=2).astype(dtype)
     _assert_tiled_equals_untiled(model_x4, image, tiles=(60, 64, 90))
-
-
-def test_tiled_equals_untiled_single_upsampler(model_single_x4):
-    image = smooth_image((97, 130), seed=9).astype(np.uint16)
-    _assert_tiled_equals_untiled(model_single_x4, image, tiles=(60, 90))
 
 
 def test_tiled_equals_untiled_multichannel_model(model_2ch):

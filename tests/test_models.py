@@ -15,23 +15,20 @@ def _input(shape, seed=0):
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("upsampler", ["stages", "single"])
 @pytest.mark.parametrize("scale", [2, 4, 8])
 @pytest.mark.parametrize("in_ch,out_ch", [(1, 1), (2, 2), (3, 3), (1, 2), (3, 1)])
-def test_generator_output_shape(scale, in_ch, out_ch, upsampler):
-    generator = tiny_generator(scale=scale, channels=in_ch, out_channels=out_ch, input_skip=in_ch == out_ch,
-                               upsampler=upsampler)
+def test_generator_output_shape(scale, in_ch, out_ch):
+    generator = tiny_generator(scale=scale, channels=in_ch, out_channels=out_ch, input_skip=in_ch == out_ch)
     with torch.no_grad():
         out = generator(_input((2, in_ch, 7, 11)))
     assert out.shape == (2, out_ch, 7 * scale, 11 * scale)
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("upsampler", ["stages", "single"])
 @pytest.mark.parametrize("scale", [2, 4, 8])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_input_skip_with_zero_tail_is_exactly_bicubic(scale, channels, upsampler):
-    generator = tiny_generator(scale=scale, channels=channels, n_blocks=2, zero_tail=True, upsampler=upsampler)
+def test_input_skip_with_zero_tail_is_exactly_bicubic(scale, channels):
+    generator = tiny_generator(scale=scale, channels=channels, n_blocks=2, zero_tail=True)
     x = _input((1, channels, 9, 12))
     with torch.no_grad():
         out = generator(x)
@@ -58,24 +55,6 @@ def test_forward_is_the_plain_layer_by_layer_computation():
     assert torch.allclose(out, plain, atol=1e-5)
 
 
-def test_single_upsampler_lays_out_each_output_channel_from_its_own_tail_channels():
-    """Output channel c's 2 x 2 sub-pixels at input pixel (i, j) are tail channels 4c .. 4c + 3 there."""
-    torch.manual_seed(0)
-    g = Generator(GeneratorConfig(scale=2, in_channels=2, out_channels=2, n_blocks=1, n_features=8,
-                                  upsampler="single", input_skip=False)).eval()
-    assert not list(g.upsample.parameters())
-    x = torch.rand(1, 2, 5, 6)
-    with torch.no_grad():
-        features = g.head(x)
-        tail = g.tail(features + g.body(features))
-        out = g(x)
-    assert tail.shape == (1, 8, 5, 6) and out.shape == (1, 2, 10, 12)
-    for c in range(2):
-        for dy in range(2):
-            for dx in range(2):
-                assert torch.equal(out[0, c, dy::2, dx::2], tail[0, 4 * c + 2 * dy + dx])
-
-
 def test_batch_norm_generator_runs_in_train_and_eval():
     generator = tiny_generator(scale=2, batch_norm=True, n_blocks=2)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())
@@ -86,11 +65,10 @@ def test_batch_norm_generator_runs_in_train_and_eval():
         assert generator(_input((1, 1, 8, 8))).shape == (1, 1, 16, 16)
 
 
-@pytest.mark.parametrize("upsampler", ["stages", "single"])
 @pytest.mark.parametrize("scale,n_blocks", [(2, 1), (4, 2), (8, 1)])
-def test_receptive_radius_bounds_the_influence_of_a_pixel(scale, n_blocks, upsampler):
+def test_receptive_radius_bounds_the_influence_of_a_pixel(scale, n_blocks):
     """Changing one input pixel changes no output pixel further than the receptive radius."""
-    config_generator = tiny_generator(scale=scale, n_blocks=n_blocks, seed=4, upsampler=upsampler)
+    config_generator = tiny_generator(scale=scale, n_blocks=n_blocks, seed=4)
     radius = receptive_radius(config_generator.config)
     size = 2 * radius + 11
     x = _input((1, 1, size, size))
