@@ -152,7 +152,7 @@ class Upscaler:
             raise ValueError(f"tile must be >= 0 (0 = automatic), got {tile!r}")
         self.precision = precision
         self.progress = progress
-        self.generator = model.generator.to(self.device)
+        self.generator = model.generator.to(self.device, memory_format=torch.channels_last)
         log.info("msrgan: model %s on %s", Path(model.source).name, describe_device(self.device))
 
     @property
