@@ -271,9 +271,8 @@ def train(
 
     with torch.random.fork_rng(devices=[]):  # weights drawn from the seed; the global RNG is left alone
         torch.manual_seed(tc.seed)
-        # channels-last: oneDNN's CPU convolutions run faster on it; the numbers are the same
-        generator = Generator(g_cfg).to(device, memory_format=torch.channels_last)
-        discriminator = Discriminator(config.discriminator).to(device, memory_format=torch.channels_last)
+        generator = Generator(g_cfg).to(device)
+        discriminator = Discriminator(config.discriminator).to(device)
     init_state, init_note = initial_weights(config)
     if init_state is not None:
         generator.load_state_dict(init_state)

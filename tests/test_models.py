@@ -57,22 +57,16 @@ def test_forward_is_the_plain_layer_by_layer_computation():
     assert torch.allclose(out, plain, atol=1e-5)
 
 
-def test_channels_last_weights_give_the_same_output_and_gradients():
-    """Training and inference keep the networks channels-last for speed; the numbers must not change."""
+def test_channels_last_weights_give_the_same_output():
+    """Inference keeps the generator channels-last for speed; the numbers must not change."""
     torch.manual_seed(0)
-    plain = Generator(GeneratorConfig(scale=4, n_blocks=2, n_features=16))
+    plain = Generator(GeneratorConfig(scale=4, n_blocks=2, n_features=16)).eval()
     fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     assert fast.tail.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(2, 1, 13, 17)
-    out_plain, out_fast = plain(x), fast(x)
+    with torch.no_grad():
+        out_plain, out_fast = plain(x), fast(x)
     assert out_fast.is_contiguous() and torch.allclose(out_fast, out_plain, atol=1e-5)
-    out_plain.square().mean().backward()
-    out_fast.square().mean().backward()
-    assert torch.allclose(fast.head[0].weight.grad, plain.head[0].weight.grad, rtol=1e-4, atol=1e-6)
-    d_plain = Discriminator(DiscriminatorConfig(in_channels=1, n_features=8))
-    d_fast = copy.deepcopy(d_plain).to(memory_format=torch.channels_last)
-    image = torch.rand(2, 1, 32, 32)
-    assert torch.allclose(d_fast(image), d_plain(image), atol=1e-5)
 
 
 def test_batch_norm_generator_runs_in_train_and_eval():
