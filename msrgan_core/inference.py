@@ -152,6 +152,8 @@ class Upscaler:
             raise ValueError(f"tile must be >= 0 (0 = automatic), got {tile!r}")
         self.precision = precision
         self.progress = progress
+        # channels-last weights: oneDNN's CPU convolutions run 1.2-1.3x faster on them, same numbers.
+        # Module.to converts in place, once: later Upscalers of the same model find it converted.
         self.generator = model.generator.to(self.device, memory_format=torch.channels_last)
         log.info("msrgan: model %s on %s", Path(model.source).name, describe_device(self.device))
 

@@ -53,7 +53,8 @@ class Generator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.head(x)
         # oneDNN runs the tail (9 x 9 to one channel, the costliest layer on the CPU) about twice
-        # as fast on channels-last input; same result. No name holds the upsampled features, so
+        # as fast on channels-last input; same result. (Upscaler keeps all weights channels-last,
+        # which makes this a no-op there; training keeps the default layout.) No name holds the upsampled features, so
         # without autograd their contiguous copy is freed as soon as it is converted.
         upsampled = self.upsample(features + self.body(features)).contiguous(memory_format=torch.channels_last)
         out = self.tail(upsampled).contiguous()
