@@ -1,6 +1,8 @@
 """The mSRGAN networks: an SRResNet-style generator and SRGAN's VGG-style discriminator."""
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import torch
@@ -52,15 +54,50 @@ class Generator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.head(x)
-        # oneDNN runs the tail (9 x 9 to one channel, the costliest layer on the CPU) about twice
-        # as fast on channels-last input; same result. (Upscaler keeps all weights channels-last,
-        # which makes this a no-op there; training keeps the default layout.) No name holds the upsampled features, so
-        # without autograd their contiguous copy is freed as soon as it is converted.
-        upsampled = self.upsample(features + self.body(features)).contiguous(memory_format=torch.channels_last)
-        out = self.tail(upsampled).contiguous()
+        *stages, conv, shuffle, prelu = self.upsample
+        # The last stage's shuffle and PReLU and the tail (9 x 9 to few channels at output
+        # resolution, slow on the CPU) run as one equivalent convolution on the unshuffled
+        # features and a shuffle of its few output channels: the same function and parameters,
+        # twice as fast. oneDNN prefers channels-last input; without autograd the contiguous
+        # copy is freed once converted. (Upscaler keeps all weights channels-last.)
+        s = shuffle.upscale_factor
+        unshuffled = conv(nn.Sequential(*stages)(features + self.body(features)))
+        unshuffled = F.prelu(unshuffled, prelu.weight.repeat_interleave(s * s)).contiguous(memory_format=torch.channels_last)
+        kernel = fold_tail(self.tail.weight, s)
+        out = F.conv2d(unshuffled, kernel, self.tail.bias.repeat_interleave(s * s), padding=kernel.shape[-1] // 2)
+        out = F.pixel_shuffle(out.contiguous(), s)
         if self.config.input_skip:
             out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _fold_index(k: int, s: int) -> torch.Tensor:
+    """Where each tap of the folded kernel (see :func:`fold_tail`) reads the k x k kernel; k * k = zero."""
+    r = k // 2
+    n = 2 * ((r + s - 1) // s) + 1
+    index = torch.full((s, s, s, s, n, n), k * k, dtype=torch.long)  # i j p q u v
+    for i, j, p, q, u, v in itertools.product(range(s), range(s), range(s), range(s), range(n), range(n)):
+        dy, dx = s * (u - n // 2) + p - i, s * (v - n // 2) + q - j
+        if abs(dy) <= r and abs(dx) <= r:
+            index[i, j, p, q, u, v] = (dy + r) * k + dx + r
+    return index
+
+
+def fold_tail(weight: torch.Tensor, s: int) -> torch.Tensor:
+    """A k x k convolution after a pixel shuffle by ``s``, as a convolution before it.
+
+    ``weight`` ``(O, C, k, k)`` (k odd, zero padding k // 2) acts on ``pixel_shuffle(x, s)``.
+    The returned ``(O * s * s, C * s * s, n, n)`` kernel (padding n // 2) acts on ``x`` itself;
+    shuffling its output by ``s`` gives the same result. Output sub-pixel (i, j) of input pixel
+    (Y, X) reads sub-pixel (p, q) of input pixel (Y + u, X + v) at offset ``s * u + p - i``.
+    Differentiable, so training updates ``weight`` as it is.
+    """
+    o, c, k, _ = weight.shape
+    index = _fold_index(k, s).to(weight.device)
+    padded = torch.cat([weight.flatten(2), weight.new_zeros(o, c, 1)], dim=2)
+    folded = padded[:, :, index]  # o c i j p q u v
+    return folded.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(o * s * s, c * s * s, *folded.shape[-2:])
 
 
 def receptive_radius(config: GeneratorConfig) -> int:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from helpers import tiny_generator
 from msrgan_core.config import DiscriminatorConfig, GeneratorConfig
-from msrgan_core.models import Discriminator, Generator, count_parameters, receptive_radius
+from msrgan_core.models import Discriminator, Generator, count_parameters, fold_tail, receptive_radius
 
 
 def _input(shape, seed=0):
@@ -44,17 +44,46 @@ def test_without_input_skip_a_zero_tail_gives_zero():
         assert torch.equal(generator(_input((1, 1, 8, 8))), torch.zeros(1, 1, 16, 16))
 
 
-def test_forward_is_the_plain_layer_by_layer_computation():
-    """The channels-last tail is a speed-up only: same numbers as the layers applied in order."""
+@pytest.mark.parametrize("scale,in_ch,out_ch", [(2, 1, 1), (4, 1, 1), (4, 2, 3), (8, 3, 1)])
+def test_forward_is_the_plain_layer_by_layer_computation(scale, in_ch, out_ch):
+    """The folded tail is a speed-up only: the same numbers and gradients as the layers in order."""
     torch.manual_seed(0)
-    g = Generator(GeneratorConfig(scale=4, n_blocks=2, n_features=16)).eval()
-    x = torch.rand(2, 1, 20, 28)
-    with torch.no_grad():
+    g = Generator(GeneratorConfig(scale=scale, in_channels=in_ch, out_channels=out_ch, n_blocks=2,
+                                  n_features=8, input_skip=in_ch == out_ch))
+    with torch.no_grad():  # a trained-looking tail, not the small initial one
+        g.tail.weight.normal_(0, 0.1)
+        g.tail.bias.normal_(0, 0.1)
+        g.upsample[-1].weight.uniform_(-0.5, 0.5)
+    x = torch.rand(2, in_ch, 11, 7)
+    target = torch.rand(2, out_ch, 11 * scale, 7 * scale)
+
+    def loss_and_grads(forward):
+        g.zero_grad()
+        out = forward(x)
+        (out - target).square().mean().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in g.named_parameters()}
+
+    def plain(x):
         features = g.head(x)
-        plain = g.tail(g.upsample(features + g.body(features))) + F.interpolate(x, scale_factor=4, mode="bicubic")
-        out = g(x)
-    assert out.is_contiguous() and out.shape == (2, 1, 80, 112)
-    assert torch.allclose(out, plain, atol=1e-5)
+        out = g.tail(g.upsample(features + g.body(features)))
+        return out + F.interpolate(x, scale_factor=scale, mode="bicubic") if g.config.input_skip else out
+
+    out, grads = loss_and_grads(g)
+    expected, expected_grads = loss_and_grads(plain)
+    assert out.is_contiguous() and out.shape == (2, out_ch, 11 * scale, 7 * scale)
+    assert torch.allclose(out, expected, atol=1e-5)
+    for name, grad in expected_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_fold_tail_reads_every_tap_of_the_kernel_once_per_sub_pixel():
+    """Each output sub-pixel's folded kernel holds all 81 taps of the 9 x 9 kernel, each once."""
+    weight = torch.arange(1, 82, dtype=torch.float64).reshape(1, 1, 9, 9)
+    folded = fold_tail(weight, 2)
+    assert folded.shape == (4, 4, 5, 5)
+    for sub_pixel in folded:
+        taps = sub_pixel[sub_pixel != 0]
+        assert sorted(taps.tolist()) == list(range(1, 82))
 
 
 def test_channels_last_weights_give_the_same_output():
