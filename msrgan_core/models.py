@@ -61,8 +61,11 @@ class Generator(nn.Module):
         # twice as fast. oneDNN prefers channels-last input; without autograd the contiguous
         # copy is freed once converted. (Upscaler keeps all weights channels-last.)
         s = shuffle.upscale_factor
-        unshuffled = conv(nn.Sequential(*stages)(features + self.body(features)))
-        unshuffled = F.prelu(unshuffled, prelu.weight.repeat_interleave(s * s)).contiguous(memory_format=torch.channels_last)
+        hidden = features + self.body(features)
+        for layer in stages:
+            hidden = layer(hidden)
+        unshuffled = F.prelu(conv(hidden), prelu.weight.repeat_interleave(s * s))
+        unshuffled = unshuffled.contiguous(memory_format=torch.channels_last)
         kernel = fold_tail(self.tail.weight, s)
         out = F.conv2d(unshuffled, kernel, self.tail.bias.repeat_interleave(s * s), padding=kernel.shape[-1] // 2)
         out = F.pixel_shuffle(out.contiguous(), s)
