@@ -75,8 +75,11 @@ class Generator(nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def _fold_index(k: int, s: int) -> torch.Tensor:
-    """Where each tap of the folded kernel (see :func:`fold_tail`) reads the k x k kernel; k * k = zero."""
+def _fold_index(k: int, s: int, device: torch.device) -> torch.Tensor:
+    """Where each tap of the folded kernel (see :func:`fold_tail`) reads the k x k kernel; k * k = zero.
+
+    Cached per device, so a forward pass (once per tile) copies nothing to the device.
+    """
     r = k // 2
     n = 2 * ((r + s - 1) // s) + 1
     index = torch.full((s, s, s, s, n, n), k * k, dtype=torch.long)  # i j p q u v
@@ -84,7 +87,7 @@ def _fold_index(k: int, s: int) -> torch.Tensor:
         dy, dx = s * (u - n // 2) + p - i, s * (v - n // 2) + q - j
         if abs(dy) <= r and abs(dx) <= r:
             index[i, j, p, q, u, v] = (dy + r) * k + dx + r
-    return index
+    return index.to(device)
 
 
 def fold_tail(weight: torch.Tensor, s: int) -> torch.Tensor:
@@ -97,7 +100,7 @@ def fold_tail(weight: torch.Tensor, s: int) -> torch.Tensor:
     Differentiable, so training updates ``weight`` as it is.
     """
     o, c, k, _ = weight.shape
-    index = _fold_index(k, s).to(weight.device)
+    index = _fold_index(k, s, weight.device)
     padded = torch.cat([weight.flatten(2), weight.new_zeros(o, c, 1)], dim=2)
     folded = padded[:, :, index]  # o c i j p q u v
     return folded.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(o * s * s, c * s * s, *folded.shape[-2:])
