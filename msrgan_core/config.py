@@ -225,6 +225,8 @@ class TrainConfig:
     instead of random weights: fine-tuning. Its architecture and normalisation must match.
     ``ema_decay`` > 0 keeps an exponential moving average of the generator's weights in each
     phase; the saved models and the validation figures are then the average's.
+    ``workers`` > 0 draws batches ahead in that many worker processes (to keep a GPU busy);
+    batch ``n`` is the same whichever process draws it, so results do not depend on it.
     """
 
     patch_size: int = 96
@@ -243,6 +245,7 @@ class TrainConfig:
     device: str = "auto"
     mixed_precision: bool = True
     tensorboard: bool = False
+    workers: int = 0
 
     def __post_init__(self) -> None:
         _check(self.patch_size >= 16, f"train.patch_size must be >= 16, got {self.patch_size!r}")
@@ -257,6 +260,7 @@ class TrainConfig:
         _check(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every!r}")
         _check(self.pixel_loss in ("l1", "mse"), f"train.pixel_loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
         _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.workers >= 0, f"train.workers must be >= 0 (0: draw batches in the training process), got {self.workers!r}")
 
 
 @dataclass

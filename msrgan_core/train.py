@@ -51,6 +51,7 @@ log = logging.getLogger("msrgan")
 
 CHECKPOINT = "checkpoint.pt"
 PRETRAINED_CHECKPOINT = "checkpoint_pretrained.pt"
+LOSS_READ_EVERY = 20  # steps between reads of the training loss on CUDA (each read waits for the GPU)
 METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim", "seconds"]
 
 
@@ -130,6 +131,35 @@ class WeightAverage:
         for mine, theirs in zip(self.module.buffers(), module.buffers()):
             mine.copy_(theirs)
         self.updates += 1
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is the batch of step ``start + i``, drawn from (seed, step, rank) alone.
+
+    So a batch is the same whether the training process draws it or a worker does, and a
+    resumed run draws the batches it would have drawn without the stop.
+    """
+
+    def __init__(self, images: List[np.ndarray], config: ExperimentConfig, rank: int, start: int, stop: int) -> None:
+        self.images, self.config, self.rank = images, config, rank
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, index: int) -> "tuple[torch.Tensor, torch.Tensor]":
+        t = self.config.train
+        rng = np.random.default_rng([t.seed, self.start + index, self.rank])
+        lr, hr = sample_batch(self.images, t.batch_size, t.patch_size, self.config.degradation, rng)
+        return torch.from_numpy(lr), torch.from_numpy(hr)
+
+
+def batch_stream(batches: StepBatches, workers: int, pin_memory: bool):
+    """The batches in step order: drawn here (``workers`` = 0) or ahead by worker processes."""
+    if workers == 0:
+        return (batches[i] for i in range(len(batches)))
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=4, pin_memory=pin_memory))
 
 
 def initial_weights(config: ExperimentConfig) -> "tuple[Optional[dict], Optional[dict]]":
@@ -307,6 +337,8 @@ def train(
         _prepare_metrics_csv(metrics_path, step)
     writer = _tensorboard(out_dir) if tc.tensorboard and dist.is_main else None
     use_amp = tc.mixed_precision and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN time and keep its fastest kernels
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     total = tc.pretrain_steps + tc.gan_steps
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not (progress and dist.is_main))
@@ -317,6 +349,8 @@ def train(
     if resume:
         for stale in out_dir.glob(f".{CHECKPOINT}.*.part"):  # left by a kill during a write
             stale.unlink()
+    stream = batch_stream(StepBatches(train_images, config, dist.rank, step, stop), tc.workers,
+                          pin_memory=device.type == "cuda")
     while step < stop:
         phase = "pretrain" if step < tc.pretrain_steps else "gan"
         if average is not None and step == tc.pretrain_steps and step > 0:
@@ -325,9 +359,7 @@ def train(
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr_now
-        rng = np.random.default_rng([tc.seed, step, dist.rank])
-        lr_np, hr_np = sample_batch(train_images, tc.batch_size, tc.patch_size, config.degradation, rng)
-        lr_t, hr_t = torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device)
+        lr_t, hr_t = (t.to(device, non_blocking=True) for t in next(stream))
 
         if phase == "pretrain":
             with autocast():
@@ -360,17 +392,20 @@ def train(
             loss = terms["total"]
         if average is not None:
             average.update(unwrap(generator))
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"the loss became {loss_value} at step {step}; lower train.lr or check the data")
         step += 1
+        phase_ends = step == tc.pretrain_steps or step == total
+        # Reading the loss waits for the GPU; on CUDA it is read every few steps, so that the
+        # next steps queue up meanwhile. A non-finite loss stays non-finite, so it is still caught.
+        if device.type != "cuda" or step % LOSS_READ_EVERY == 0 or step % tc.eval_every == 0 or phase_ends or step == stop:
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise TrainingError(f"the loss became {loss_value} by step {step - 1}; lower train.lr or check the data")
+            bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}")
         bar.update(1)
-        bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}")
         if writer is not None:
             for name, value in terms.items():
                 writer.add_scalar(f"train/{name}", float(value.detach()), step)
 
-        phase_ends = step == tc.pretrain_steps or step == total
         if dist.is_main and (step % tc.eval_every == 0 or phase_ends):
             served = average.module if average is not None else unwrap(generator)  # what gets scored and saved
             row = {"step": step, "phase": phase, "lr": lr_now, "train_loss": loss_value,

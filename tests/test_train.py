@@ -87,6 +87,16 @@ def test_resume_continues_exactly(tmp_path):
     assert steps == ["3", "6"]
 
 
+def test_worker_processes_draw_the_same_batches_as_the_training_process(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    here = train(tiny_config(data), tmp_path / "here", progress=False)
+    workers = train(tiny_config(data, workers=2), tmp_path / "workers", progress=False)
+    a, b = load_checkpoint(here / CHECKPOINT), load_checkpoint(workers / CHECKPOINT)
+    assert states_equal(a["generator"], b["generator"]) and states_equal(a["discriminator"], b["discriminator"])
+    fresh = load_checkpoint(train(tiny_config(data, workers=2, seed=1), tmp_path / "seed1", progress=False) / CHECKPOINT)
+    assert not states_equal(a["generator"], fresh["generator"])
+
+
 def test_weight_average_warms_up_then_holds_its_decay():
     weights = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(weights.weight)
