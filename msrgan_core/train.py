@@ -156,7 +156,7 @@ class StepBatches(torch.utils.data.Dataset):
 
 def batch_stream(batches: StepBatches, workers: int, pin_memory: bool):
     """The batches in step order: drawn here (``workers`` = 0) or ahead by worker processes."""
-    if workers == 0:
+    if workers == 0 or len(batches) == 0:  # no processes started for a run that has no steps left
         return (batches[i] for i in range(len(batches)))
     return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
                                             prefetch_factor=4, pin_memory=pin_memory))
