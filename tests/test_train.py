@@ -149,6 +149,11 @@ def test_init_fine_tunes_a_model_file_and_records_it(tmp_path):
     assert not states_equal(fresh, weights)
     meta = read_metadata(tuned / "fidelity.safetensors")["training"]["init"]
     assert meta["model"] == str(first / "fidelity.safetensors") and meta["name"] == "fidelity" and meta["steps"] == 3
+    assert meta["hardware"] == read_metadata(first / "fidelity.safetensors")["training"]["hardware"]
+    again = train(tiny_config(data, gan_steps=0, pretrain_steps=1, lr=1e-12, init=f'"{tuned / "fidelity.safetensors"}"'),
+                  tmp_path / "again", progress=False)
+    chain = read_metadata(again / "fidelity.safetensors")["training"]["init"]  # each model records its own start
+    assert chain["model"] == str(tuned / "fidelity.safetensors") and chain["init"] == meta and meta["init"] is None
 
 
 def test_init_refuses_a_missing_or_mismatched_model(tmp_path):
