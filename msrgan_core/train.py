@@ -175,8 +175,8 @@ def initial_weights(config: ExperimentConfig) -> "tuple[Optional[dict], Optional
     if model.normalization != config.normalization:
         raise TrainingError(f"train.init: {model.source} was trained on {model.normalization} "
                             f"but [normalization] says {config.normalization}")
-    meta, trained = model.metadata, model.metadata.get("training", {})
-    # the whole chain: where the starting model was trained, and from what
+    meta = model.metadata
+    trained = meta.get("training", {})  # the whole chain: where the starting model was trained, and from what
     note = {"model": config.train.init, "name": meta.get("name"), "steps": trained.get("steps"),
             "created": meta.get("created"), "hardware": trained.get("hardware"), "init": trained.get("init")}
     return model.generator.state_dict(), note
