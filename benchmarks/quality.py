@@ -1,6 +1,6 @@
 """Quality of the packaged models against classical upscaling, on the held-out validation split.
 
-    python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv]
+    python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv] [--ensemble N] [--no-match-bins]
 
 Low-resolution inputs are 4 x 4 mean binnings of the high-resolution images (no noise). For
 nearest, bicubic, Lanczos, the ``fidelity`` and ``perceptual`` models and the high-resolution
@@ -14,6 +14,8 @@ image itself it reports, per dataset:
 - texture error: mean relative error of the within-nucleus intensity standard deviation over
   the masks' nuclei, against the high-resolution image.
 
+The models run as ``msrgan upscale`` runs them: by default one orientation, each output block
+shifted to the mean of its input pixel (``--no-match-bins`` shows them without that step).
 The validation split is the one recorded in the models' metadata (held out before training).
 """
 from __future__ import annotations
@@ -131,10 +133,14 @@ def main() -> None:
     parser.add_argument("--perceptual", default="perceptual", help="model file or packaged name")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
+    parser.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8], help="orientations averaged per image")
+    parser.add_argument("--match-bins", dest="match_bins", default=None, action=argparse.BooleanOptionalAction,
+                        help="shift output blocks to their input pixel's mean (default: the models' own setting)")
     args = parser.parse_args()
 
     fidelity = load_model(args.fidelity)
-    models = {"fidelity": Upscaler(fidelity, device="auto"), "perceptual": Upscaler(load_model(args.perceptual), device="auto")}
+    options = dict(device="auto", ensemble=args.ensemble, match_bins=args.match_bins)
+    models = {"fidelity": Upscaler(fidelity, **options), "perceptual": Upscaler(load_model(args.perceptual), **options)}
     files = validation_files(args.data, fidelity.metadata)
     rows = []
     for dataset, paths in files.items():
@@ -142,7 +148,8 @@ def main() -> None:
         rows += score(dataset, paths, models, args.data / "bbbc039" / "masks")
     table = summarize(rows)
     print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
-          f"LR = {SCALE} x {SCALE} mean binning")
+          f"LR = {SCALE} x {SCALE} mean binning; models: {args.ensemble} orientation(s), "
+          f"output bins matched to the input: {'yes' if models['fidelity'].match_bins else 'no'}")
     print(format_table(table))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:

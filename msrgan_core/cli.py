@@ -33,7 +33,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if clashes:
         raise ValueError(f"several inputs would write the same output name(s) {sorted(clashes)}: upscale them into separate folders")
     upscaler = Upscaler(load_model(args.model), device=args.device, tile=args.tile, precision=args.precision,
-                        progress=not args.quiet)
+                        progress=not args.quiet, ensemble=args.ensemble, match_bins=args.match_bins)
     done = skipped = 0
     for path in tqdm(files, desc="upscaling", unit="image", disable=args.quiet):
         if upscale_file(upscaler, path, same_name_tif(path, args.out), args.channel_axis, args.overwrite):
@@ -72,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     meta = model.metadata.get("degradation", {})
     degradation = DegradationConfig(method=args.degradation or meta.get("method", "bin"), scale=model.scale)
-    upscaler = Upscaler(model, device=args.device, tile=args.tile)
+    upscaler = Upscaler(model, device=args.device, tile=args.tile, ensemble=args.ensemble, match_bins=args.match_bins)
     rows = evaluate_images(find_images(args.hr), upscaler, degradation, seed=args.seed,
                            channel_axis=args.channel_axis, progress=not args.quiet)
     summary = summarize(rows)
@@ -81,6 +81,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_csv(Path(args.csv), rows, summary)
     print(f"msrgan: per-image figures in {args.csv}")
     return 0
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="upscale in this many orientations and average: slightly more accurate, as many times slower")
+    p.add_argument("--match-bins", dest="match_bins", default=None, action=argparse.BooleanOptionalAction,
+                   help="shift each output block so that binning the output gives the input back "
+                        "(default: on for models trained on mean binning, such as the packaged ones)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="fp16 on CUDA only")
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2], help="channel axis of 3-D files that do not say")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
+    add_inference_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_upscale)
 
@@ -122,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
+    add_inference_options(p)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

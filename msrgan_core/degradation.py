@@ -25,6 +25,22 @@ def bin_mean(image: np.ndarray, k: int) -> np.ndarray:
     return image.reshape(c, y // k, k, x // k, k).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
 
 
+def match_bins(upscaled: np.ndarray, lowres: np.ndarray, k: int) -> np.ndarray:
+    """Shift each k x k block of ``upscaled`` so that its mean equals its ``lowres`` pixel.
+
+    ``upscaled`` is ``(C, k*Y, k*X)``, ``lowres`` ``(C, Y, X)``. This is the orthogonal projection
+    onto the images that :func:`bin_mean` maps to ``lowres``: of all such images it is the
+    nearest to ``upscaled``, and it is never farther (in mean squared error) than ``upscaled``
+    from any of them, such as the true high-resolution image when ``lowres`` is its binning.
+    """
+    c, y, x = lowres.shape
+    if upscaled.shape != (c, y * k, x * k):
+        raise ValueError(f"match_bins: {upscaled.shape} is not {k} x {lowres.shape}")
+    blocks = upscaled.reshape(c, y, k, x, k)
+    residual = lowres - blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+    return (blocks + residual[:, :, None, :, None]).reshape(upscaled.shape)
+
+
 def bicubic_down(image: np.ndarray, k: int) -> np.ndarray:
     """Anti-aliased bicubic downsampling by ``k`` of a ``(C, Y, X)`` image."""
     image = crop_to_multiple(image, k)

@@ -6,7 +6,7 @@ import pytest
 
 from msrgan_core.config import DegradationConfig
 from msrgan_core.degradation import (
-    bicubic_down, bin_mean, crop_to_multiple, degrade, gaussian_blur, poisson_gaussian_noise,
+    bicubic_down, bin_mean, crop_to_multiple, degrade, gaussian_blur, match_bins, poisson_gaussian_noise,
 )
 
 
@@ -26,6 +26,38 @@ def test_bin_is_the_exact_k_by_k_mean():
         for i in range(2):
             for j in range(3):
                 assert out[c, i, j] == pytest.approx(image[c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean())
+
+
+@pytest.mark.parametrize("k,shape", [(4, (1, 13, 7)), (2, (3, 5, 9))])
+def test_match_bins_output_bins_back_to_the_input(k, shape):
+    rng = np.random.default_rng(1)
+    lowres = rng.random(shape).astype(np.float32)
+    upscaled = rng.random((shape[0], shape[1] * k, shape[2] * k)).astype(np.float32) * 3
+    matched = match_bins(upscaled, lowres, k)
+    assert matched.shape == upscaled.shape and matched.dtype == np.float32
+    np.testing.assert_allclose(bin_mean(matched, k), lowres, atol=1e-5)
+    # within each block only the mean moved: the differences between its pixels are kept
+    moved = (matched - upscaled).reshape(shape[0], shape[1], k, shape[2], k)
+    np.testing.assert_allclose(moved, moved[:, :, :1, :, :1] * np.ones_like(moved), atol=1e-5)
+    np.testing.assert_allclose(match_bins(matched, lowres, k), matched, atol=1e-5)
+
+
+def test_match_bins_never_moves_away_from_the_truth():
+    """Projection onto a set holding the truth: each image's error can only fall, and does when its bins are off."""
+    rng = np.random.default_rng(2)
+    truth = _hr((1, 48, 40), seed=3)
+    lowres = bin_mean(truth, 4)
+    for trial in range(20):
+        guess = truth + rng.normal(0, 0.1, truth.shape).astype(np.float32) + rng.normal(0, 0.05)
+        before = np.mean((guess - truth) ** 2)
+        after = np.mean((match_bins(guess, lowres, 4) - truth) ** 2)
+        assert after < before
+    assert np.max(np.abs(match_bins(truth, lowres, 4) - truth)) < 1e-6
+
+
+def test_match_bins_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="is not 4 x"):
+        match_bins(np.zeros((1, 40, 40), np.float32), np.zeros((1, 10, 9), np.float32), 4)
 
 
 @pytest.mark.parametrize("k", [2, 4, 8])

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from helpers import smooth_image, tiny_model
+from msrgan_core.degradation import bin_mean
 from msrgan_core.inference import (
-    InferenceError, TilePlan, Upscaler, axis_starts, blend_weight, tile_slices, upscale, upscale_file,
+    InferenceError, TilePlan, Upscaler, axis_starts, blend_weight, orient, orientations, tile_slices, unorient,
+    upscale, upscale_file,
 )
 from msrgan_core.io import ImageError, read_image
 
@@ -34,6 +36,13 @@ def model_x2(model_dir):
 @pytest.fixture(scope="module")
 def model_2ch(model_dir):
     return tiny_model(model_dir, "c2.safetensors", scale=2, channels=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def binned_x4(model_dir):
+    """A model whose metadata says it was trained on mean binning, as the packaged ones were."""
+    return tiny_model(model_dir, "binned.safetensors", metadata={"degradation": {"method": "bin", "scale": 4}},
+                      scale=4, seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +182,68 @@ def test_output_stays_on_the_input_intensity_scale(bicubic_x4):
     expected = F.interpolate(torch.from_numpy(image.astype(np.float32))[None, None], scale_factor=4, mode="bicubic",
                              align_corners=False)[0, 0].numpy()
     assert np.max(np.abs(out.astype(np.float64) - np.clip(expected, 0, 65535))) <= 1.0
+
+
+# --- matched bins and the orientation ensemble ------------------------------------------
+
+def test_models_trained_on_binning_give_outputs_that_bin_back_to_the_input(binned_x4):
+    image = smooth_image((29, 37), seed=11, low=0.2, high=3.0).astype(np.float32)
+    matched = Upscaler(binned_x4, device="cpu").upscale(image)
+    assert Upscaler(binned_x4, device="cpu").match_bins
+    np.testing.assert_allclose(bin_mean(matched[None], 4)[0], image, atol=1e-5 * image.max())
+    plain = Upscaler(binned_x4, device="cpu", match_bins=False).upscale(image)
+    assert np.max(np.abs(bin_mean(plain[None], 4)[0] - image)) > 1e-2 * image.max()  # a random net is far off
+
+
+def test_models_without_a_binning_premise_are_left_as_they_are(model_x4):
+    image = smooth_image((21, 18), seed=12).astype(np.float32)
+    assert not Upscaler(model_x4, device="cpu").match_bins
+    np.testing.assert_array_equal(Upscaler(model_x4, device="cpu").upscale(image),
+                                  Upscaler(model_x4, device="cpu", match_bins=False).upscale(image))
+    forced = Upscaler(model_x4, device="cpu", match_bins=True).upscale(image)
+    np.testing.assert_allclose(bin_mean(forced[None], 4)[0], image, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 8])
+def test_orientations_are_distinct_and_undone(count):
+    image = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    turned = [orient(image, k, m) for k, m in orientations(count)]
+    assert len({t.tobytes() + bytes(t.shape) for t in turned}) == count
+    for (k, m), t in zip(orientations(count), turned):
+        np.testing.assert_array_equal(unorient(t, k, m), image)
+
+
+def test_ensemble_is_the_mean_over_orientations(model_x4):
+    image = smooth_image((26, 33), seed=13).astype(np.float32)
+    single = Upscaler(model_x4, device="cpu")
+    by_hand = np.mean([unorient(single.upscale(orient(image[None], k, m))[0][None], k, m)[0]
+                       for k, m in orientations(4)], axis=0)
+    np.testing.assert_allclose(Upscaler(model_x4, device="cpu", ensemble=4).upscale(image), by_hand,
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_eight_orientation_ensemble_turns_with_its_input(binned_x4):
+    """A random net is not rotation-equivariant; averaged over all eight orientations it is."""
+    image = smooth_image((24, 31), seed=14).astype(np.float32)
+    for ensemble, equivariant in [(1, False), (8, True)]:
+        upscaler = Upscaler(binned_x4, device="cpu", ensemble=ensemble)
+        turned = upscaler.upscale(np.rot90(image).copy())
+        difference = np.max(np.abs(turned - np.rot90(upscaler.upscale(image))))
+        assert (difference < 1e-3) == equivariant, (ensemble, difference)
+
+
+def test_tiled_equals_untiled_with_ensemble_and_matched_bins(binned_x4):
+    image = smooth_image((67, 90), seed=15).astype(np.float32)
+    plan = TilePlan.for_model(binned_x4, 40)
+    assert len(list(tile_slices(image.shape, plan.tile, plan.overlap, 4))) > 1, "not tiled"
+    whole = Upscaler(binned_x4, device="cpu", tile=UNTILED, ensemble=2).upscale(image)
+    tiled = Upscaler(binned_x4, device="cpu", tile=40, ensemble=2).upscale(image)
+    assert np.max(np.abs(tiled - whole)) <= 1e-3 * (whole.max() - whole.min())
+
+
+def test_bad_ensemble_raises(model_x4):
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        Upscaler(model_x4, device="cpu", ensemble=3)
 
 
 # --- errors -------------------------------------------------------------------------------
