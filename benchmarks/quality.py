@@ -1,6 +1,6 @@
 """Quality of the packaged models against classical upscaling, on the held-out validation split.
 
-    python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv] [--ensemble N] [--no-match-bins]
+    python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv] [--ensemble N] [--match-bins]
 
 Low-resolution inputs are 4 x 4 mean binnings of the high-resolution images (no noise). For
 nearest, bicubic, Lanczos, the ``fidelity`` and ``perceptual`` models and the high-resolution
@@ -14,8 +14,8 @@ image itself it reports, per dataset:
 - texture error: mean relative error of the within-nucleus intensity standard deviation over
   the masks' nuclei, against the high-resolution image.
 
-The models run as ``msrgan upscale`` runs them: by default one orientation, each output block
-shifted to the mean of its input pixel (``--no-match-bins`` shows them without that step).
+The models run as ``msrgan upscale`` runs them, by default in one orientation; ``--ensemble``
+and ``--match-bins`` measure them with those options of ``msrgan upscale``.
 The validation split is the one recorded in the models' metadata (held out before training).
 """
 from __future__ import annotations
@@ -134,8 +134,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
     parser.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8], help="orientations averaged per image")
-    parser.add_argument("--match-bins", dest="match_bins", default=None, action=argparse.BooleanOptionalAction,
-                        help="shift output blocks to their input pixel's mean (default: the models' own setting)")
+    parser.add_argument("--match-bins", action="store_true", help="shift output blocks to their input pixel's mean")
     args = parser.parse_args()
 
     fidelity = load_model(args.fidelity)

@@ -86,9 +86,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8],
                    help="upscale in this many orientations and average: slightly more accurate, as many times slower")
-    p.add_argument("--match-bins", dest="match_bins", default=None, action=argparse.BooleanOptionalAction,
-                   help="shift each output block so that binning the output gives the input back "
-                        "(default: on for models trained on mean binning, such as the packaged ones)")
+    p.add_argument("--match-bins", action="store_true",
+                   help="shift each output block so that binning the output gives the input back: more accurate "
+                        "when the input is a binned image, less when it carries noise the model would remove")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -169,22 +169,20 @@ class Upscaler:
     ensemble : int
         Upscale in 1, 2, 4 or 8 orientations and average: a little more accurate, that many
         times slower.
-    match_bins : bool or None
+    match_bins : bool
         Shift each ``scale`` x ``scale`` block of the output so that its mean equals the input
         pixel it came from (:func:`msrgan_core.degradation.match_bins`): binning the output
-        gives the input back. ``None`` does so for models trained on mean binning (the
-        packaged ones), whose own premise that is.
+        gives the input back. More accurate where the input is the binning of the truth (as in
+        the benchmarks); less where the input carries noise that the model would have removed.
     """
 
     def __init__(
         self, model: LoadedModel, device: str = "auto", tile: int = 0, precision: str = "fp32", progress: bool = False,
-        ensemble: int = 1, match_bins: Optional[bool] = None,
+        ensemble: int = 1, match_bins: bool = False,
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
         self.orientations = orientations(ensemble)
-        if match_bins is None:
-            match_bins = model.metadata.get("degradation", {}).get("method") == "bin"
         self.match_bins = bool(match_bins)
         self.model = model
         self.device = resolve_device(device)
@@ -198,7 +196,7 @@ class Upscaler:
         self.generator = model.generator.to(self.device, memory_format=torch.channels_last)
         log.info("msrgan: model %s on %s%s%s", Path(model.source).name, describe_device(self.device),
                  f", {ensemble}-orientation ensemble" if ensemble > 1 else "",
-                 ", output binned back matches the input" if self.match_bins else "")
+                 ", output bins matched to the input" if self.match_bins else "")
 
     @property
     def scale(self) -> int:

@@ -112,10 +112,10 @@ def test_output_is_4x_larger_on_the_input_scale_without_mask_or_crop(upscale_mod
     np.testing.assert_allclose(out.pixel_data, np.clip(expected, 0, 1), atol=1e-6)
 
 
-def test_orientations_averaged_is_the_libraries_ensemble(upscale_module_class, fly_dna):
+def test_orientations_and_matched_bins_are_the_librarys(upscale_module_class, fly_dna):
     crop = fly_dna[:48, :64]
-    out = Harness(upscale_module_class, device="CPU", orientations="8").run(cp_image(crop))
-    expected = Upscaler(load_model("fidelity"), device="cpu", ensemble=8).upscale(crop)
+    out = Harness(upscale_module_class, device="CPU", orientations="8", match_bins=True).run(cp_image(crop))
+    expected = Upscaler(load_model("fidelity"), device="cpu", ensemble=8, match_bins=True).upscale(crop)
     once = Upscaler(load_model("fidelity"), device="cpu").upscale(crop)
     got = out.image_set.get_image("Upscaled").pixel_data
     np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-6)
@@ -310,6 +310,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     module.device.value = "CPU"
     module.tile_size.value = 192
     module.orientations.value = "4"
+    module.match_bins.value = True
     saved = io.StringIO()
     harness.pipeline.dump(saved, save_image_plane_details=False)
 
@@ -319,7 +320,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     assert loaded.module_name == "UpscaleMSRGAN"
     assert [s.value_text for s in loaded.settings()] == [s.value_text for s in module.settings()]
     assert loaded.tile_size.value == 192 and loaded.custom_model_directory.custom_path == str(tmp_path)
-    assert loaded.orientations.value == "4" and loaded.variable_revision_number == 2
+    assert loaded.orientations.value == "4" and loaded.match_bins.value and loaded.variable_revision_number == 2
 
 
 def test_load_v1(upscale_module_class):
@@ -336,8 +337,9 @@ def test_load_v1(upscale_module_class):
     assert first.device.value == "CPU" and first.tile_size.value == 128
     assert second.model_choice.value == "Default: perceptual" and second.device.value == "GPU"
     assert second.tile_size.value == 0 and second.y_name.value == "BigRed"
-    # revision 2's setting: revision-1 pipelines upscale once, as they did
-    assert first.orientations.value == "1" and second.orientations.value == "1"
+    # revision 2's settings: revision-1 pipelines upscale once and leave the output as it is, as they did
+    for module in (first, second):
+        assert module.orientations.value == "1" and not module.match_bins.value
 
 
 def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
