@@ -1,8 +1,10 @@
 """Quality of the packaged models against classical upscaling, on the held-out validation split.
 
     python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv] [--ensemble N] [--match-bins]
+                                 [--noise-peak P]
 
-Low-resolution inputs are 4 x 4 mean binnings of the high-resolution images (no noise). For
+Low-resolution inputs are 4 x 4 mean binnings of the high-resolution images (no noise;
+``--noise-peak`` adds Poisson-Gaussian noise to them as training's degradation does). For
 nearest, bicubic, Lanczos, the ``fidelity`` and ``perceptual`` models and the high-resolution
 image itself it reports, per dataset:
 
@@ -24,6 +26,7 @@ import argparse
 import csv
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -32,16 +35,19 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from msrgan_core.data import group_name
-from msrgan_core.degradation import bin_mean, crop_to_multiple
+from msrgan_core.degradation import bin_mean, crop_to_multiple, poisson_gaussian_noise
 from msrgan_core.inference import Upscaler
 from msrgan_core.io import find_images, read_image
 from msrgan_core.metrics import (
     BASELINES, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
 from msrgan_core.modelfile import load_model
+from msrgan_core.normalize import percentile_stats
 
 SCALE = 4
 METHODS = ["nearest", "bicubic", "lanczos", "fidelity", "perceptual", "high-res"]
+#: read noise of --noise-peak's inputs, as a fraction of their 1st-99.8th percentile range
+READ_NOISE = 0.0015
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -76,10 +82,20 @@ def binned_pair(path: Path) -> Tuple[np.ndarray, np.ndarray, float]:
     return hr, bin_mean(hr[None], SCALE), float(hr.max() - hr.min())
 
 
-def score(dataset: str, paths: List[Path], models: Dict[str, Upscaler], masks_dir: Path) -> List[dict]:
+def add_noise(lr: np.ndarray, peak: float, rng: np.random.Generator) -> np.ndarray:
+    """Shot noise of ``peak`` photons at the image's 99.8th percentile, plus :data:`READ_NOISE`."""
+    stats = percentile_stats(lr)
+    low, span = np.float32(stats.low[0]), np.float32(stats.span[0])
+    return poisson_gaussian_noise((lr - low) / span, peak, READ_NOISE, rng) * span + low
+
+
+def score(dataset: str, paths: List[Path], models: Dict[str, Upscaler], masks_dir: Path,
+          noise_peak: float = 0.0) -> List[dict]:
     rows = []
     for path in tqdm(paths, desc=dataset, unit="image"):
         hr, lr, data_range = binned_pair(path)
+        if noise_peak > 0:
+            lr = add_noise(lr, noise_peak, np.random.default_rng(zlib.crc32(path.name.encode())))
         outputs = {name: fn(lr, SCALE)[0] for name, fn in BASELINES.items()}
         for name, upscaler in models.items():
             outputs[name] = upscaler.upscale(lr)[0]
@@ -135,6 +151,8 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
     parser.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8], help="orientations averaged per image")
     parser.add_argument("--match-bins", action="store_true", help="shift output blocks to their input pixel's mean")
+    parser.add_argument("--noise-peak", type=float, default=0.0,
+                        help="add shot noise of this many photons at the 99.8th percentile (and read noise) to the inputs")
     args = parser.parse_args()
 
     fidelity = load_model(args.fidelity)
@@ -144,11 +162,12 @@ def main() -> None:
     rows = []
     for dataset, paths in files.items():
         paths = paths[: args.limit] if args.limit else paths
-        rows += score(dataset, paths, models, args.data / "bbbc039" / "masks")
+        rows += score(dataset, paths, models, args.data / "bbbc039" / "masks", args.noise_peak)
     table = summarize(rows)
     print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
           f"LR = {SCALE} x {SCALE} mean binning; models: {args.ensemble} orientation(s), "
-          f"output bins matched to the input: {'yes' if models['fidelity'].match_bins else 'no'}")
+          f"output bins matched to the input: {'yes' if args.match_bins else 'no'}"
+          + (f"; inputs with shot noise of {args.noise_peak:g} photons" if args.noise_peak else ""))
     print(format_table(table))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
