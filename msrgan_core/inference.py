@@ -126,9 +126,10 @@ class TilePlan:
 
 
 def orientations(count: int) -> List[Tuple[int, bool]]:
-    """The first ``count`` of the eight (quarter turns, mirrored) orientations of an image.
+    """``count`` of the eight orientations of an image, as (quarter turns, mirrored) pairs.
 
-    2 adds the mirror image, 4 the half turn of both, 8 every quarter turn of both.
+    1 is the image itself; 2 adds its mirror image; 4 adds both turned upside down; 8 is every
+    quarter turn of both.
     """
     if count not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {count!r}")
