@@ -255,6 +255,8 @@ class Upscaler:
         """The mean of the upscaled image over the ensemble's orientations."""
         turns, mirrored = self.orientations[0]
         total = unorient(self._upscale_normalized(orient(image, turns, mirrored)), turns, mirrored)
+        if len(self.orientations) == 1:
+            return total
         for turns, mirrored in self.orientations[1:]:
             total += unorient(self._upscale_normalized(orient(image, turns, mirrored)), turns, mirrored)
         total /= len(self.orientations)
