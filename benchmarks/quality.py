@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from msrgan_core.data import group_name
 from msrgan_core.degradation import bin_mean, crop_to_multiple, poisson_gaussian_noise
-from msrgan_core.inference import Upscaler
+from msrgan_core.inference import ENSEMBLES, Upscaler
 from msrgan_core.io import find_images, read_image
 from msrgan_core.metrics import (
     BASELINES, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--perceptual", default="perceptual", help="model file or packaged name")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
-    parser.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8], help="orientations averaged per image")
+    parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, help="orientations averaged per image")
     parser.add_argument("--match-bins", action="store_true", help="shift output blocks to their input pixel's mean")
     parser.add_argument("--noise-peak", type=float, default=0.0,
                         help="add shot noise of this many photons at the 99.8th percentile (and read noise) to the inputs")

@@ -120,6 +120,7 @@ MODEL_CUSTOM = "Custom model file"
 MODEL_ALL = [MODEL_FIDELITY, MODEL_PERCEPTUAL, MODEL_CUSTOM]
 PACKAGED_MODEL = {MODEL_FIDELITY: "fidelity", MODEL_PERCEPTUAL: "perceptual"}
 
+#: msrgan_core.inference.ENSEMBLES, written out so that the module loads without msrgan
 ORIENTATIONS_ALL = ["1", "2", "4", "8"]
 
 DEVICE_AUTOMATIC = "Automatic"

@@ -84,6 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
+    # the choices are inference.ENSEMBLES, written out so that building the parser never imports torch
     p.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8],
                    help="upscale in this many orientations and average: slightly more accurate, as many times slower")
     p.add_argument("--match-bins", action="store_true",
