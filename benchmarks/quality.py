@@ -1,7 +1,7 @@
 """Quality of the packaged models against classical upscaling, on the held-out validation split.
 
-    python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv] [--ensemble N] [--match-bins]
-                                 [--noise-peak P]
+    python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv] [--ensemble N]
+                                 [--match-bins | --no-match-bins] [--noise-peak P]
 
 Low-resolution inputs are 4 x 4 mean binnings of the high-resolution images (no noise;
 ``--noise-peak`` adds Poisson-Gaussian noise to them as training's degradation does). For
@@ -16,8 +16,9 @@ image itself it reports, per dataset:
 - texture error: mean relative error of the within-nucleus intensity standard deviation over
   the masks' nuclei, against the high-resolution image.
 
-The models run as ``msrgan upscale`` runs them, by default in one orientation; ``--ensemble``
-and ``--match-bins`` measure them with those options of ``msrgan upscale``.
+The models run as ``msrgan upscale`` runs them: by default as each model's file says (fidelity
+averages 2 orientations and matches bins; perceptual runs once, as the network outputs);
+``--ensemble`` and ``--(no-)match-bins`` set those options of ``msrgan upscale`` for both.
 The validation split is the one recorded in the models' metadata (held out before training).
 """
 from __future__ import annotations
@@ -149,8 +150,9 @@ def main() -> None:
     parser.add_argument("--perceptual", default="perceptual", help="model file or packaged name")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
-    parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, help="orientations averaged per image")
-    parser.add_argument("--match-bins", action="store_true", help="shift output blocks to their input pixel's mean")
+    parser.add_argument("--ensemble", type=int, choices=ENSEMBLES, help="orientations averaged per image (default: the model's)")
+    parser.add_argument("--match-bins", action=argparse.BooleanOptionalAction,
+                        help="shift output blocks to their input pixel's mean (default: as the model says)")
     parser.add_argument("--noise-peak", type=float, default=0.0,
                         help="add shot noise of this many photons at the 99.8th percentile (and read noise) to the inputs")
     args = parser.parse_args()
@@ -165,9 +167,10 @@ def main() -> None:
         rows += score(dataset, paths, models, args.data / "bbbc039" / "masks", args.noise_peak)
     table = summarize(rows)
     print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
-          f"LR = {SCALE} x {SCALE} mean binning; models: {args.ensemble} orientation(s), "
-          f"output bins matched to the input: {'yes' if args.match_bins else 'no'}"
-          + (f"; inputs with shot noise of {args.noise_peak:g} photons" if args.noise_peak else ""))
+          f"LR = {SCALE} x {SCALE} mean binning"
+          + (f" with shot noise of {args.noise_peak:g} photons" if args.noise_peak else "") + "; "
+          + "; ".join(f"{name}: {up.ensemble} orientation(s), bins {'matched' if up.match_bins else 'as output'}"
+                      for name, up in models.items()))
     print(format_table(table))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:

@@ -101,7 +101,7 @@ from collections import OrderedDict
 import numpy
 from cellprofiler_core.image import Image
 from cellprofiler_core.module import ImageProcessing
-from cellprofiler_core.setting import Binary, ValidationError
+from cellprofiler_core.setting import ValidationError
 from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.text import Directory, Filename, Integer
 
@@ -120,8 +120,11 @@ MODEL_CUSTOM = "Custom model file"
 MODEL_ALL = [MODEL_FIDELITY, MODEL_PERCEPTUAL, MODEL_CUSTOM]
 PACKAGED_MODEL = {MODEL_FIDELITY: "fidelity", MODEL_PERCEPTUAL: "perceptual"}
 
-#: msrgan_core.inference.ENSEMBLES, written out so that the module loads without msrgan
-ORIENTATIONS_ALL = ["1", "2", "4", "8"]
+#: the model file's own choice of orientations and bin matching (msrgan_core.modelfile.InferenceDefaults)
+MODEL_DEFAULT = "Model's default"
+#: msrgan_core.modelfile.ENSEMBLES, written out so that the module loads without msrgan
+ORIENTATIONS_ALL = [MODEL_DEFAULT, "1", "2", "4", "8"]
+MATCH_BINS_ALL = [MODEL_DEFAULT, "Yes", "No"]
 
 DEVICE_AUTOMATIC = "Automatic"
 DEVICE_CPU = "CPU"
@@ -167,7 +170,7 @@ def check_model_file(path):
     return problem
 
 
-def get_upscaler(path, device, tile, ensemble=1, match_bins=False):
+def get_upscaler(path, device, tile, ensemble=None, match_bins=None):
     """The process's upscaler for this model file and these options, loading the model once.
 
     Parameters
@@ -178,19 +181,17 @@ def get_upscaler(path, device, tile, ensemble=1, match_bins=False):
         ``auto``, ``cpu`` or ``cuda``.
     tile : int
         Tile edge in input pixels, 0 for automatic.
-    ensemble : int
-        Orientations averaged (1, 2, 4 or 8).
-    match_bins : bool
-        Shift each output block to the mean of its input pixel.
+    ensemble : int or None
+        Orientations averaged (1, 2, 4 or 8); None: the model file's default.
+    match_bins : bool or None
+        Shift each output block to the mean of its input pixel; None: the model file's default.
     """
-    key = _file_key(path) + (device, int(tile), int(ensemble), bool(match_bins))
+    key = _file_key(path) + (device, int(tile), ensemble, match_bins)
     with _CACHE_LOCK:
         if key in _UPSCALERS:
             _UPSCALERS.move_to_end(key)
             return _UPSCALERS[key]
-        upscaler = Upscaler(
-            load_model(path), device=device, tile=int(tile), ensemble=int(ensemble), match_bins=bool(match_bins)
-        )
+        upscaler = Upscaler(load_model(path), device=device, tile=int(tile), ensemble=ensemble, match_bins=match_bins)
         _UPSCALERS[key] = upscaler
         while len(_UPSCALERS) > MAX_CACHED_UPSCALERS:
             _UPSCALERS.popitem(last=False)
@@ -217,7 +218,7 @@ def upscale_pixels(upscaler, pixels, source):
 class UpscaleMSRGAN(ImageProcessing):
     module_name = "UpscaleMSRGAN"
 
-    variable_revision_number = 2
+    variable_revision_number = 3
 
     def create_settings(self):
         super(UpscaleMSRGAN, self).create_settings()
@@ -322,24 +323,33 @@ tile size.""",
         self.orientations = Choice(
             "Orientations averaged",
             ORIENTATIONS_ALL,
-            value="1",
+            value=MODEL_DEFAULT,
             doc="""\
 Upscale the image in this many orientations (2: also mirrored; 4: also turned upside down; 8:
 every quarter turn, mirrored or not) and average the results. More orientations are slightly
 more accurate (a few hundredths of a dB of PSNR with the default models) and take that many
-times longer: worth it on a GPU, rarely on a CPU. 1 upscales once.""",
+times longer. *{MODEL_DEFAULT}* (the default) uses the model file's choice: 2 for
+*{MODEL_FIDELITY}*, 1 for *{MODEL_PERCEPTUAL}* (averaging would smooth the texture it draws) and
+for model files that do not say.""".format(
+                **{"MODEL_DEFAULT": MODEL_DEFAULT, "MODEL_FIDELITY": MODEL_FIDELITY, "MODEL_PERCEPTUAL": MODEL_PERCEPTUAL}
+            ),
         )
 
-        self.match_bins = Binary(
+        self.match_bins = Choice(
             "Make the output bin back to the input?",
-            False,
+            MATCH_BINS_ALL,
+            value=MODEL_DEFAULT,
             doc="""\
-Select *Yes* to shift each 4 x 4 block of the output (the model's scale factor) so that its
-mean equals the input pixel it came from: binning the output 4 x 4 then gives the input back,
-and every object's integrated intensity matches the input's (times 16). This makes the output
-more accurate when the input is as clean as a binned high-magnification image, and slightly
-less when the input is noisier than that, since the noise the model removed comes back at the
-input's scale. Select *No* (the default) to keep the model's output as it is.""",
+*Yes* shifts each 4 x 4 block of the output (the model's scale factor) so that its mean equals
+the input pixel it came from: binning the output 4 x 4 then gives the input back, and every
+object's integrated intensity matches the input's (times 16). This makes the output more
+accurate when the input is as clean as a binned high-magnification image, and slightly less
+when the input is noisier than that, since the noise the model removed comes back at the
+input's scale. *No* keeps the network's output as it is. *{MODEL_DEFAULT}* (the default) uses
+the model file's choice: *Yes* for *{MODEL_FIDELITY}*, *No* for *{MODEL_PERCEPTUAL}* (it would
+lower its sharpness) and for model files that do not say.""".format(
+                **{"MODEL_DEFAULT": MODEL_DEFAULT, "MODEL_FIDELITY": MODEL_FIDELITY, "MODEL_PERCEPTUAL": MODEL_PERCEPTUAL}
+            ),
         )
 
     def settings(self):
@@ -438,8 +448,8 @@ input's scale. Select *No* (the default) to keep the model's output as it is."""
                 path,
                 TORCH_DEVICE[self.device.value],
                 self.tile_size.value,
-                int(self.orientations.value),
-                self.match_bins.value,
+                None if self.orientations.value == MODEL_DEFAULT else int(self.orientations.value),
+                None if self.match_bins.value == MODEL_DEFAULT else self.match_bins.value == "Yes",
             )
             y_data = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(x_name))
         except (InferenceError, ImageError, ModelFileError) as exc:
@@ -491,8 +501,12 @@ input's scale. Select *No* (the default) to keep the model's output as it is."""
             )
         # Revision 1 (msrgan 0.1): input, output, model, model folder, model file, device, tile.
         # Revision 2 adds the orientations averaged and whether the output bins back to the input
-        # (1 and No: what revision 1 did). Each later revision converts the one before it here.
+        # (1 and No: what revision 1 did). Revision 3 adds "Model's default" to both; older
+        # pipelines keep the values they were saved with, so they run as they did. Each later
+        # revision converts the one before it here.
         if variable_revision_number == 1:
             setting_values = setting_values + ["1", "No"]
             variable_revision_number = 2
+        if variable_revision_number == 2:
+            variable_revision_number = 3
         return setting_values, variable_revision_number

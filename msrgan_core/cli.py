@@ -62,6 +62,20 @@ def cmd_blend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set_defaults(args: argparse.Namespace) -> int:
+    from .modelfile import load_model, save_model, with_inference_defaults
+
+    model = load_model(args.model)
+    was = model.inference
+    ensemble = was.ensemble if args.ensemble is None else args.ensemble
+    match_bins = was.match_bins if args.match_bins is None else args.match_bins
+    model = with_inference_defaults(model, ensemble, match_bins)
+    save_model(args.out, model.generator, model.metadata)
+    print(f"msrgan: {args.out} = {args.model}, run by default with {ensemble} orientation(s), "
+          f"output bins {'matched to' if match_bins else 'left as the model gives them, not matched to'} the input")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import DegradationConfig
     from .evaluate import evaluate_images, format_table, summarize, write_csv
@@ -83,13 +97,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_inference_options(p: argparse.ArgumentParser) -> None:
-    # the choices are inference.ENSEMBLES, written out so that building the parser never imports torch
-    p.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="upscale in this many orientations and average: slightly more accurate, as many times slower")
-    p.add_argument("--match-bins", action="store_true",
+def add_inference_options(p: argparse.ArgumentParser, defaults: "tuple[str, str]" = (
+        "the model's own: 2 for fidelity, 1 for perceptual", "the model's own: on for fidelity, off for perceptual")) -> None:
+    # the choices are modelfile.ENSEMBLES, written out so that building the parser never imports torch
+    p.add_argument("--ensemble", type=int, choices=[1, 2, 4, 8],
+                   help="upscale in this many orientations and average: slightly more accurate, as many times slower "
+                        f"(default: {defaults[0]})")
+    p.add_argument("--match-bins", action=argparse.BooleanOptionalAction,
                    help="shift each output block so that binning the output gives the input back: more accurate "
-                        "when the input is a binned image, less when it carries noise the model would remove")
+                        f"when the input is a binned image, less when it carries noise the model would remove (default: {defaults[1]})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the adversarial model, 0..1: lower is more accurate, higher has more texture")
     p.add_argument("-o", "--out", type=Path, required=True, help="the blended model file to write")
     p.set_defaults(func=cmd_blend)
+
+    p = sub.add_parser("set-defaults", help="write a copy of a model file that runs by default with these options")
+    p.add_argument("model", help="model file or packaged model name")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the model file to write")
+    add_inference_options(p, defaults=("as the model has it",) * 2)
+    p.set_defaults(func=cmd_set_defaults)
 
     p = sub.add_parser("info", help="print a model file's metadata")
     p.add_argument("model", help="model file or packaged model name")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import degradation
 from .io import ImageError, read_image, to_cyx, write_image
-from .modelfile import LoadedModel
+from .modelfile import ENSEMBLES, LoadedModel
 from .models import receptive_radius
 from .normalize import Stats, denormalize, normalize, percentile_stats
 
@@ -30,9 +30,6 @@ log = logging.getLogger("msrgan")
 AUTO_TILE = {"cpu": 256, "cuda": 1024}
 #: at most this many halvings of the tile after CUDA out-of-memory, then the CPU takes over
 MAX_TILE_HALVINGS = 4
-#: self-ensemble sizes: the image is upscaled in this many orientations (quarter turns, then
-#: the same mirrored) and the outputs are averaged
-ENSEMBLES = (1, 2, 4, 8)
 
 
 class InferenceError(ValueError):
@@ -167,24 +164,28 @@ class Upscaler:
         ``fp32`` or ``fp16`` (CUDA only; a tile whose fp16 output is not finite is redone in fp32).
     progress : bool
         Show a progress bar over tiles.
-    ensemble : int
+    ensemble : int or None
         Upscale in 1, 2, 4 or 8 orientations and average: a little more accurate, that many
-        times slower.
-    match_bins : bool
+        times slower. None: the model's own default (``model.inference``; 1 where its file
+        does not say).
+    match_bins : bool or None
         Shift each ``scale`` x ``scale`` block of the output so that its mean equals the input
         pixel it came from (:func:`msrgan_core.degradation.match_bins`): binning the output
         gives the input back. More accurate where the input is the binning of the truth (as in
         the benchmarks); less where the input carries noise that the model would have removed.
+        None: the model's own default (no where its file does not say).
     """
 
     def __init__(
         self, model: LoadedModel, device: str = "auto", tile: int = 0, precision: str = "fp32", progress: bool = False,
-        ensemble: int = 1, match_bins: bool = False,
+        ensemble: Optional[int] = None, match_bins: Optional[bool] = None,
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
-        self.orientations = orientations(ensemble)
-        self.match_bins = bool(match_bins)
+        defaults = model.inference
+        self.ensemble = defaults.ensemble if ensemble is None else ensemble
+        self.orientations = orientations(self.ensemble)
+        self.match_bins = defaults.match_bins if match_bins is None else bool(match_bins)
         self.model = model
         self.device = resolve_device(device)
         self.requested_tile = int(tile)
@@ -196,7 +197,7 @@ class Upscaler:
         # Module.to converts in place, once: later Upscalers of the same model find it converted.
         self.generator = model.generator.to(self.device, memory_format=torch.channels_last)
         log.info("msrgan: model %s on %s%s%s", Path(model.source).name, describe_device(self.device),
-                 f", {ensemble}-orientation ensemble" if ensemble > 1 else "",
+                 f", {self.ensemble}-orientation ensemble" if self.ensemble > 1 else "",
                  ", output bins matched to the input" if self.match_bins else "")
 
     @property

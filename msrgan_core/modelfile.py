@@ -28,10 +28,34 @@ FORMAT_VERSION = 1
 METADATA_KEY = "msrgan"
 #: the packaged models, selectable by name instead of a path
 DEFAULT_MODELS = ("fidelity", "perceptual")
+#: orientations an upscaler may average (:func:`msrgan_core.inference.orientations`)
+ENSEMBLES = (1, 2, 4, 8)
 
 
 class ModelFileError(ValueError):
     """A model file is missing, damaged, foreign or does not match the code."""
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """How a model runs unless the caller says otherwise: its file's ``inference`` metadata.
+
+    ``ensemble``: orientations averaged (1, 2, 4 or 8); ``match_bins``: shift each output block
+    so that binning the output gives the input back. See :class:`msrgan_core.inference.Upscaler`.
+    Files without the entry run once, as the network outputs.
+    """
+
+    ensemble: int = 1
+    match_bins: bool = False
+
+    @classmethod
+    def from_metadata(cls, meta: Dict[str, Any], source: "str | Path") -> "InferenceDefaults":
+        entry = meta.get("inference", {})
+        defaults = cls(**entry) if isinstance(entry, dict) and set(entry) <= {"ensemble", "match_bins"} else None
+        if defaults is None or defaults.ensemble not in ENSEMBLES or not isinstance(defaults.match_bins, bool):
+            raise ModelFileError(f"{source}: its inference metadata {entry!r} is not "
+                                 f"{{'ensemble': one of {ENSEMBLES}, 'match_bins': true or false}}")
+        return defaults
 
 
 @dataclass
@@ -53,6 +77,10 @@ class LoadedModel:
     @property
     def normalization(self) -> NormalizationConfig:
         return NormalizationConfig(**self.metadata.get("normalization", {}))
+
+    @property
+    def inference(self) -> InferenceDefaults:
+        return InferenceDefaults.from_metadata(self.metadata, self.source)
 
 
 def packaged_model_path(name: str) -> Path:
@@ -136,6 +164,7 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
     """
     path = resolve_model(name_or_path)
     meta = read_metadata(path)
+    InferenceDefaults.from_metadata(meta, path)  # a damaged entry fails here, not at the first image
     try:
         config = GeneratorConfig(**meta["generator"])
     except (KeyError, TypeError, ConfigError) as exc:
@@ -187,6 +216,13 @@ def blend_models(adversarial: LoadedModel, fidelity: LoadedModel, weight: float)
     meta = {k: v for k, v in adversarial.metadata.items() if k != "validation"}
     meta["blend"] = {"weight": float(weight), "adversarial": note(adversarial), "fidelity": note(fidelity)}
     return LoadedModel(generator=generator, metadata=meta, source=f"blend of {adversarial.source} and {fidelity.source}")
+
+
+def with_inference_defaults(model: LoadedModel, ensemble: int, match_bins: bool) -> LoadedModel:
+    """The same weights, set to run with ``ensemble`` orientations and ``match_bins`` by default."""
+    meta = dict(model.metadata, inference={"ensemble": int(ensemble), "match_bins": bool(match_bins)})
+    InferenceDefaults.from_metadata(meta, model.source)
+    return LoadedModel(generator=model.generator, metadata=meta, source=model.source)
 
 
 def describe(meta: Dict[str, Any]) -> str:

@@ -62,6 +62,15 @@ def test_train_info_upscale_evaluate(tmp_path):
                     for name, folder in [("matched", matched), ("plain", out)]}
     assert binned_error["matched"] < 1.0 and binned_error["plain"] > 10, binned_error
 
+    # set-defaults: a model file that runs that way unless told otherwise
+    told = tmp_path / "told.safetensors"
+    msrgan("set-defaults", model, "-o", told, "--ensemble", "2", "--match-bins")
+    assert "inference.ensemble: 2" in msrgan("info", told).stdout
+    msrgan("upscale", inputs / "a.tif", "-o", tmp_path / "told_default", "--model", told, "-q")
+    np.testing.assert_array_equal(read_image(tmp_path / "told_default" / "a.tif")[0], read_image(matched / "a.tif")[0])
+    msrgan("upscale", inputs / "a.tif", "-o", tmp_path / "told_off", "--model", told, "-q", "--no-match-bins", "--ensemble", "1")
+    np.testing.assert_array_equal(read_image(tmp_path / "told_off" / "a.tif")[0], read_image(out / "a.tif")[0])
+
     report = tmp_path / "eval.csv"
     result = msrgan("evaluate", "--hr", data, "--model", model, "--csv", report, "-q")
     for method in ("nearest", "bicubic", "lanczos", "msrgan"):

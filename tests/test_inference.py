@@ -14,6 +14,7 @@ from msrgan_core.inference import (
     upscale, upscale_file,
 )
 from msrgan_core.io import ImageError, read_image
+from msrgan_core.modelfile import with_inference_defaults
 
 UNTILED = 100_000  # a tile edge larger than any test image: one tile
 
@@ -224,6 +225,18 @@ def test_tiled_equals_untiled_with_ensemble_and_matched_bins(model_x4):
     whole = Upscaler(model_x4, device="cpu", tile=UNTILED, ensemble=2, match_bins=True).upscale(image)
     tiled = Upscaler(model_x4, device="cpu", tile=40, ensemble=2, match_bins=True).upscale(image)
     assert np.max(np.abs(tiled - whole)) <= 1e-3 * (whole.max() - whole.min())
+
+
+def test_options_left_unset_follow_the_model_file(model_x4):
+    image = smooth_image((26, 33), seed=17).astype(np.float32)
+    told = with_inference_defaults(model_x4, 2, True)
+    by_default = Upscaler(told, device="cpu")
+    assert (by_default.ensemble, by_default.match_bins) == (2, True)
+    np.testing.assert_array_equal(by_default.upscale(image),
+                                  Upscaler(model_x4, device="cpu", ensemble=2, match_bins=True).upscale(image))
+    overridden = Upscaler(told, device="cpu", ensemble=1, match_bins=False)
+    np.testing.assert_array_equal(overridden.upscale(image), Upscaler(model_x4, device="cpu").upscale(image))
+    assert (Upscaler(model_x4, device="cpu").ensemble, Upscaler(model_x4, device="cpu").match_bins) == (1, False)
 
 
 def test_bad_ensemble_raises(model_x4):

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from helpers import tiny_generator
 from msrgan_core.config import NormalizationConfig
 from msrgan_core.modelfile import (
-    METADATA_KEY, ModelFileError, blend_models, load_model, packaged_model_path, read_metadata, resolve_model, save_model,
+    METADATA_KEY, InferenceDefaults, ModelFileError, blend_models, load_model, packaged_model_path, read_metadata,
+    resolve_model, save_model, with_inference_defaults,
 )
 
 
@@ -137,6 +138,25 @@ def test_bad_metadata(tmp_path, saved, meta, message):
         load_model(path)
 
 
+def test_inference_defaults_are_written_read_and_checked(tmp_path, saved):
+    path, generator = saved
+    plain = load_model(path)
+    assert plain.inference == InferenceDefaults(ensemble=1, match_bins=False)  # files that do not say run once
+    set_ = with_inference_defaults(plain, 4, True)
+    reloaded = load_model(save_model(tmp_path / "set.safetensors", set_.generator, set_.metadata))
+    assert reloaded.inference == InferenceDefaults(ensemble=4, match_bins=True)
+    assert reloaded.metadata["note"] == "x" and reloaded.normalization == plain.normalization
+    with torch.no_grad():
+        assert torch.equal(reloaded.generator(_x()), plain.generator(_x()))  # the same weights
+    with pytest.raises(ModelFileError, match="one of"):
+        with_inference_defaults(plain, 3, True)
+    for entry in ({"ensemble": 3}, {"match_bins": "yes"}, {"orientations": 2}, [2, True]):
+        bad = tmp_path / "bad_inference.safetensors"
+        save_model(bad, generator, {"normalization": {"low": 2.0, "high": 99.0}, "inference": entry})
+        with pytest.raises(ModelFileError, match="bad_inference.safetensors: its inference metadata"):
+            load_model(bad)
+
+
 def _pair(tmp_path, **kwargs):
     norm = {"normalization": {"low": 2.0, "high": 99.0}}
     fid = save_model(tmp_path / "f.safetensors", tiny_generator(scale=2, n_blocks=2, seed=1), {**norm, "name": "fidelity"})
@@ -180,11 +200,12 @@ def test_blend_refuses_models_that_do_not_match_and_weights_outside_0_1(tmp_path
         blend_models(adv, load_model(other), 0.5)
 
 
-@pytest.mark.parametrize("name", ["fidelity", "perceptual"])
-def test_packaged_models_load_by_name(name):
+@pytest.mark.parametrize("name,defaults", [("fidelity", (2, True)), ("perceptual", (1, False))])
+def test_packaged_models_load_by_name(name, defaults):
     loaded = load_model(name)
     assert loaded.source == str(packaged_model_path(name))
     assert loaded.scale == 4 and loaded.config.in_channels == 1
+    assert loaded.inference == InferenceDefaults(*defaults)  # as benchmarks/quality.py measures them
     with torch.no_grad():
         assert loaded.generator(_x()).shape == (1, 1, 48, 40)
 

@@ -107,19 +107,34 @@ def test_output_is_4x_larger_on_the_input_scale_without_mask_or_crop(upscale_mod
     assert out.pixel_data.mean() == pytest.approx(fly_dna.mean(), rel=0.03)
     for q in (5, 50, 95):
         assert np.percentile(out.pixel_data, q) == pytest.approx(np.percentile(fly_dna, q), abs=0.03)
-    # the packaged model itself, as msrgan_core gives it, is what the module returns
-    expected = Upscaler(load_model("fidelity"), device="cpu").upscale(fly_dna)
+    # the packaged model itself, as msrgan_core gives it by default (two orientations, bins
+    # matched: the model file's own choice), is what the module returns
+    expected = Upscaler(load_model("fidelity"), device="cpu", ensemble=2, match_bins=True).upscale(fly_dna)
     np.testing.assert_allclose(out.pixel_data, np.clip(expected, 0, 1), atol=1e-6)
 
 
 def test_orientations_and_matched_bins_are_the_librarys(upscale_module_class, fly_dna):
     crop = fly_dna[:48, :64]
-    out = Harness(upscale_module_class, device="CPU", orientations="8", match_bins=True).run(cp_image(crop))
-    expected = Upscaler(load_model("fidelity"), device="cpu", ensemble=8, match_bins=True).upscale(crop)
-    once = Upscaler(load_model("fidelity"), device="cpu").upscale(crop)
+    out = Harness(upscale_module_class, device="CPU", orientations="8", match_bins="No").run(cp_image(crop))
+    expected = Upscaler(load_model("fidelity"), device="cpu", ensemble=8, match_bins=False).upscale(crop)
+    by_default = Upscaler(load_model("fidelity"), device="cpu").upscale(crop)
     got = out.image_set.get_image("Upscaled").pixel_data
     np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-6)
-    assert np.max(np.abs(got - np.clip(once, 0, 1))) > 1e-3
+    assert np.max(np.abs(got - np.clip(by_default, 0, 1))) > 1e-3
+
+
+@pytest.mark.parametrize("choice,ensemble,match_bins", [("Default: fidelity", 2, True), ("Default: perceptual", 1, False)])
+def test_model_default_runs_each_packaged_model_as_its_file_says(upscale_module_class, fly_dna, choice, ensemble, match_bins):
+    crop = fly_dna[:40, :48]
+    harness = Harness(upscale_module_class, device="CPU", model_choice=choice)
+    assert harness.module.orientations.value == harness.module.match_bins.value == "Model's default"
+    got = harness.run(cp_image(crop)).image_set.get_image("Upscaled").pixel_data
+    model = load_model(choice.split(": ")[1])
+    expected = Upscaler(model, device="cpu", ensemble=ensemble, match_bins=match_bins).upscale(crop)
+    np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-6)
+    if ensemble > 1:
+        once = Upscaler(model, device="cpu", ensemble=1, match_bins=False).upscale(crop)
+        assert np.max(np.abs(got - np.clip(once, 0, 1))) > 1e-3
 
 
 def test_dim_12_bit_image_is_not_stretched(upscale_module_class, fly_dna):
@@ -310,7 +325,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     module.device.value = "CPU"
     module.tile_size.value = 192
     module.orientations.value = "4"
-    module.match_bins.value = True
+    module.match_bins.value = "Yes"
     saved = io.StringIO()
     harness.pipeline.dump(saved, save_image_plane_details=False)
 
@@ -320,7 +335,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     assert loaded.module_name == "UpscaleMSRGAN"
     assert [s.value_text for s in loaded.settings()] == [s.value_text for s in module.settings()]
     assert loaded.tile_size.value == 192 and loaded.custom_model_directory.custom_path == str(tmp_path)
-    assert loaded.orientations.value == "4" and loaded.match_bins.value and loaded.variable_revision_number == 2
+    assert loaded.orientations.value == "4" and loaded.match_bins.value == "Yes" and loaded.variable_revision_number == 3
 
 
 def test_load_v1(upscale_module_class):
@@ -339,10 +354,22 @@ def test_load_v1(upscale_module_class):
     assert second.tile_size.value == 0 and second.y_name.value == "BigRed"
     # revision 2's settings: revision-1 pipelines upscale once and leave the output as it is, as they did
     for module in (first, second):
-        assert module.orientations.value == "1" and not module.match_bins.value
+        assert module.orientations.value == "1" and module.match_bins.value == "No"
+        assert module.variable_revision_number == 3
+
+
+def test_load_v2(upscale_module_class):
+    """Revision-2 pipelines keep the orientations and bin matching they were saved with."""
+    pipeline, errors = load_pipeline((DATA / "upscalemsrgan_v2.cppipe").read_text())
+    assert not errors, [e.error for e in errors]
+    first, second = pipeline.modules()
+    assert first.model_choice.value == "Custom model file" and first.tile_size.value == 128
+    assert (first.orientations.value, first.match_bins.value) == ("4", "Yes")
+    assert second.model_choice.value == "Default: perceptual" and second.device.value == "GPU"
+    assert (second.orientations.value, second.match_bins.value) == ("1", "No")
 
 
 def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
     text = (DATA / "upscalemsrgan_v1.cppipe").read_text().replace("variable_revision_number:1|", "variable_revision_number:7|")
     _, errors = load_pipeline(text)
-    assert errors and "revision 7, newer than this plugin's revision 2" in str(errors[0].error)
+    assert errors and "revision 7, newer than this plugin's revision 3" in str(errors[0].error)
