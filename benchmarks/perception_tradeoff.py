@@ -14,7 +14,8 @@ from the truth's HF power):
   texture from sharpening.
 
 Both are printed beside ``fidelity`` and ``perceptual`` (PSNR against Lanczos, mean HF ratio);
-LR = 4 x 4 mean binning, as in ``quality.py``.
+LR = 4 x 4 mean binning, as in ``quality.py``. Both models run as one plain pass of the network
+(one orientation, bins as output), so the comparison is between what the networks draw.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
 
     fidelity = load_model("fidelity")
-    models = {"fidelity": Upscaler(fidelity, device="auto"), "perceptual": Upscaler(load_model("perceptual"), device="auto")}
+    once = dict(device="auto", ensemble=1, match_bins=False)
+    models = {"fidelity": Upscaler(fidelity, **once), "perceptual": Upscaler(load_model("perceptual"), **once)}
     print(f"validation split of {Path(fidelity.source).name}; LR = {SCALE} x {SCALE} mean binning; "
           f"references raised to HF ratio {args.hf}")
     print(f"{'dataset':<8} {'method':<18} {'n':>3} {'dB vs Lanczos':>13} {'HF ratio':>8}")

@@ -139,7 +139,7 @@ def format_table(table: List[dict]) -> str:
     for e in table:
         lines.append(f"{e['dataset']:<8} {e['method']:<11} {e['images']:>3} {cell(e['psnr'], '6.2f'):>6} "
                      f"{cell(e['psnr_vs_lanczos'], '+.2f'):>13} {cell(e['ssim'], '.4f'):>6} {cell(e['f1'], '.4f'):>7} "
-                     f"{cell(e['hf_ratio'], '.3f'):>8} {cell(e['texture_error'], '.4f'):>11}")
+                     f"{cell(e['hf_ratio'], '.3f'):>8} {cell(e['texture_error'], '.5f'):>11}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,10 @@
 
     python benchmarks/speed.py              # 512 x 512 uint16 field: msrgan vs scikit-image bicubic
     python benchmarks/speed.py --size 2048  # the memory bound: 2048 x 2048 in, 8192 x 8192 out
+    python benchmarks/speed.py --ensemble 1 --no-match-bins   # one plain pass of the network
+
+The model runs as ``msrgan upscale`` runs it: by default as its file says (the packaged
+``fidelity``: 2 orientations, bins matched), or with ``--ensemble`` / ``--(no-)match-bins``.
 
 Prints output megapixels per second and the peak resident memory of a fresh process per
 measurement (so one does not inflate the other).
@@ -16,7 +20,7 @@ import sys
 import time
 
 
-def measure(method: str, size: int, model: str, tile: int, repeats: int) -> dict:
+def measure(method: str, size: int, model: str, tile: int, repeats: int, options: dict) -> dict:
     """Run in this process: upscale a synthetic uint16 field ``repeats`` times."""
     import numpy as np
     import torch
@@ -28,7 +32,7 @@ def measure(method: str, size: int, model: str, tile: int, repeats: int) -> dict
     rng = np.random.default_rng(0)
     image = rng.integers(100, 4000, size=(size, size)).astype(np.uint16)
     if method == "msrgan":
-        upscaler = Upscaler(load_model(model), device="cpu", tile=tile)
+        upscaler = Upscaler(load_model(model), device="cpu", tile=tile, **options)
         run = lambda: upscaler.upscale(image)  # noqa: E731
         scale = upscaler.scale
     else:
@@ -54,16 +58,21 @@ def main() -> None:
     parser.add_argument("--model", default="fidelity")
     parser.add_argument("--tile", type=int, default=0, help="0 = automatic")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ensemble", type=int, choices=[1, 2, 4, 8], help="orientations averaged (default: the model's)")
+    parser.add_argument("--match-bins", action=argparse.BooleanOptionalAction, help="default: as the model says")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    options = {"ensemble": args.ensemble, "match_bins": args.match_bins}
     if args.child:
-        print(json.dumps(measure(args.child, args.size, args.model, args.tile, args.repeats)))
+        print(json.dumps(measure(args.child, args.size, args.model, args.tile, args.repeats, options)))
         return
     methods = ["msrgan", "bicubic"] if args.size <= 1024 else ["msrgan"]
     print(f"{'method':<8} {'input':>16} {'out MP':>7} {'s/image':>8} {'out MP/s':>9} {'peak RSS MiB':>13}")
     for method in methods:
         cmd = [sys.executable, __file__, "--child", method, "--size", str(args.size), "--model", args.model,
                "--tile", str(args.tile), "--repeats", str(args.repeats if args.size <= 1024 else 1)]
+        cmd += [] if args.ensemble is None else ["--ensemble", str(args.ensemble)]
+        cmd += [] if args.match_bins is None else ["--match-bins" if args.match_bins else "--no-match-bins"]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(f"{r['method']:<8} {r['input']:>16} {r['output_megapixels']:>7} {r['seconds']:>8} {r['mp_per_s']:>9} "
               f"{r['peak_rss_mib']:>13}")
