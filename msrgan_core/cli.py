@@ -72,7 +72,7 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     model = with_inference_defaults(model, ensemble, match_bins)
     save_model(args.out, model.generator, model.metadata)
     print(f"msrgan: {args.out} = {args.model}, run by default with {ensemble} orientation(s), "
-          f"output bins {'matched to' if match_bins else 'left as the model gives them, not matched to'} the input")
+          f"output bins {'matched to the input' if match_bins else 'as the network outputs them'}")
     return 0
 
 
