@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from msrgan_core.data import group_name
 from msrgan_core.degradation import bin_mean, crop_to_multiple, poisson_gaussian_noise
-from msrgan_core.inference import ENSEMBLES, Upscaler
+from msrgan_core.cli import add_inference_options
+from msrgan_core.inference import Upscaler
 from msrgan_core.io import find_images, read_image
 from msrgan_core.metrics import (
     BASELINES, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
@@ -150,9 +151,7 @@ def main() -> None:
     parser.add_argument("--perceptual", default="perceptual", help="model file or packaged name")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
-    parser.add_argument("--ensemble", type=int, choices=ENSEMBLES, help="orientations averaged per image (default: the model's)")
-    parser.add_argument("--match-bins", action=argparse.BooleanOptionalAction,
-                        help="shift output blocks to their input pixel's mean (default: as the model says)")
+    add_inference_options(parser)
     parser.add_argument("--noise-peak", type=float, default=0.0,
                         help="add shot noise of this many photons at the 99.8th percentile (and read noise) to the inputs")
     args = parser.parse_args()
@@ -169,8 +168,7 @@ def main() -> None:
     print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
           f"LR = {SCALE} x {SCALE} mean binning"
           + (f" with shot noise of {args.noise_peak:g} photons" if args.noise_peak else "") + "; "
-          + "; ".join(f"{name}: {up.ensemble} orientation(s), bins {'matched' if up.match_bins else 'as output'}"
-                      for name, up in models.items()))
+          + "; ".join(f"{name}: {up.options}" for name, up in models.items()))
     print(format_table(table))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:

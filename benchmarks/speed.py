@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from msrgan_core.cli import add_inference_options  # the parser only: torch is imported in the measuring child
+
 
 def measure(method: str, size: int, model: str, tile: int, repeats: int, options: dict) -> dict:
     """Run in this process: upscale a synthetic uint16 field ``repeats`` times."""
@@ -58,8 +60,7 @@ def main() -> None:
     parser.add_argument("--model", default="fidelity")
     parser.add_argument("--tile", type=int, default=0, help="0 = automatic")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ensemble", type=int, choices=[1, 2, 4, 8], help="orientations averaged (default: the model's)")
-    parser.add_argument("--match-bins", action=argparse.BooleanOptionalAction, help="default: as the model says")
+    add_inference_options(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     options = {"ensemble": args.ensemble, "match_bins": args.match_bins}

@@ -90,8 +90,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = evaluate_images(find_images(args.hr), upscaler, degradation, seed=args.seed,
                            channel_axis=args.channel_axis, progress=not args.quiet)
     summary = summarize(rows)
-    print(f"{Path(model.source).name}: {degradation.method} x{degradation.scale} degradation; {upscaler.ensemble} "
-          f"orientation(s), bins {'matched' if upscaler.match_bins else 'as output'}")
+    print(f"{Path(model.source).name}: {degradation.method} x{degradation.scale} degradation; {upscaler.options}")
     print(format_table(summary))
     write_csv(Path(args.csv), rows, summary)
     print(f"msrgan: per-image figures in {args.csv}")

@@ -36,9 +36,8 @@ def match_bins(upscaled: np.ndarray, lowres: np.ndarray, k: int) -> np.ndarray:
     c, y, x = lowres.shape
     if upscaled.shape != (c, y * k, x * k):
         raise ValueError(f"match_bins: {upscaled.shape} is not {k} x {lowres.shape}")
-    blocks = upscaled.reshape(c, y, k, x, k)
-    residual = lowres - blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
-    return (blocks + residual[:, :, None, :, None]).reshape(upscaled.shape)
+    residual = lowres - bin_mean(upscaled, k)
+    return (upscaled.reshape(c, y, k, x, k) + residual[:, :, None, :, None]).reshape(upscaled.shape)
 
 
 def bicubic_down(image: np.ndarray, k: int) -> np.ndarray:

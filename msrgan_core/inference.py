@@ -201,6 +201,11 @@ class Upscaler:
                  ", output bins matched to the input" if self.match_bins else "")
 
     @property
+    def options(self) -> str:
+        """What runs per image, in words: the orientations averaged and whether bins are matched."""
+        return f"{self.ensemble} orientation(s), bins {'matched' if self.match_bins else 'as output'}"
+
+    @property
     def scale(self) -> int:
         return self.model.scale
 
