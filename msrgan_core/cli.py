@@ -85,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     meta = model.metadata.get("degradation", {})
-    degradation = DegradationConfig(method=args.degradation or meta.get("method", "bin"), scale=model.scale)
+    degradation = DegradationConfig.acquisition(method=args.degradation or meta.get("method", "bin"), scale=model.scale)
     upscaler = Upscaler(model, device=args.device, tile=args.tile, ensemble=args.ensemble, match_bins=args.match_bins)
     rows = evaluate_images(find_images(args.hr), upscaler, degradation, seed=args.seed,
                            channel_axis=args.channel_axis, progress=not args.quiet)

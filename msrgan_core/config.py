@@ -25,22 +25,33 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+#: generator architectures (:func:`msrgan_core.models.build_generator`)
+ARCHITECTURES = ("srresnet", "compact")
+
+
 @dataclass
 class GeneratorConfig:
-    """SRResNet-style generator.
+    """The generator: SRGAN's SRResNet, or a compact network that works at input resolution only.
 
     Attributes
     ----------
+    architecture : str
+        ``srresnet`` (SRGAN's: residual blocks, then upsampling stages at 2x and 4x resolution
+        and a 9 x 9 tail at output resolution) or ``compact`` (plain 3 x 3 convolutions, all at
+        input resolution, and a pixel-shuffle tail: 10 to 20 times cheaper per pixel).
     scale : int
         Upscaling factor: 2, 4 or 8.
     in_channels, out_channels : int
         Image channels in and out (1 for one fluorescence channel).
     n_blocks : int
-        Residual blocks (SRGAN: 16).
+        ``srresnet``: residual blocks of two convolutions (SRGAN: 16). ``compact``: 3 x 3
+        convolution layers before the tail (12 for the packaged models).
     n_features : int
-        Feature maps per convolution (SRGAN: 64).
+        Feature maps per convolution (SRGAN: 64); ``compact`` needs a multiple of 8, which the
+        CPU's vector units and a GPU's tensor cores take whole.
     batch_norm : bool
-        Batch normalisation inside residual blocks (SRGAN: yes; EDSR showed it hurts SR, so off).
+        ``srresnet`` only: batch normalisation inside residual blocks (SRGAN: yes; EDSR showed it
+        hurts SR, so off).
     input_skip : bool
         Add the bicubic upsampling of the input to the output, so the network learns the residual
         detail only. Needs ``in_channels == out_channels``.
@@ -53,13 +64,20 @@ class GeneratorConfig:
     n_features: int = 64
     batch_norm: bool = False
     input_skip: bool = True
+    architecture: str = "srresnet"
 
     def __post_init__(self) -> None:
+        _check(self.architecture in ARCHITECTURES,
+               f"generator.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         _check(self.scale in (2, 4, 8), f"generator.scale must be 2, 4 or 8, got {self.scale!r}")
         _check(self.in_channels >= 1, f"generator.in_channels must be >= 1, got {self.in_channels!r}")
         _check(self.out_channels >= 1, f"generator.out_channels must be >= 1, got {self.out_channels!r}")
         _check(self.n_blocks >= 1, f"generator.n_blocks must be >= 1, got {self.n_blocks!r}")
         _check(self.n_features >= 4, f"generator.n_features must be >= 4, got {self.n_features!r}")
+        _check(self.architecture != "compact" or self.n_features % 8 == 0,
+               f"generator.n_features of a compact generator must be a multiple of 8, got {self.n_features!r}")
+        _check(self.architecture != "compact" or not self.batch_norm,
+               "generator.batch_norm is for srresnet only; a compact generator has none")
         _check(
             not self.input_skip or self.in_channels == self.out_channels,
             f"generator.input_skip needs in_channels == out_channels, got {self.in_channels} and {self.out_channels}",
@@ -93,11 +111,22 @@ class NormalizationConfig:
 
 
 DEGRADATION_METHODS = ("bin", "bicubic")
+#: the range fields of [degradation]: each a [low, high] pair
+DEGRADATION_RANGES = ("blur_sigma", "poisson_peak", "gaussian_sigma", "background")
+#: the objective fields of [degradation]: set all four to derive blur_sigma from the optics
+OPTICS_FIELDS = ("na_high", "na_low", "wavelength_um", "pixel_size_um")
 
 
 @dataclass
 class DegradationConfig:
-    """How low-resolution training inputs are made from high-resolution images.
+    """How low-resolution training inputs are made from high-resolution images: a simulated
+    low-magnification acquisition (see ``docs/degradation.md``).
+
+    Each patch is, in order: shifted by a sub-pixel amount (optional), blurred by the extra
+    point-spread function of a lower-NA objective, binned (or bicubic-downsampled), and given
+    shot noise, background and read noise. The defaults span what screening microscopes record,
+    from 30 photons at the brightest nuclei to noise-free, and from no extra blur to that of a
+    0.3-NA objective beside a 0.95-NA one; narrow them to your own microscope in a config.
 
     Attributes
     ----------
@@ -106,24 +135,53 @@ class DegradationConfig:
     scale : int
         Downsampling factor; must equal the generator's scale.
     blur_sigma : tuple of float
-        Gaussian blur sigma (in high-resolution pixels) drawn uniformly from this range before
-        downsampling; ``(0, 0)`` disables it.
+        Gaussian blur sigma (high-resolution pixels) drawn uniformly from this range before
+        downsampling; ``(0, 0)`` disables it. Derived from the optics when they are given.
+    na_high, na_low, wavelength_um, pixel_size_um : float
+        The two objectives' numerical apertures, the emission wavelength (micrometres) and the
+        high-resolution pixel size at the sample (micrometres). When all four are given (> 0),
+        ``blur_sigma`` is set to :func:`msrgan_core.degradation.optical_blur_sigma` of them.
     poisson_peak : tuple of float
-        Photon count of a normalised intensity of 1, drawn log-uniformly from this range;
-        ``(0, 0)`` disables shot noise.
+        Photons at a normalised intensity of 1 (the image's 99.8th percentile), drawn
+        log-uniformly from this range; ``(0, 0)`` disables shot noise.
+    background : tuple of float
+        Background light, as a fraction of the peak's photons, drawn uniformly: its shot noise
+        reaches the background and dim cells, as in a real exposure. ``(0, 0)``: none.
     gaussian_sigma : tuple of float
         Read-noise sigma on normalised intensities, drawn uniformly; ``(0, 0)`` disables it.
+    noise_free_fraction : float
+        Share of the degraded patches that get no noise at all (blur only).
+    shift : float
+        Largest sub-pixel shift (high-resolution pixels, each axis, uniform) of the image before
+        it is blurred and binned, as between two acquisitions that are not registered; the target
+        stays where it is. 0: none.
     degraded_fraction : float
-        Share of patches that get the blur and noise above; the rest are plainly downsampled,
-        so the model stays sharp on clean inputs while it learns to tolerate noisy ones.
+        Share of patches that get the shift, blur and noise above; the rest are plainly
+        downsampled, so the model stays sharp on clean inputs while it learns noisy ones.
     """
 
     method: str = "bin"
     scale: int = 4
-    blur_sigma: tuple = (0.0, 0.0)
-    poisson_peak: tuple = (0.0, 0.0)
-    gaussian_sigma: tuple = (0.0, 0.0)
+    blur_sigma: tuple = (0.0, 2.5)
+    poisson_peak: tuple = (30.0, 100000.0)
+    gaussian_sigma: tuple = (0.0, 0.005)
+    background: tuple = (0.0, 0.0)
+    noise_free_fraction: float = 0.0
+    shift: float = 0.0
     degraded_fraction: float = 1.0
+    na_high: float = 0.0
+    na_low: float = 0.0
+    wavelength_um: float = 0.0
+    pixel_size_um: float = 0.0
+
+    @classmethod
+    def acquisition(cls, method: str = "bin", scale: int = 4, blur: float = 0.0, photons: float = 0.0,
+                    read_noise: float = 0.0) -> "DegradationConfig":
+        """One fixed acquisition, nothing drawn at random but the noise itself: ``blur`` sigma
+        (high-resolution pixels), ``photons`` at a normalised intensity of 1 (0: no shot noise)
+        and ``read_noise`` (normalised). With the defaults, plain ``method`` downsampling."""
+        return cls(method=method, scale=scale, blur_sigma=(blur, blur), poisson_peak=(photons, photons),
+                   gaussian_sigma=(read_noise, read_noise))
 
     def __post_init__(self) -> None:
         _check(
@@ -131,7 +189,7 @@ class DegradationConfig:
             f"degradation.method must be one of {DEGRADATION_METHODS}, got {self.method!r}",
         )
         _check(self.scale in (2, 4, 8), f"degradation.scale must be 2, 4 or 8, got {self.scale!r}")
-        for name in ("blur_sigma", "poisson_peak", "gaussian_sigma"):
+        for name in DEGRADATION_RANGES:
             try:
                 value = tuple(float(v) for v in getattr(self, name))
             except (TypeError, ValueError):
@@ -141,12 +199,24 @@ class DegradationConfig:
                 f"degradation.{name} must be a range [low, high] with 0 <= low <= high, got {getattr(self, name)!r}",
             )
             setattr(self, name, value)
-        _check(
-            isinstance(self.degraded_fraction, (int, float)) and not isinstance(self.degraded_fraction, bool)
-            and 0.0 <= self.degraded_fraction <= 1.0,
-            f"degradation.degraded_fraction must be a number from 0 to 1, got {self.degraded_fraction!r}",
-        )
-        self.degraded_fraction = float(self.degraded_fraction)
+        for name in ("degraded_fraction", "noise_free_fraction"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0,
+                f"degradation.{name} must be a number from 0 to 1, got {value!r}",
+            )
+            setattr(self, name, float(value))
+        _check(self.shift >= 0, f"degradation.shift must be >= 0 high-resolution pixels, got {self.shift!r}")
+        optics = {name: getattr(self, name) for name in OPTICS_FIELDS}
+        if any(optics.values()):
+            _check(all(v > 0 for v in optics.values()),
+                   f"degradation: give all of {', '.join(OPTICS_FIELDS)} (> 0) to derive the blur, got {optics}")
+            _check(self.na_low < self.na_high,
+                   f"degradation.na_low ({self.na_low}) must be below na_high ({self.na_high})")
+            from .degradation import optical_blur_sigma
+
+            sigma = optical_blur_sigma(**optics)
+            self.blur_sigma = (sigma, sigma)
 
 
 FEATURE_EXTRACTORS = ("discriminator", "vgg19")

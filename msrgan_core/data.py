@@ -15,7 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import DegradationConfig, NormalizationConfig
-from .degradation import crop_to_multiple, degrade
+from .binning import crop_to_multiple
+from .degradation import degrade
 from .io import read_image
 from .normalize import normalize, percentile_stats
 

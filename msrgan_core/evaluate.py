@@ -9,7 +9,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import DegradationConfig
-from .degradation import crop_to_multiple, degrade
+from .binning import crop_to_multiple
+from .degradation import degrade
 from .inference import Upscaler
 from .io import atomic_write, read_image
 from .metrics import BASELINES, image_metrics

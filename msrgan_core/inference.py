@@ -1,10 +1,14 @@
-"""Tiled inference: ``upscale()`` an image of any size in bounded memory, without seams.
+"""Tiled inference: ``Upscaler.upscale()`` an image of any size in bounded memory, without seams.
 
-The image is normalised once, on the whole image. Tiles of ``tile`` input pixels overlap by
-twice the generator's receptive radius plus a blending ramp; each tile's output is weighted
-by a raised-cosine ramp that is zero wherever the tile's own border could have changed the
-result, and the sum is divided by the summed weights. The tiled output therefore equals the
-untiled one to float precision, and only one tile is ever on the device.
+The image is normalised once, on the whole image. It is cut into a grid of tile cores that
+partition it; each core is computed with ``margin`` input pixels of context on every side and
+only the core's output is kept. The margin is the generator's measured influence radius (input
+farther away moves no output pixel by more than 1e-4 of the range, :func:`~msrgan_core.models.
+influence_radius`) plus :data:`MARGIN_SPARE`, so the tiled result equals the untiled one within
+that bound, with no blending weights and no float copy of the whole output: each core is
+averaged over orientations, matched to its input bins, mapped back to the image's intensities
+and cast to its dtype on the device, then written into the output. Tiles of one shape go
+through the network together, as one batch, up to the memory budget.
 """
 from __future__ import annotations
 
@@ -18,108 +22,98 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import degradation
+from .binning import match_bins
+from .config import GeneratorConfig
+from .device import describe_device, resolve_device, set_threads
 from .io import ImageError, read_image, to_cyx, write_image
 from .modelfile import ENSEMBLES, LoadedModel
-from .models import receptive_radius
-from .normalize import Stats, denormalize, normalize, percentile_stats
+from .models import forward_bytes_per_pixel
+from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
 
 log = logging.getLogger("msrgan")
 
-#: input-pixel tile edge used when ``tile=0`` (automatic), per device type
-AUTO_TILE = {"cpu": 256, "cuda": 1024}
+MIB = 1 << 20
+#: activation memory a tile batch may take when ``tile=0`` (automatic), per device type; on a GPU
+#: at most this share of the memory free when the upscaler is made
+TILE_MEMORY = {"cpu": 256 * MIB, "cuda": 8192 * MIB}
+CUDA_MEMORY_SHARE = 0.5
+#: context beyond the measured influence radius, for inputs brighter than the test images
+MARGIN_SPARE = 2
+#: the smallest tile core (input pixels) worth its margins
+MIN_CORE = 16
 #: at most this many halvings of the tile after CUDA out-of-memory, then the CPU takes over
 MAX_TILE_HALVINGS = 4
+#: inference precisions; ``auto`` is bf16 on GPUs that support it, else fp32
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class InferenceError(ValueError):
-    """An image the model cannot take (wrong channel count, wrong shape)."""
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
-
-    Asking for ``cuda`` where there is none logs a warning and uses the CPU.
-    """
-    device = (device or "auto").lower()
-    if device not in ("auto", "cpu", "cuda", "gpu"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if device in ("cuda", "gpu"):
-        log.warning("msrgan: a GPU was requested but CUDA is not available (torch %s): using the CPU", torch.__version__)
-    return torch.device("cpu")
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    """An image the model cannot take (wrong channel count, wrong shape), or an output that is not finite."""
 
 
 # --- tiling: pure functions ---------------------------------------------------------------
 
-def axis_starts(length: int, tile: int, overlap: int) -> List[int]:
-    """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap``."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+def axis_tiles(length: int, core: int, margin: int) -> List[Tuple[int, int, int, int]]:
+    """``(source start, source stop, core start, core stop)`` of tiles along one axis.
 
-
-def tile_slices(
-    shape: Tuple[int, int], tile: int, overlap: int, scale: int
-) -> Iterator[Tuple[Tuple[slice, slice], Tuple[slice, slice]]]:
-    """(source slice, destination slice) pairs for tiles covering a ``(Y, X)`` image.
-
-    Source slices index the input; destination slices, ``scale`` times larger, the output.
+    The cores partition ``[0, length)`` into equal parts of at most ``core`` pixels; each source
+    adds ``margin`` pixels of context on either side, clipped to the axis.
     """
-    for y0 in axis_starts(shape[0], tile, overlap):
-        for x0 in axis_starts(shape[1], tile, overlap):
-            y1, x1 = min(y0 + tile, shape[0]), min(x0 + tile, shape[1])
-            yield (slice(y0, y1), slice(x0, x1)), (slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale))
+    count = max(1, math.ceil(length / core))
+    bounds = [i * length // count for i in range(count + 1)]
+    return [(max(0, start - margin), min(length, stop + margin), start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
-def blend_weight(start: int, stop: int, length: int, margin: int, ramp: int, scale: int) -> np.ndarray:
-    """1-D output weight of a tile spanning input pixels ``[start, stop)`` of ``length``.
+@dataclass(frozen=True)
+class Tile:
+    """One tile: ``source`` slices the input (core and context); ``core`` is the part kept, in
+    input pixels relative to the source; ``destination`` slices the output."""
 
-    Zero within ``margin`` input pixels of an inner tile border (where zero padding changed
-    the result), a raised-cosine ramp over the next ``ramp`` pixels, one in the middle; one up
-    to the image border, where the whole image has the same border.
-    """
-    x = (np.arange((stop - start) * scale, dtype=np.float64) + 0.5) / scale + start  # input coordinates
-    weight = np.ones_like(x)
-    if start > 0:
-        t = np.clip((x - start - margin) / ramp, 0.0, 1.0)
-        weight *= 0.5 - 0.5 * np.cos(np.pi * t)
-    if stop < length:
-        t = np.clip((stop - margin - x) / ramp, 0.0, 1.0)
-        weight *= 0.5 - 0.5 * np.cos(np.pi * t)
-    return weight.astype(np.float32)
+    source: Tuple[slice, slice]
+    core: Tuple[slice, slice]
+    destination: Tuple[slice, slice]
+
+    @property
+    def source_shape(self) -> Tuple[int, int]:
+        return (self.source[0].stop - self.source[0].start, self.source[1].stop - self.source[1].start)
+
+
+def tile_slices(shape: Tuple[int, int], core: int, margin: int, scale: int) -> Iterator[Tile]:
+    """The tiles covering a ``(Y, X)`` image: cores of at most ``core`` pixels, ``margin`` of context."""
+    for sy0, sy1, cy0, cy1 in axis_tiles(shape[0], core, margin):
+        for sx0, sx1, cx0, cx1 in axis_tiles(shape[1], core, margin):
+            yield Tile(source=(slice(sy0, sy1), slice(sx0, sx1)),
+                       core=(slice(cy0 - sy0, cy1 - sy0), slice(cx0 - sx0, cx1 - sx0)),
+                       destination=(slice(cy0 * scale, cy1 * scale), slice(cx0 * scale, cx1 * scale)))
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """Tile size and overlap (input pixels) for a generator."""
+    """Tile edge (context included) and context margin, in input pixels, for a generator.
+
+    ``tile`` 0 takes the largest square whose activations (:func:`~msrgan_core.models.
+    forward_bytes_per_pixel`) fit ``memory`` bytes; an image no larger than it is one tile.
+    """
 
     tile: int
     margin: int
-    ramp: int
 
     @property
-    def overlap(self) -> int:
-        return 2 * self.margin + self.ramp
+    def core(self) -> int:
+        return self.tile - 2 * self.margin
 
     @classmethod
-    def for_model(cls, model: LoadedModel, tile: int) -> "TilePlan":
-        margin = receptive_radius(model.config)
-        ramp = max(8, margin // 2)
-        smallest = 2 * (margin + ramp) + 16
-        return cls(tile=max(int(tile), smallest), margin=margin, ramp=ramp)
+    def for_generator(cls, config: GeneratorConfig, influence: int, tile: int = 0, memory: int = TILE_MEMORY["cpu"]) -> "TilePlan":
+        margin = int(influence) + MARGIN_SPARE
+        if tile <= 0:
+            tile = int(math.sqrt(memory / forward_bytes_per_pixel(config)))
+        return cls(tile=max(int(tile), 2 * margin + MIN_CORE), margin=margin)
+
+    def tiles(self, shape: Tuple[int, int], scale: int) -> List[Tile]:
+        if max(shape) <= self.tile:  # the whole image fits: no context is cut, nothing to add
+            return list(tile_slices(shape, max(shape), 0, scale))
+        return list(tile_slices(shape, self.core, self.margin, scale))
 
 
 def orientations(count: int) -> List[Tuple[int, bool]]:
@@ -134,17 +128,31 @@ def orientations(count: int) -> List[Tuple[int, bool]]:
     return [(k, mirrored) for mirrored in ((False,) if count == 1 else (False, True)) for k in turns]
 
 
-def orient(image: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
-    """Mirror the X axis of a ``(C, Y, X)`` image if asked, then turn it by ``turns`` quarter turns."""
+def orient(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """Mirror the X axis of a ``(..., Y, X)`` tensor if asked, then turn it by ``turns`` quarter turns."""
     if mirrored:
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(np.rot90(image, turns, axes=(1, 2)))
+        image = image.flip(-1)
+    return torch.rot90(image, turns, dims=(-2, -1)) if turns else image
 
 
-def unorient(image: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+def unorient(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
     """Undo :func:`orient`."""
-    image = np.rot90(image, -turns, axes=(1, 2))
-    return image[:, :, ::-1] if mirrored else image
+    if turns:
+        image = torch.rot90(image, -turns, dims=(-2, -1))
+    return image.flip(-1) if mirrored else image
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision that runs: ``auto`` is bf16 on a GPU that supports it, else fp32; the CPU runs fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type != "cuda":
+        if precision in _AUTOCAST:
+            log.info("msrgan: %s is for CUDA GPUs; the CPU runs fp32", precision)
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return precision
 
 
 # --- the upscaler ---------------------------------------------------------------------------
@@ -159,9 +167,10 @@ class Upscaler:
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     tile : int
-        Tile edge in input pixels; 0 picks one for the device.
+        Tile edge in input pixels, context included; 0 sizes it to :data:`TILE_MEMORY`.
     precision : str
-        ``fp32`` or ``fp16`` (CUDA only; a tile whose fp16 output is not finite is redone in fp32).
+        ``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16`` or ``fp16``
+        (CUDA only; a batch whose reduced-precision output is not finite is redone in fp32).
     progress : bool
         Show a progress bar over tiles.
     ensemble : int or None
@@ -170,35 +179,35 @@ class Upscaler:
         does not say).
     match_bins : bool or None
         Shift each ``scale`` x ``scale`` block of the output so that its mean equals the input
-        pixel it came from (:func:`msrgan_core.degradation.match_bins`): binning the output
-        gives the input back. More accurate where the input is the binning of the truth (as in
-        the benchmarks); less where the input carries noise that the model would have removed.
-        None: the model's own default (no where its file does not say).
+        pixel it came from (:func:`msrgan_core.binning.match_bins`): binning the output gives
+        the input back. None: the model's own default (no where its file does not say).
+    threads : int or None
+        CPU threads (torch's, for the whole process); None: the cores this process may use
+        (:func:`msrgan_core.device.available_cores`). Unused on a GPU.
     """
 
     def __init__(
-        self, model: LoadedModel, device: str = "auto", tile: int = 0, precision: str = "fp32", progress: bool = False,
-        ensemble: Optional[int] = None, match_bins: Optional[bool] = None,
+        self, model: LoadedModel, device: str = "auto", tile: int = 0, precision: str = "auto", progress: bool = False,
+        ensemble: Optional[int] = None, match_bins: Optional[bool] = None, threads: Optional[int] = None,
     ) -> None:
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
         defaults = model.inference
         self.ensemble = defaults.ensemble if ensemble is None else ensemble
         self.orientations = orientations(self.ensemble)
         self.match_bins = defaults.match_bins if match_bins is None else bool(match_bins)
         self.model = model
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.requested_tile = int(tile)
         if self.requested_tile < 0:
             raise ValueError(f"tile must be >= 0 (0 = automatic), got {tile!r}")
-        self.precision = precision
         self.progress = progress
-        # channels-last weights: oneDNN's CPU convolutions run 1.2-1.3x faster on them, same numbers.
-        # Module.to converts in place, once: later Upscalers of the same model find it converted.
+        self.threads = set_threads(threads) if self.device.type == "cpu" else None
+        self.memory = self._tile_memory()
+        # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
+        # them, same numbers. Module.to converts in place, once: later Upscalers find it converted.
         self.generator = model.generator.to(self.device, memory_format=torch.channels_last)
-        log.info("msrgan: model %s on %s%s%s", Path(model.source).name, describe_device(self.device),
-                 f", {self.ensemble}-orientation ensemble" if self.ensemble > 1 else "",
-                 ", output bins matched to the input" if self.match_bins else "")
+        log.info("msrgan: model %s on %s, %s precision, %s", Path(model.source).name, describe_device(self.device),
+                 self.precision, self.options)
 
     @property
     def options(self) -> str:
@@ -209,8 +218,16 @@ class Upscaler:
     def scale(self) -> int:
         return self.model.scale
 
-    def _tile_edge(self) -> int:
-        return self.requested_tile or AUTO_TILE[self.device.type]
+    def _tile_memory(self) -> int:
+        if self.device.type != "cuda":
+            return TILE_MEMORY["cpu"]
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(min(TILE_MEMORY["cuda"], CUDA_MEMORY_SHARE * free))
+
+    def plan(self, tile: Optional[int] = None) -> TilePlan:
+        """The tile plan this upscaler uses (``tile`` overrides its own tile edge)."""
+        return TilePlan.for_generator(self.model.config, self.model.influence_radius,
+                                      self.requested_tile if tile is None else tile, self.memory)
 
     def check(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """Validate an image for this model and return it as ``(C, Y, X)``."""
@@ -241,85 +258,112 @@ class Upscaler:
         stats = percentile_stats(cyx, self.model.normalization)
         groups = [slice(c, c + 1) for c in range(cyx.shape[0])] if self.model.config.in_channels == 1 else [slice(None)]
         out = np.empty((cyx.shape[0], cyx.shape[1] * self.scale, cyx.shape[2] * self.scale), dtype=cyx.dtype)
-        clipped = 0.0
+        clipped = 0
         for group in groups:
-            normalized = normalize(cyx[group], _take(stats, group))
-            result = self._upscale_oriented(normalized)
-            if self.match_bins:
-                result = degradation.match_bins(result, normalized, self.scale)
-            out[group], frac = denormalize(result, _take(stats, group), cyx.dtype)
-            del result
-            clipped = max(clipped, frac)
-        if clipped > 0.01:
+            normalized = torch.from_numpy(normalize(cyx[group], _take(stats, group)))
+            clipped += self._upscale_group(normalized, _take(stats, group), out[group], source)
+        fraction = clipped / out.size
+        if fraction > 0.01:
             log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range and were clipped",
-                        source, 100 * clipped, cyx.dtype)
-        elif clipped > 0:
-            log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range", source, 100 * clipped, cyx.dtype)
+                        source, 100 * fraction, cyx.dtype)
+        elif fraction > 0:
+            log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range", source, 100 * fraction, cyx.dtype)
         return out[0] if two_d else out
 
-    def _upscale_oriented(self, image: np.ndarray) -> np.ndarray:
-        """The mean of the upscaled image over the ensemble's orientations."""
-        turns, mirrored = self.orientations[0]
-        total = unorient(self._upscale_normalized(orient(image, turns, mirrored)), turns, mirrored)
-        if len(self.orientations) == 1:
-            return total
-        for turns, mirrored in self.orientations[1:]:
-            total += unorient(self._upscale_normalized(orient(image, turns, mirrored)), turns, mirrored)
-        total /= len(self.orientations)
-        return total
-
-    def _upscale_normalized(self, image: np.ndarray) -> np.ndarray:
+    def _upscale_group(self, image: torch.Tensor, stats: Stats, out: np.ndarray, source: str) -> int:
         """Tiles with bounded retries: halve the tile on CUDA out-of-memory, then use the CPU."""
-        tile = self._tile_edge()
+        plan = self.plan()
         for _ in range(MAX_TILE_HALVINGS + 1):
             try:
-                return self._run_tiles(image, tile)
+                return self._run_tiles(image, stats, out, plan, source)
             except torch.cuda.OutOfMemoryError:
                 if self.device.type != "cuda":
                     raise
                 torch.cuda.empty_cache()
-                log.warning("msrgan: CUDA out of memory with %d-pixel tiles; retrying with %d", tile, tile // 2)
-                tile //= 2
+                smaller = self.plan(max(plan.tile // 2, 1))
+                log.warning("msrgan: CUDA out of memory with %d-pixel tiles; retrying with %d", plan.tile, smaller.tile)
+                plan = smaller
         log.warning("msrgan: CUDA still out of memory after %d smaller tiles: falling back to the CPU", MAX_TILE_HALVINGS)
-        self.device = torch.device("cpu")
+        self.device, self.precision, self.memory = torch.device("cpu"), "fp32", TILE_MEMORY["cpu"]
+        self.threads = set_threads(None)
         self.generator = self.generator.to(self.device)
-        return self._run_tiles(image, AUTO_TILE["cpu"])
+        return self._run_tiles(image, stats, out, self.plan(0), source)
 
-    def _run_tiles(self, image: np.ndarray, tile: int) -> np.ndarray:
-        plan = TilePlan.for_model(self.model, tile)
+    def _run_tiles(self, image: torch.Tensor, stats: Stats, out: np.ndarray, plan: TilePlan, source: str) -> int:
+        """Upscale ``image`` (``(C, Y, X)`` normalised) tile by tile into ``out``; returns pixels clipped."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            image = image.pin_memory()
+        tiles = plan.tiles(tuple(image.shape[1:]), self.scale)
+        items = [(index, tile, o) for index, tile in enumerate(tiles) for o in self.orientations]
+        per_item = forward_bytes_per_pixel(self.model.config)
+        low = torch.as_tensor(stats.low, dtype=torch.float32, device=self.device)
+        span = torch.as_tensor(stats.span, dtype=torch.float32, device=self.device)
+        sums, done, clipped = {}, {}, 0
+        bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False)
+        for batch in _batches(items, self.memory, per_item):
+            x = torch.stack([orient(image[:, tile.source[0], tile.source[1]], *o) for _, tile, o in batch])
+            y = self._forward(x.to(self.device, non_blocking=True), source)
+            finished = []
+            for (index, tile, o), result in zip(batch, y):
+                result = unorient(result, *o)
+                sums[index] = result if index not in sums else sums[index] + result
+                done[index] = done.get(index, 0) + 1
+                if done[index] == len(self.orientations):
+                    finished.append((tile, self._finish(tile, sums.pop(index), image, low, span, out.dtype)))
+            if cuda:
+                torch.cuda.current_stream(self.device).synchronize()  # the host copies have landed
+            for tile, (pixels, n_clipped) in finished:
+                out[(slice(None),) + tile.destination] = pixels.numpy()
+                clipped += int(n_clipped)
+                bar.update(1)
+        bar.close()
+        return clipped
+
+    def _finish(self, tile: Tile, total: torch.Tensor, image: torch.Tensor, low: torch.Tensor, span: torch.Tensor,
+                dtype: np.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
+        """A tile's core: averaged, bins matched, on the image's scale and dtype, on its way to the host."""
         s = self.scale
-        c_out = self.model.config.out_channels
-        _, h, w = image.shape
-        acc = np.zeros((c_out, h * s, w * s), dtype=np.float32)
-        # the weights are separable and the tiles form a grid: their sum is outer(sum_y, sum_x)
-        ramps_y = {y0: blend_weight(y0, min(y0 + plan.tile, h), h, plan.margin, plan.ramp, s)
-                   for y0 in axis_starts(h, plan.tile, plan.overlap)}
-        ramps_x = {x0: blend_weight(x0, min(x0 + plan.tile, w), w, plan.margin, plan.ramp, s)
-                   for x0 in axis_starts(w, plan.tile, plan.overlap)}
-        weight_y = np.zeros(h * s, dtype=np.float32)
-        weight_x = np.zeros(w * s, dtype=np.float32)
-        for y0, ramp in ramps_y.items():
-            weight_y[y0 * s:y0 * s + ramp.size] += ramp
-        for x0, ramp in ramps_x.items():
-            weight_x[x0 * s:x0 * s + ramp.size] += ramp
-        tiles = list(tile_slices((h, w), plan.tile, plan.overlap, s))
-        for (sy, sx), (dy, dx) in tqdm(tiles, desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False):
-            pred = self._forward(image[:, sy, sx])
-            acc[:, dy, dx] += pred * ramps_y[sy.start][None, :, None] * ramps_x[sx.start][None, None, :]
-        acc /= weight_y[None, :, None]
-        acc /= weight_x[None, None, :]
-        return acc
+        core = total[:, tile.core[0].start * s:tile.core[0].stop * s, tile.core[1].start * s:tile.core[1].stop * s]
+        if len(self.orientations) > 1:
+            core = core / len(self.orientations)
+        if self.match_bins:
+            lowres = image[:, tile.source[0], tile.source[1]][:, tile.core[0], tile.core[1]]
+            core = match_bins(core, lowres.to(self.device, non_blocking=True), s)
+        pixels, n_clipped = denormalize(core, (low, span), TORCH_DTYPES[np.dtype(dtype)])
+        return pixels.to("cpu", non_blocking=True), n_clipped
 
-    @torch.no_grad()
-    def _forward(self, tile: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(tile))[None].to(self.device)
-        if self.precision == "fp16" and self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor, source: str) -> torch.Tensor:
+        """The generator's output for a batch, in fp32; reduced precision is redone in fp32 if not finite."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision in _AUTOCAST:
+            with torch.autocast("cuda", dtype=_AUTOCAST[self.precision]):
                 y = self.generator(x).float()
-            if torch.isfinite(y).all():
-                return y[0].cpu().numpy()
-            log.warning("msrgan: fp16 output was not finite; recomputing the tile in fp32")
-        return self.generator(x)[0].float().cpu().numpy()
+            if bool(torch.isfinite(y).all()):
+                return y
+            log.warning("msrgan: %s: %s output was not finite; recomputing the batch in fp32", source, self.precision)
+        y = self.generator(x).float()
+        if not bool(torch.isfinite(y).all()):
+            raise InferenceError(f"{source}: the model {Path(self.model.source).name} gave non-finite output "
+                                 "(NaN or infinity): its weights are damaged, or the input is far outside its range")
+        return y
+
+
+def _batches(items: list, memory: int, bytes_per_pixel: int) -> Iterator[list]:
+    """Consecutive items whose oriented tiles have one shape, as many as ``memory`` allows (at least one)."""
+    batch, shape = [], None
+    for item in items:
+        _, tile, (turns, _) = item
+        h, w = tile.source_shape
+        oriented = (w, h) if turns % 2 else (h, w)
+        if batch and (oriented != shape or (len(batch) + 1) * h * w * bytes_per_pixel > memory):
+            yield batch
+            batch = []
+        batch.append(item)
+        shape = oriented
+    if batch:
+        yield batch
 
 
 def _take(stats: Stats, group: slice) -> Stats:
@@ -348,6 +392,6 @@ def upscale_file(
 
 
 __all__ = [
-    "AUTO_TILE", "ENSEMBLES", "ImageError", "InferenceError", "TilePlan", "Upscaler", "axis_starts", "blend_weight",
-    "orient", "orientations", "resolve_device", "tile_slices", "unorient", "upscale", "upscale_file",
+    "ENSEMBLES", "ImageError", "InferenceError", "Tile", "TilePlan", "Upscaler", "axis_tiles", "orient",
+    "orientations", "tile_slices", "unorient", "upscale", "upscale_file",
 ]

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
+from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
 from .io import atomic_write
 from .config import ConfigError, GeneratorConfig, NormalizationConfig
-from .models import Generator
+from .models import build_generator, influence_radius
 
 FORMAT_VERSION = 1
 METADATA_KEY = "msrgan"
@@ -62,7 +63,7 @@ class InferenceDefaults:
 class LoadedModel:
     """A generator ready for inference, with what its file says about it."""
 
-    generator: Generator
+    generator: nn.Module
     metadata: Dict[str, Any]
     source: str
 
@@ -81,6 +82,14 @@ class LoadedModel:
     @property
     def inference(self) -> InferenceDefaults:
         return InferenceDefaults.from_metadata(self.metadata, self.source)
+
+    @property
+    def influence_radius(self) -> int:
+        """Input pixels of context a tile needs (:func:`msrgan_core.models.influence_radius`): as
+        the file records it, or measured once for files that do not."""
+        if "influence_radius" not in self.metadata:
+            self.metadata["influence_radius"] = influence_radius(self.generator)
+        return int(self.metadata["influence_radius"])
 
 
 def packaged_model_path(name: str) -> Path:
@@ -108,11 +117,11 @@ def resolve_model(name_or_path: "str | Path | None") -> Path:
     return path
 
 
-def save_model(path: "str | Path", generator: Generator, metadata: Dict[str, Any]) -> Path:
+def save_model(path: "str | Path", generator: nn.Module, metadata: Dict[str, Any]) -> Path:
     """Write weights and metadata atomically (temporary file, then rename).
 
     ``metadata`` is merged over what the generator itself says (architecture, scale, channels,
-    format and msrgan version).
+    format and msrgan version); its influence radius is measured unless ``metadata`` gives it.
     """
     path = Path(path)
     meta = {
@@ -124,6 +133,8 @@ def save_model(path: "str | Path", generator: Generator, metadata: Dict[str, Any
         "out_channels": generator.config.out_channels,
     }
     meta.update(metadata)
+    if "influence_radius" not in meta:
+        meta["influence_radius"] = influence_radius(generator)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
@@ -169,7 +180,7 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
         config = GeneratorConfig(**meta["generator"])
     except (KeyError, TypeError, ConfigError) as exc:
         raise ModelFileError(f"{path}: its architecture metadata is invalid ({exc})") from None
-    generator = Generator(config)
+    generator = build_generator(config)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             state = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -202,7 +213,7 @@ def blend_models(adversarial: LoadedModel, fidelity: LoadedModel, weight: float)
     if adversarial.normalization != fidelity.normalization:
         raise ModelFileError(f"cannot blend {adversarial.source} ({adversarial.normalization}) "
                              f"with {fidelity.source} ({fidelity.normalization}): the normalisations differ")
-    generator = Generator(adversarial.config)
+    generator = build_generator(adversarial.config)
     mine, theirs = adversarial.generator.state_dict(), fidelity.generator.state_dict()
     generator.load_state_dict({k: torch.lerp(theirs[k].float(), mine[k].float(), float(weight)).to(mine[k].dtype)
                                for k in mine})
@@ -213,7 +224,7 @@ def blend_models(adversarial: LoadedModel, fidelity: LoadedModel, weight: float)
         return {"model": model.source, "name": meta.get("name"), "created": meta.get("created"),
                 "steps": meta.get("training", {}).get("steps")}
 
-    meta = {k: v for k, v in adversarial.metadata.items() if k != "validation"}
+    meta = {k: v for k, v in adversarial.metadata.items() if k not in ("validation", "influence_radius")}
     meta["blend"] = {"weight": float(weight), "adversarial": note(adversarial), "fidelity": note(fidelity)}
     return LoadedModel(generator=generator, metadata=meta, source=f"blend of {adversarial.source} and {fidelity.source}")
 

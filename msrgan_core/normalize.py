@@ -8,9 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .config import NormalizationConfig
 
+#: the pixel types an output can be cast to, and their torch counterparts
+TORCH_DTYPES = {np.dtype(k): v for k, v in (
+    (np.uint8, torch.uint8), (np.uint16, torch.uint16), (np.float32, torch.float32), (np.float64, torch.float64))}
 #: at most this many pixels per channel are used to estimate the percentiles of a large image
 PERCENTILE_SAMPLE = 4_000_000
 
@@ -48,27 +52,32 @@ def normalize(image: np.ndarray, stats: Stats) -> np.ndarray:
     return out
 
 
-def denormalize(normalized: np.ndarray, stats: Stats, dtype: np.dtype) -> "tuple[np.ndarray, float]":
-    """Undo :func:`normalize` in place and cast to ``dtype``.
+def denormalize(normalized, stats, dtype):
+    """Undo :func:`normalize` and cast to ``dtype``.
 
-    Integer outputs are rounded; values beyond what ``dtype`` can hold (below 0 for unsigned
-    types, above 255 or 65535) are clipped, and the clipped fraction is returned so the caller
-    can report it. Nothing is rescaled: a 12-bit image stays 12-bit.
+    ``normalized`` is a ``(C, Y, X)`` NumPy array, with ``stats`` a :class:`Stats` and ``dtype``
+    a NumPy dtype; or a torch tensor on any device, with ``stats`` a ``(low, span)`` pair of
+    ``(C,)`` tensors on that device and ``dtype`` a torch dtype, and the work stays on that
+    device. Integer outputs are rounded; values beyond what ``dtype`` can hold (below 0 for
+    unsigned types, above 255 or 65535) are clipped. Nothing is rescaled: a 12-bit image stays
+    12-bit.
 
     Returns
     -------
-    image : numpy.ndarray, shape (C, Y, X), of ``dtype``
-    clipped_fraction : float
-        Fraction of pixels outside ``dtype``'s range (0.0 for float outputs).
+    image : ``(C, Y, X)`` of ``dtype``
+    clipped : float (NumPy: the fraction of pixels) or 0-d tensor (torch: their count)
+        Pixels beyond ``dtype``'s range by more than rounding would have moved them.
     """
-    out = normalized.astype(np.float32, copy=False)
-    out *= stats.span.astype(np.float32)[:, None, None]
-    out += stats.low.astype(np.float32)[:, None, None]
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return out.astype(dtype, copy=False), 0.0
-    info = np.iinfo(dtype)
-    clipped = np.count_nonzero(out < info.min) + np.count_nonzero(out > info.max)
-    np.clip(out, info.min, info.max, out=out)
-    np.rint(out, out=out)
-    return out.astype(dtype), clipped / out.size
+    if isinstance(normalized, np.ndarray):
+        low = torch.as_tensor(stats.low, dtype=torch.float32)
+        span = torch.as_tensor(stats.span, dtype=torch.float32)
+        image, clipped = denormalize(torch.from_numpy(normalized.astype(np.float32, copy=False)), (low, span),
+                                     TORCH_DTYPES[np.dtype(dtype)])
+        return image.numpy(), float(clipped) / max(1, normalized.size)
+    low, span = stats
+    out = normalized * span[:, None, None] + low[:, None, None]
+    if dtype.is_floating_point:
+        return out.to(dtype), torch.zeros((), dtype=torch.int64, device=out.device)
+    info = torch.iinfo(dtype)
+    clipped = ((out < info.min - 0.5) | (out > info.max + 0.5)).sum()
+    return out.clamp_(info.min, info.max).round_().to(dtype), clipped

@@ -40,12 +40,12 @@ from . import __version__
 from .config import ExperimentConfig
 from .data import load_images, sample_batch, split_files, validation_pairs
 from .features import make_feature_extractor
-from .inference import describe_device, resolve_device
+from .device import describe_device, setup_distributed
 from .io import atomic_write, find_images
 from .losses import discriminator_loss, perceptual_loss, pixel_loss
 from .metrics import image_metrics, upscale_bicubic
 from .modelfile import ModelFileError, load_model, save_model
-from .models import Discriminator, Generator, count_parameters
+from .models import Discriminator, build_generator, count_parameters
 
 log = logging.getLogger("msrgan")
 
@@ -57,31 +57,6 @@ METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "
 
 class TrainingError(RuntimeError):
     """A run that cannot start or continue as asked."""
-
-
-@dataclasses.dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_choice: str) -> "tuple[Distributed, torch.device]":
-    """Join the process group when started by ``torchrun``; pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed(), resolve_device(device_choice)
-    dist = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device_choice != "cpu" and torch.cuda.is_available()
-    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(dist.local_rank)
-        return dist, torch.device("cuda", dist.local_rank)
-    return dist, torch.device("cpu")
 
 
 def spread(items: list, count: int) -> list:
@@ -302,7 +277,7 @@ def train(
 
     with torch.random.fork_rng(devices=[]):  # weights drawn from the seed; the global RNG is left alone
         torch.manual_seed(tc.seed)
-        generator = Generator(g_cfg).to(device)
+        generator = build_generator(g_cfg).to(device)
         discriminator = Discriminator(config.discriminator).to(device)
     init_state, init_note = initial_weights(config)
     if init_state is not None:

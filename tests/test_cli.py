@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from msrgan_core.degradation import bin_mean
+from msrgan_core.binning import bin_mean
 from msrgan_core.io import read_image
 from test_train import make_plate
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from msrgan_core.config import DegradationConfig
 from msrgan_core.data import sample_batch, split_files, validation_pairs
-from msrgan_core.degradation import bin_mean
+from msrgan_core.binning import bin_mean
 
 WELL_REGEX = r"_(?P<well>[A-P][0-9]{2})_s"
 
@@ -52,7 +52,7 @@ def test_no_regex_splits_by_file_and_always_leaves_training_data():
 def test_sample_batch_pairs_are_binned_views_of_each_other_and_reproducible():
     rng = np.random.default_rng(0)
     images = [rng.random((1, 64, 80)).astype(np.float32) for _ in range(3)]
-    config = DegradationConfig(method="bin", scale=4)
+    config = DegradationConfig.acquisition(method="bin", scale=4)
     lr, hr = sample_batch(images, 5, 32, config, np.random.default_rng([7, 3]))
     assert lr.shape == (5, 1, 8, 8) and hr.shape == (5, 1, 32, 32)
     np.testing.assert_allclose(lr, np.stack([bin_mean(h, 4) for h in hr]), atol=1e-6)

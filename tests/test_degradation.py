@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from msrgan_core.config import DegradationConfig
-from msrgan_core.degradation import (
-    bicubic_down, bin_mean, crop_to_multiple, degrade, gaussian_blur, match_bins, poisson_gaussian_noise,
-)
+from msrgan_core.binning import bin_mean, crop_to_multiple, match_bins
+from msrgan_core.degradation import bicubic_down, degrade, gaussian_blur, poisson_gaussian_noise
 
 
 def _hr(shape=(1, 32, 32), seed=0):
@@ -142,7 +141,7 @@ def test_degrade_does_not_touch_global_random_state():
 
 def test_degrade_without_randomness_is_plain_binning():
     hr = _hr((2, 32, 32))
-    lr = degrade(hr, DegradationConfig(method="bin", scale=4), np.random.default_rng(0))
+    lr = degrade(hr, DegradationConfig.acquisition(method="bin", scale=4), np.random.default_rng(0))
     np.testing.assert_array_equal(lr, bin_mean(hr, 4))
 
 

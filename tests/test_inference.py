@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from helpers import smooth_image, tiny_model
-from msrgan_core.degradation import bin_mean
+from msrgan_core.binning import bin_mean
 from msrgan_core.inference import (
-    InferenceError, TilePlan, Upscaler, axis_starts, blend_weight, orient, orientations, tile_slices, unorient,
-    upscale, upscale_file,
+    InferenceError, TilePlan, Upscaler, axis_tiles, orient, orientations, tile_slices, unorient, upscale, upscale_file,
 )
 from msrgan_core.io import ImageError, read_image
 from msrgan_core.modelfile import with_inference_defaults
@@ -40,6 +39,16 @@ def model_2ch(model_dir):
 
 
 @pytest.fixture(scope="module")
+def compact_x4(model_dir):
+    return tiny_model(model_dir, "compact.safetensors", scale=4, n_blocks=3, seed=4, architecture="compact")
+
+
+@pytest.fixture(scope="module")
+def compact_2ch(model_dir):
+    return tiny_model(model_dir, "compact_c2.safetensors", scale=2, channels=2, n_blocks=2, seed=5, architecture="compact")
+
+
+@pytest.fixture(scope="module")
 def bicubic_x4(model_dir):
     return tiny_model(model_dir, "bicubic.safetensors", scale=4, zero_tail=True)
 
@@ -53,8 +62,8 @@ def _assert_tiled_equals_untiled(model, image, tiles):
     tolerance = 1e-3 * (whole.max() - whole.min())
     assert tolerance > 0
     for tile in tiles:
-        plan = TilePlan.for_model(model, tile)
-        assert len(list(tile_slices(image.shape[-2:], plan.tile, plan.overlap, model.scale))) > 1, "not tiled"
+        plan = Upscaler(model, device="cpu", tile=tile).plan()
+        assert len(plan.tiles(image.shape[-2:], model.scale)) > 1, "not tiled"
         tiled = _run(model, image, tile).astype(np.float64)
         assert tiled.shape == whole.shape
         assert np.max(np.abs(tiled - whole)) <= tolerance, f"tile {tile}"
@@ -62,50 +71,50 @@ def _assert_tiled_equals_untiled(model, image, tiles):
 
 # --- pure tiling functions ----------------------------------------------------------------
 
-@pytest.mark.parametrize("length,tile,overlap", [(301, 64, 34), (97, 60, 36), (130, 100, 20), (50, 64, 34), (64, 64, 10), (65, 64, 10)])
-def test_axis_starts_cover_the_axis_with_the_overlap(length, tile, overlap):
-    starts = axis_starts(length, tile, overlap)
-    assert starts[0] == 0
-    assert min(starts[-1] + tile, length) == length
-    assert starts == sorted(set(starts))
-    for a, b in zip(starts, starts[1:]):
-        assert b - a <= tile - overlap  # neighbours overlap by at least `overlap`
+@pytest.mark.parametrize("length,core,margin", [(301, 64, 17), (97, 60, 18), (130, 100, 10), (50, 64, 17), (64, 64, 5), (65, 64, 5), (7, 3, 9)])
+def test_axis_tiles_partition_the_axis_and_add_the_margin(length, core, margin):
+    tiles = axis_tiles(length, core, margin)
+    assert tiles[0][2] == 0 and tiles[-1][3] == length
+    for (s0, s1, c0, c1), nxt in zip(tiles, tiles[1:] + [None]):
+        assert 0 < c1 - c0 <= core
+        assert (s0, s1) == (max(0, c0 - margin), min(length, c1 + margin))
+        if nxt is not None:
+            assert nxt[2] == c1  # cores meet: no pixel twice, none left out
+    sizes = {c1 - c0 for _, _, c0, c1 in tiles}
+    assert max(sizes) - min(sizes) <= 1  # equal cores, so no sliver of a last tile pays full margins
 
 
-@pytest.mark.parametrize("shape,tile,overlap,scale", [((301, 257), 64, 34, 2), ((97, 130), 60, 36, 4), ((20, 30), 64, 34, 8)])
-def test_tile_slices_cover_input_and_output_exactly(shape, tile, overlap, scale):
-    covered = np.zeros(shape, bool)
-    out_covered = np.zeros((shape[0] * scale, shape[1] * scale), bool)
-    for (sy, sx), (dy, dx) in tile_slices(shape, tile, overlap, scale):
-        assert (dy.start, dy.stop, dx.start, dx.stop) == (sy.start * scale, sy.stop * scale, sx.start * scale, sx.stop * scale)
+@pytest.mark.parametrize("shape,core,margin,scale", [((301, 257), 64, 17, 2), ((97, 130), 60, 18, 4), ((20, 30), 64, 17, 8)])
+def test_tile_cores_cover_the_output_exactly_once(shape, core, margin, scale):
+    out_count = np.zeros((shape[0] * scale, shape[1] * scale), int)
+    for tile in tile_slices(shape, core, margin, scale):
+        (sy, sx), (cy, cx), (dy, dx) = tile.source, tile.core, tile.destination
         assert 0 <= sy.start < sy.stop <= shape[0] and 0 <= sx.start < sx.stop <= shape[1]
-        assert sy.stop - sy.start <= tile and sx.stop - sx.start <= tile
-        covered[sy, sx] = True
-        out_covered[dy, dx] = True
-    assert covered.all() and out_covered.all()
+        assert (dy.start, dy.stop) == ((sy.start + cy.start) * scale, (sy.start + cy.stop) * scale)
+        assert (dx.start, dx.stop) == ((sx.start + cx.start) * scale, (sx.start + cx.stop) * scale)
+        assert cy.stop <= sy.stop - sy.start and cx.stop <= sx.stop - sx.start
+        out_count[dy, dx] += 1
+    assert np.all(out_count == 1)
 
 
-@pytest.mark.parametrize("length,tile", [(301, 60), (301, 64), (97, 60), (61, 60), (130, 100), (257, 200), (40, 60)])
-@pytest.mark.parametrize("scale", [2, 4])
-def test_blend_weights_sum_positive_everywhere(length, tile, scale):
-    margin, ramp = 14, 8
-    overlap = 2 * margin + ramp
-    total = np.zeros(length * scale)
-    for start in axis_starts(length, tile, overlap):
-        stop = min(start + tile, length)
-        w = blend_weight(start, stop, length, margin, ramp, scale)
-        assert w.shape == ((stop - start) * scale,)
-        assert np.all((w >= 0) & (w <= 1))
-        if start > 0:  # nothing from within `margin` of an inner border
-            assert np.all(w[: margin * scale] == 0)
-        if stop < length:
-            assert np.all(w[-margin * scale:] == 0)
-        total[start * scale: stop * scale] += w
-    assert total.min() > 0.1
+def test_plan_margin_is_the_measured_influence_radius_plus_spare(compact_x4):
+    from msrgan_core.inference import MARGIN_SPARE
+    from msrgan_core.models import influence_radius, receptive_radius
+
+    plan = Upscaler(compact_x4, device="cpu", tile=60).plan()
+    assert plan.margin == influence_radius(compact_x4.generator) + MARGIN_SPARE == compact_x4.influence_radius + MARGIN_SPARE
+    assert plan.margin - MARGIN_SPARE <= receptive_radius(compact_x4.config)
+    assert len(plan.tiles((50, 60), 4)) == 1  # fits in one tile: no margins at all
 
 
-def test_single_tile_weight_is_one():
-    assert np.all(blend_weight(0, 50, 50, 14, 8, 4) == 1)
+def test_automatic_tile_fits_the_memory_budget(compact_x4, model_x4):
+    from msrgan_core.models import forward_bytes_per_pixel
+
+    for model in (compact_x4, model_x4):
+        upscaler = Upscaler(model, device="cpu")
+        plan = upscaler.plan()
+        assert plan.tile ** 2 * forward_bytes_per_pixel(model.config) <= upscaler.memory
+        assert (plan.tile + 1) ** 2 * forward_bytes_per_pixel(model.config) > upscaler.memory
 
 
 # --- tiled == untiled ---------------------------------------------------------------------
@@ -119,6 +128,26 @@ def test_tiled_equals_untiled_odd_size_x2(model_x2):
 def test_tiled_equals_untiled_odd_size_x4(model_x4, dtype):
     image = smooth_image((97, 130), seed=2).astype(dtype)
     _assert_tiled_equals_untiled(model_x4, image, tiles=(60, 64, 90))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_tiled_equals_untiled_compact_odd_size(compact_x4, dtype):
+    image = smooth_image((97, 131), seed=21).astype(dtype)
+    _assert_tiled_equals_untiled(compact_x4, image, tiles=(30, 47, 64))
+
+
+def test_tiled_equals_untiled_compact_multichannel(compact_2ch):
+    image = np.stack([smooth_image((61, 83), seed=22), smooth_image((61, 83), seed=23, low=0, high=300)]).astype(np.float32)
+    _assert_tiled_equals_untiled(compact_2ch, image, tiles=(25, 40))
+
+
+def test_batched_tiles_equal_tiles_one_at_a_time(compact_x4, model_x4):
+    image = smooth_image((90, 77), seed=24).astype(np.float32)
+    for model in (compact_x4, model_x4):
+        batched = Upscaler(model, device="cpu", tile=40, ensemble=2)
+        single = Upscaler(model, device="cpu", tile=40, ensemble=2)
+        single.memory = 1  # every batch holds one oriented tile
+        np.testing.assert_allclose(batched.upscale(image), single.upscale(image), rtol=1e-5, atol=1e-3)
 
 
 def test_tiled_equals_untiled_multichannel_model(model_2ch):
@@ -192,18 +221,18 @@ def test_matched_bins_give_outputs_that_bin_back_to_the_input(model_x4, dtype):
 
 @pytest.mark.parametrize("count", [1, 2, 4, 8])
 def test_orientations_are_distinct_and_undone(count):
-    image = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    image = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
     turned = [orient(image, k, m) for k, m in orientations(count)]
-    assert len({t.tobytes() + bytes(t.shape) for t in turned}) == count
+    assert len({t.numpy().tobytes() + bytes(t.shape) for t in turned}) == count
     for (k, m), t in zip(orientations(count), turned):
-        np.testing.assert_array_equal(unorient(t, k, m), image)
+        torch.testing.assert_close(unorient(t, k, m), image, rtol=0, atol=0)
 
 
 def test_ensemble_is_the_mean_over_orientations(model_x4):
     image = smooth_image((26, 33), seed=13).astype(np.float32)
     single = Upscaler(model_x4, device="cpu")
-    by_hand = np.mean([unorient(single.upscale(orient(image[None], k, m))[0][None], k, m)[0]
-                       for k, m in orientations(4)], axis=0)
+    oriented = [(k, m, orient(torch.from_numpy(image), k, m).numpy().copy()) for k, m in orientations(4)]
+    by_hand = np.mean([unorient(torch.from_numpy(single.upscale(o)), k, m).numpy() for k, m, o in oriented], axis=0)
     np.testing.assert_allclose(Upscaler(model_x4, device="cpu", ensemble=4).upscale(image), by_hand,
                                rtol=1e-5, atol=1e-3)
 
@@ -220,8 +249,7 @@ def test_eight_orientation_ensemble_turns_with_its_input(model_x4):
 
 def test_tiled_equals_untiled_with_ensemble_and_matched_bins(model_x4):
     image = smooth_image((67, 90), seed=15).astype(np.float32)
-    plan = TilePlan.for_model(model_x4, 40)
-    assert len(list(tile_slices(image.shape, plan.tile, plan.overlap, 4))) > 1, "not tiled"
+    assert len(Upscaler(model_x4, device="cpu", tile=40).plan().tiles(image.shape, 4)) > 1, "not tiled"
     whole = Upscaler(model_x4, device="cpu", tile=UNTILED, ensemble=2, match_bins=True).upscale(image)
     tiled = Upscaler(model_x4, device="cpu", tile=40, ensemble=2, match_bins=True).upscale(image)
     assert np.max(np.abs(tiled - whole)) <= 1e-3 * (whole.max() - whole.min())
@@ -276,8 +304,9 @@ def test_stack_file_raises_naming_the_file(model_x4, tmp_path):
 def test_bad_tile_and_precision_raise(model_x4):
     with pytest.raises(ValueError, match="-5"):
         Upscaler(model_x4, device="cpu", tile=-5)
-    with pytest.raises(ValueError, match="bf16"):
-        Upscaler(model_x4, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="int8"):
+        Upscaler(model_x4, device="cpu", precision="int8")
+    assert Upscaler(model_x4, device="cpu", precision="bf16").precision == "fp32"  # reduced precision is for GPUs
 
 
 # --- files --------------------------------------------------------------------------------

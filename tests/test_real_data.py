@@ -6,7 +6,7 @@ import pytest
 
 from msrgan_core.evaluate import evaluate_images, summarize
 from msrgan_core.config import DegradationConfig
-from msrgan_core.inference import TilePlan, Upscaler, tile_slices
+from msrgan_core.inference import Upscaler
 from msrgan_core.io import find_images, read_image
 from msrgan_core.modelfile import load_model
 
@@ -31,8 +31,7 @@ def test_bbbc039_uint16_field_upscales_on_its_own_intensity_scale(shared_data, f
 def test_tiled_equals_whole_on_a_real_field(shared_data, fidelity):
     path = sorted((shared_data / "dsb2018_fluorescence").glob("*.png"))[0]
     image, _ = read_image(path)
-    plan = TilePlan.for_model(fidelity, 100)  # raised to the smallest tile the model's context allows
-    assert len(list(tile_slices(image.shape[-2:], plan.tile, plan.overlap, fidelity.scale))) > 1, "not tiled"
+    assert len(Upscaler(fidelity, device="cpu", tile=100).plan().tiles(image.shape[-2:], fidelity.scale)) > 1, "not tiled"
     whole = Upscaler(fidelity, device="cpu", tile=4096).upscale(image.astype(np.float32))
     tiled = Upscaler(fidelity, device="cpu", tile=100).upscale(image.astype(np.float32))
     assert np.abs(whole - tiled).max() <= 1e-3 * (whole.max() - whole.min())
@@ -40,7 +39,7 @@ def test_tiled_equals_whole_on_a_real_field(shared_data, fidelity):
 
 def test_examplehuman_field_and_evaluation_beat_nearest(shared_data, fidelity):
     paths = find_images([shared_data / "examplehuman" / "*d0.tif"])
-    rows = evaluate_images(paths, Upscaler(fidelity, device="cpu"), DegradationConfig(method="bin", scale=4),
+    rows = evaluate_images(paths, Upscaler(fidelity, device="cpu"), DegradationConfig.acquisition(method="bin", scale=4),
                            progress=False)
     means = {r["method"]: r for r in summarize(rows)}
     assert means["msrgan"]["psnr"] > means["nearest"]["psnr"]
