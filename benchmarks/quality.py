@@ -1,33 +1,36 @@
-"""Quality of the packaged models against classical upscaling, on the held-out validation split.
+"""Quality of the packaged models against classical upscaling, on the held-out validation split,
+over a grid of acquisitions.
 
-    python benchmarks/quality.py [--data ../shared/data] [--csv quality.csv] [--ensemble N]
-                                 [--match-bins | --no-match-bins] [--noise-peak P]
+    python benchmarks/quality.py [--data ../shared/data] [--cells bin bin+100ph ...] [--limit N]
+                                 [--previous NAME=MODEL ...] [--csv quality.csv]
+                                 [--ensemble N] [--match-bins | --no-match-bins]
 
-Low-resolution inputs are 4 x 4 mean binnings of the high-resolution images (no noise;
-``--noise-peak`` adds Poisson-Gaussian noise to them as training's degradation does). For
-nearest, bicubic, Lanczos, the ``fidelity`` and ``perceptual`` models and the high-resolution
-image itself it reports, per dataset:
+The grid (``msrgan_core.evaluate.QUALITY_GRID``) is {4 x 4 mean binning, binning after a
+Gaussian blur of sigma 1.5 high-resolution pixels} x {no noise, 1000, 300, 100 photons at the
+99.8th percentile, with read noise}: the low-resolution inputs are made from the held-out
+high-resolution images as ``msrgan evaluate`` makes them, with noise drawn from each file's name.
+In every cell it compares bicubic, Lanczos and non-local means then bicubic (the classical
+answer to noise) with the ``fidelity`` and ``perceptual`` models (and any ``--previous`` ones),
+and reports per dataset:
 
-- PSNR and SSIM, data range = the high-resolution image's range;
+- PSNR, and its gain over the cell's best classical method and over Lanczos;
+- the worst single image's gain over bicubic (``min vs bic``);
+- SSIM (data range = the high-resolution image's range);
 - nuclei segmentation F1 at IoU 0.5 against the BBBC039 expert masks, one fixed classical
   recipe (smooth, Otsu, fill, distance watershed) for every method;
 - the high-frequency power ratio (power above half the low-resolution Nyquist frequency, of
-  output over truth: 1.0 = as sharp as the truth);
+  output over truth: 1.0 = as sharp as the truth; above 1 on noisy inputs = noise drawn as detail);
 - texture error: mean relative error of the within-nucleus intensity standard deviation over
   the masks' nuclei, against the high-resolution image.
 
-The models run as ``msrgan upscale`` runs them: by default as each model's file says (fidelity
-averages 2 orientations and matches bins; perceptual runs once, as the network outputs);
-``--ensemble`` and ``--(no-)match-bins`` set those options of ``msrgan upscale`` for both.
-The validation split is the one recorded in the models' metadata (held out before training).
+The models run as ``msrgan upscale`` runs them: by default as each file says. The validation
+split is the one the fidelity model's training recorded (held out before training).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
-import re
-import zlib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -35,21 +38,19 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from msrgan_core.data import group_name
-from msrgan_core.degradation import bin_mean, crop_to_multiple, poisson_gaussian_noise
+from msrgan_core.binning import crop_to_multiple
 from msrgan_core.cli import add_inference_options
+from msrgan_core.data import split_files
+from msrgan_core.evaluate import QUALITY_GRID, grid_degradation, image_seed, low_resolution
 from msrgan_core.inference import Upscaler
 from msrgan_core.io import find_images, read_image
 from msrgan_core.metrics import (
-    BASELINES, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
+    BASELINES, CLASSICAL, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
 from msrgan_core.modelfile import load_model
-from msrgan_core.normalize import percentile_stats
 
 SCALE = 4
-METHODS = ["nearest", "bicubic", "lanczos", "fidelity", "perceptual", "high-res"]
-#: read noise of --noise-peak's inputs, as a fraction of their 1st-99.8th percentile range
-READ_NOISE = 0.0015
+DATASETS = {"BBBC039": "bbbc039/images", "DSB2018": "dsb2018_fluorescence"}
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -65,48 +66,35 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def validation_files(data: Path, model_meta: dict) -> Dict[str, List[Path]]:
-    """The held-out files, per dataset, as the model's training split recorded them."""
+    """The held-out files, per dataset, as the model's training split made them (from its seed)."""
     training = model_meta["training"]
-    held_out = set(training["val_groups"])
-    files = find_images([data / "bbbc039" / "images", data / "dsb2018_fluorescence"])
-    pattern = re.compile(training["well_regex"]) if training.get("well_regex") else None
-    out: Dict[str, List[Path]] = {"BBBC039": [], "DSB2018": []}
-    for path in files:
-        if group_name(path, pattern) in held_out:
-            out["BBBC039" if "bbbc039" in str(path) else "DSB2018"].append(path)
-    return out
+    files = find_images([data / folder for folder in DATASETS.values()])
+    split = split_files(files, training.get("well_regex"), training.get("val_fraction", 0.2), training["seed"])
+    held_out = set(split.val)
+    return {name: [p for p in files if p in held_out and folder.split("/")[0] in str(p)] for name, folder in DATASETS.items()}
 
 
-def binned_pair(path: Path) -> Tuple[np.ndarray, np.ndarray, float]:
-    """A held-out image as ``(hr (Y, X), lr (1, Y/4, X/4), data range of hr)``: LR = mean binning."""
+def read_pair(path: Path, cell: str, normalization) -> Tuple[np.ndarray, np.ndarray, float]:
+    """A held-out image as ``(hr (Y, X), lr (1, Y/4, X/4), data range of hr)`` for one grid cell."""
     image, _ = read_image(path)
-    hr = crop_to_multiple(image.astype(np.float32), SCALE)[0]
-    return hr, bin_mean(hr[None], SCALE), float(hr.max() - hr.min())
+    hr = crop_to_multiple(image.astype(np.float32), SCALE)
+    lr = low_resolution(hr, normalization, grid_degradation(cell, SCALE), np.random.default_rng(image_seed(path)))
+    return hr[0], lr, float(hr.max() - hr.min())
 
 
-def add_noise(lr: np.ndarray, peak: float, rng: np.random.Generator) -> np.ndarray:
-    """Shot noise of ``peak`` photons at the image's 99.8th percentile, plus :data:`READ_NOISE`."""
-    stats = percentile_stats(lr)
-    low, span = np.float32(stats.low[0]), np.float32(stats.span[0])
-    return poisson_gaussian_noise((lr - low) / span, peak, READ_NOISE, rng) * span + low
-
-
-def score(dataset: str, paths: List[Path], models: Dict[str, Upscaler], masks_dir: Path,
-          noise_peak: float = 0.0) -> List[dict]:
+def score(cell: str, dataset: str, paths: List[Path], models: Dict[str, Upscaler], masks_dir: Path) -> List[dict]:
     rows = []
-    for path in tqdm(paths, desc=dataset, unit="image"):
-        hr, lr, data_range = binned_pair(path)
-        if noise_peak > 0:
-            lr = add_noise(lr, noise_peak, np.random.default_rng(zlib.crc32(path.name.encode())))
-        outputs = {name: fn(lr, SCALE)[0] for name, fn in BASELINES.items()}
+    normalization = next(iter(models.values())).model.normalization
+    for path in tqdm(paths, desc=f"{cell} {dataset}", unit="image", leave=False):
+        hr, lr, data_range = read_pair(path, cell, normalization)
+        outputs = {name: BASELINES[name](lr, SCALE)[0] for name in CLASSICAL}
         for name, upscaler in models.items():
             outputs[name] = upscaler.upscale(lr)[0]
         outputs["high-res"] = hr
         mask_path = masks_dir / (path.stem + ".png")
         labels = read_mask(mask_path)[: hr.shape[0], : hr.shape[1]] if dataset == "BBBC039" and mask_path.exists() else None
-        for method in METHODS:
-            out = outputs[method]
-            row = {"dataset": dataset, "image": path.name, "method": method,
+        for method, out in outputs.items():
+            row = {"cell": cell, "dataset": dataset, "image": path.name, "method": method,
                    "psnr": psnr(hr, out, data_range) if method != "high-res" else np.inf,
                    "ssim": ssim(hr, out, data_range), "hf_ratio": high_frequency_ratio(hr, out, SCALE)}
             if labels is not None:
@@ -117,16 +105,26 @@ def score(dataset: str, paths: List[Path], models: Dict[str, Upscaler], masks_di
 
 
 def summarize(rows: List[dict]) -> List[dict]:
+    """Mean figures per (cell, dataset, method), with gains over the best classical method and
+    Lanczos, and the worst image's gain over bicubic."""
     table = []
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        lanczos = np.mean([r["psnr"] for r in rows if r["dataset"] == dataset and r["method"] == "lanczos"])
-        for method in METHODS:
-            mine = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
-            entry = {"dataset": dataset, "method": method, "images": len(mine)}
+    for cell, dataset in dict.fromkeys((r["cell"], r["dataset"]) for r in rows):
+        mine = [r for r in rows if r["cell"] == cell and r["dataset"] == dataset]
+        per_image = {(r["image"], r["method"]): r["psnr"] for r in mine}
+        methods = list(dict.fromkeys(r["method"] for r in mine))
+        means = {m: float(np.mean([r["psnr"] for r in mine if r["method"] == m])) for m in methods}
+        best = max(CLASSICAL, key=lambda m: means[m])
+        for method in methods:
+            entries = [r for r in mine if r["method"] == method]
+            entry = {"cell": cell, "dataset": dataset, "method": method, "images": len(entries), "best_classical": best}
             for key in ("psnr", "ssim", "hf_ratio", "f1", "texture_error"):
-                values = [r[key] for r in mine if key in r]
+                values = [r[key] for r in entries if key in r]
                 entry[key] = float(np.mean(values)) if values else None
-            entry["psnr_vs_lanczos"] = entry["psnr"] - lanczos if np.isfinite(entry["psnr"]) else None
+            finite = np.isfinite(entry["psnr"])
+            entry["vs_best"] = entry["psnr"] - means[best] if finite else None
+            entry["vs_lanczos"] = entry["psnr"] - means["lanczos"] if finite else None
+            entry["min_vs_bicubic"] = (min(per_image[(r["image"], method)] - per_image[(r["image"], "bicubic")]
+                                           for r in entries) if finite else None)
             table.append(entry)
     return table
 
@@ -135,11 +133,12 @@ def format_table(table: List[dict]) -> str:
     def cell(value, fmt):
         return "-" if value is None or not np.isfinite(value) else format(value, fmt)
 
-    lines = [f"{'dataset':<8} {'method':<11} {'n':>3} {'PSNR':>6} {'dB vs Lanczos':>13} {'SSIM':>6} "
-             f"{'F1@0.5':>7} {'HF ratio':>8} {'texture err':>11}"]
+    lines = [f"{'cell':<18} {'dataset':<8} {'method':<16} {'n':>3} {'PSNR':>6} {'vs best':>7} {'vs Lanc':>7} "
+             f"{'min vs bic':>10} {'SSIM':>6} {'F1@0.5':>7} {'HF ratio':>8} {'texture err':>11}"]
     for e in table:
-        lines.append(f"{e['dataset']:<8} {e['method']:<11} {e['images']:>3} {cell(e['psnr'], '6.2f'):>6} "
-                     f"{cell(e['psnr_vs_lanczos'], '+.2f'):>13} {cell(e['ssim'], '.4f'):>6} {cell(e['f1'], '.4f'):>7} "
+        lines.append(f"{e['cell']:<18} {e['dataset']:<8} {e['method']:<16} {e['images']:>3} {cell(e['psnr'], '6.2f'):>6} "
+                     f"{cell(e['vs_best'], '+.2f'):>7} {cell(e['vs_lanczos'], '+.2f'):>7} "
+                     f"{cell(e['min_vs_bicubic'], '+.2f'):>10} {cell(e['ssim'], '.4f'):>6} {cell(e['f1'], '.4f'):>7} "
                      f"{cell(e['hf_ratio'], '.3f'):>8} {cell(e['texture_error'], '.5f'):>11}")
     return "\n".join(lines)
 
@@ -149,30 +148,34 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
     parser.add_argument("--fidelity", default="fidelity", help="model file or packaged name")
     parser.add_argument("--perceptual", default="perceptual", help="model file or packaged name")
+    parser.add_argument("--previous", nargs="*", default=[], metavar="NAME=MODEL",
+                        help="more models to compare, e.g. fidelity-clean=fidelity-clean (slow for 16 x 64 SRResNets)")
+    parser.add_argument("--cells", nargs="+", default=list(QUALITY_GRID), choices=list(QUALITY_GRID),
+                        help="grid cells to run (default: all)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
     add_inference_options(parser)
-    parser.add_argument("--noise-peak", type=float, default=0.0,
-                        help="add shot noise of this many photons at the 99.8th percentile (and read noise) to the inputs")
     args = parser.parse_args()
 
     fidelity = load_model(args.fidelity)
     options = dict(device="auto", ensemble=args.ensemble, match_bins=args.match_bins)
-    models = {"fidelity": Upscaler(fidelity, **options), "perceptual": Upscaler(load_model(args.perceptual), **options)}
+    named = {"fidelity": fidelity, "perceptual": load_model(args.perceptual)}
+    for item in args.previous:
+        name, _, model = item.partition("=")
+        named[name] = load_model(model or name)
+    models = {name: Upscaler(model, **options) for name, model in named.items()}
     files = validation_files(args.data, fidelity.metadata)
     rows = []
-    for dataset, paths in files.items():
-        paths = paths[: args.limit] if args.limit else paths
-        rows += score(dataset, paths, models, args.data / "bbbc039" / "masks", args.noise_peak)
-    table = summarize(rows)
+    for cell in tqdm(args.cells, desc="grid", unit="cell"):
+        for dataset, paths in files.items():
+            rows += score(cell, dataset, paths[: args.limit] if args.limit else paths, models, args.data / "bbbc039" / "masks")
     print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
-          f"LR = {SCALE} x {SCALE} mean binning"
-          + (f" with shot noise of {args.noise_peak:g} photons" if args.noise_peak else "") + "; "
           + "; ".join(f"{name}: {up.options}" for name, up in models.items()))
-    print(format_table(table))
+    print(format_table(summarize(rows)))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["dataset", "image", "method", "psnr", "ssim", "hf_ratio", "f1", "texture_error"])
+            writer = csv.DictWriter(fh, fieldnames=["cell", "dataset", "image", "method", "psnr", "ssim", "hf_ratio",
+                                                    "f1", "texture_error"])
             writer.writeheader()
             writer.writerows(rows)
 

@@ -95,6 +95,7 @@ References
 """
 
 import os
+import sys
 import threading
 from collections import OrderedDict
 
@@ -106,13 +107,16 @@ from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.text import Directory, Filename, Integer
 
 try:
-    from msrgan_core.inference import InferenceError, Upscaler, describe_device, resolve_device
-    from msrgan_core.io import ImageError
+    from msrgan_core.device import available_cores, describe_device, resolve_device
+    from msrgan_core.errors import UserError
+    from msrgan_core.inference import Upscaler
     from msrgan_core.modelfile import ModelFileError, load_model, resolve_model
+    from msrgan_core.options import ENSEMBLES
 
     IMPORT_ERROR = None
 except (ImportError, OSError) as exc:  # still load, and say in validate_module what to install
     IMPORT_ERROR = exc
+    ENSEMBLES = ()
 
 MODEL_FIDELITY = "Default: fidelity"
 MODEL_PERCEPTUAL = "Default: perceptual"
@@ -120,10 +124,9 @@ MODEL_CUSTOM = "Custom model file"
 MODEL_ALL = [MODEL_FIDELITY, MODEL_PERCEPTUAL, MODEL_CUSTOM]
 PACKAGED_MODEL = {MODEL_FIDELITY: "fidelity", MODEL_PERCEPTUAL: "perceptual"}
 
-#: the model file's own choice of orientations and bin matching (msrgan_core.modelfile.InferenceDefaults)
+#: the model file's own choice of orientations and bin matching (msrgan_core.modelcard.InferenceDefaults)
 MODEL_DEFAULT = "Model's default"
-#: msrgan_core.modelfile.ENSEMBLES, written out so that the module loads without msrgan
-ORIENTATIONS_ALL = [MODEL_DEFAULT, "1", "2", "4", "8"]
+ORIENTATIONS_ALL = [MODEL_DEFAULT] + [str(n) for n in ENSEMBLES]
 MATCH_BINS_ALL = [MODEL_DEFAULT, "Yes", "No"]
 
 DEVICE_AUTOMATIC = "Automatic"
@@ -170,7 +173,22 @@ def check_model_file(path):
     return problem
 
 
-def get_upscaler(path, device, tile, ensemble=None, match_bins=None):
+def worker_threads(setting):
+    """CPU threads for this process: the setting, or (0) the cores shared out among analysis workers.
+
+    CellProfiler starts each analysis worker with ``--work-announce``; a headless run has none
+    and takes every core the process may use (None: :func:`msrgan_core.device.available_cores`).
+    """
+    if setting > 0:
+        return int(setting)
+    if "--work-announce" not in sys.argv:
+        return None
+    from cellprofiler_core.preferences import get_max_workers
+
+    return max(1, available_cores() // max(1, int(get_max_workers())))
+
+
+def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=None):
     """The process's upscaler for this model file and these options, loading the model once.
 
     Parameters
@@ -185,13 +203,16 @@ def get_upscaler(path, device, tile, ensemble=None, match_bins=None):
         Orientations averaged (1, 2, 4 or 8); None: the model file's default.
     match_bins : bool or None
         Shift each output block to the mean of its input pixel; None: the model file's default.
+    threads : int or None
+        CPU threads; None: every core the process may use.
     """
-    key = _file_key(path) + (device, int(tile), ensemble, match_bins)
+    key = _file_key(path) + (device, int(tile), ensemble, match_bins, threads)
     with _CACHE_LOCK:
         if key in _UPSCALERS:
             _UPSCALERS.move_to_end(key)
             return _UPSCALERS[key]
-        upscaler = Upscaler(load_model(path), device=device, tile=int(tile), ensemble=ensemble, match_bins=match_bins)
+        upscaler = Upscaler(load_model(path), device=device, tile=int(tile), ensemble=ensemble, match_bins=match_bins,
+                            threads=threads)
         _UPSCALERS[key] = upscaler
         while len(_UPSCALERS) > MAX_CACHED_UPSCALERS:
             _UPSCALERS.popitem(last=False)
@@ -218,7 +239,7 @@ def upscale_pixels(upscaler, pixels, source):
 class UpscaleMSRGAN(ImageProcessing):
     module_name = "UpscaleMSRGAN"
 
-    variable_revision_number = 3
+    variable_revision_number = 4
 
     def create_settings(self):
         super(UpscaleMSRGAN, self).create_settings()
@@ -314,10 +335,10 @@ Choose where the network runs:
             0,
             minval=0,
             doc="""\
-Large images are processed in overlapping square tiles of this many input pixels, blended
-without seams, so that memory use stays bounded. Leave 0 to pick a size for the device. Enter a
-smaller size (for example 256) if the GPU runs out of memory; the result does not depend on the
-tile size.""",
+Large images are processed in square tiles of this many input pixels, each with the context
+the network needs around it, so that memory use stays bounded and no seams show. Leave 0 to size
+the tiles to the device's memory. Enter a smaller size (for example 256) if the GPU runs out of
+memory; the result does not depend on the tile size.""",
         )
 
         self.orientations = Choice(
@@ -328,11 +349,8 @@ tile size.""",
 Upscale the image in this many orientations (2: also mirrored; 4: also turned upside down; 8:
 every quarter turn, mirrored or not) and average the results. More orientations are slightly
 more accurate (a few hundredths of a dB of PSNR with the default models) and take that many
-times longer. *{MODEL_DEFAULT}* (the default) uses the model file's choice: 2 for
-*{MODEL_FIDELITY}*, 1 for *{MODEL_PERCEPTUAL}* (averaging would smooth the texture it draws) and
-for model files that do not say.""".format(
-                **{"MODEL_DEFAULT": MODEL_DEFAULT, "MODEL_FIDELITY": MODEL_FIDELITY, "MODEL_PERCEPTUAL": MODEL_PERCEPTUAL}
-            ),
+times longer. *{MODEL_DEFAULT}* (the default) runs as the model file says (``msrgan info``
+shows it; files that do not say run once).""".format(**{"MODEL_DEFAULT": MODEL_DEFAULT}),
         )
 
         self.match_bins = Choice(
@@ -345,11 +363,19 @@ the input pixel it came from: binning the output 4 x 4 then gives the input back
 object's integrated intensity matches the input's (times 16). This makes the output more
 accurate when the input is as clean as a binned high-magnification image, and slightly less
 when the input is noisier than that, since the noise the model removed comes back at the
-input's scale. *No* keeps the network's output as it is. *{MODEL_DEFAULT}* (the default) uses
-the model file's choice: *Yes* for *{MODEL_FIDELITY}*, *No* for *{MODEL_PERCEPTUAL}* (it would
-lower its sharpness) and for model files that do not say.""".format(
-                **{"MODEL_DEFAULT": MODEL_DEFAULT, "MODEL_FIDELITY": MODEL_FIDELITY, "MODEL_PERCEPTUAL": MODEL_PERCEPTUAL}
-            ),
+input's scale. *No* keeps the network's output as it is. *{MODEL_DEFAULT}* (the default) does
+as the model file says (``msrgan info`` shows it; files that do not say keep the output as it
+is).""".format(**{"MODEL_DEFAULT": MODEL_DEFAULT}),
+        )
+
+        self.threads = Integer(
+            "CPU threads (0 = automatic)",
+            0,
+            minval=0,
+            doc="""How many CPU threads the network may use on the CPU. With 0 (the default), a headless run uses
+every core the process may run on, and in CellProfiler's analysis workers the cores are shared
+out among the workers (*File > Preferences > Maximum number of workers*), so that several
+workers do not fight over the same cores. The threads used are written to the log.""",
         )
 
     def settings(self):
@@ -361,13 +387,17 @@ lower its sharpness) and for model files that do not say.""".format(
             self.tile_size,
             self.orientations,
             self.match_bins,
+            self.threads,
         ]
 
     def visible_settings(self):
         result = super(UpscaleMSRGAN, self).visible_settings() + [self.model_choice]
         if self.model_choice.value == MODEL_CUSTOM:
             result += [self.custom_model_directory, self.custom_model_file]
-        return result + [self.device, self.tile_size, self.orientations, self.match_bins]
+        result += [self.device]
+        if self.device.value != DEVICE_GPU:
+            result += [self.threads]
+        return result + [self.tile_size, self.orientations, self.match_bins]
 
     def help_settings(self):
         return super(UpscaleMSRGAN, self).help_settings() + [
@@ -378,6 +408,7 @@ lower its sharpness) and for model files that do not say.""".format(
             self.tile_size,
             self.orientations,
             self.match_bins,
+            self.threads,
         ]
 
     def volumetric(self):
@@ -450,9 +481,10 @@ lower its sharpness) and for model files that do not say.""".format(
                 self.tile_size.value,
                 None if self.orientations.value == MODEL_DEFAULT else int(self.orientations.value),
                 None if self.match_bins.value == MODEL_DEFAULT else self.match_bins.value == "Yes",
+                worker_threads(self.threads.value),
             )
             y_data = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(x_name))
-        except (InferenceError, ImageError, ModelFileError) as exc:
+        except UserError as exc:
             raise ValueError(
                 "UpscaleMSRGAN cannot upscale '{}' with the model {}: {}".format(x_name, os.path.basename(path), exc)
             ) from exc
@@ -508,5 +540,8 @@ lower its sharpness) and for model files that do not say.""".format(
             setting_values = setting_values + ["1", "No"]
             variable_revision_number = 2
         if variable_revision_number == 2:
-            variable_revision_number = 3
+            variable_revision_number = 4
+        if variable_revision_number == 3:  # revision 4 adds the CPU threads: 0, automatic
+            setting_values = setting_values + ["0"]
+            variable_revision_number = 4
         return setting_values, variable_revision_number

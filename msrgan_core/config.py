@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .errors import UserError
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.9/3.10
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid; the message names the field and the value."""
 
 
@@ -268,6 +270,9 @@ class DataConfig:
         Fraction of wells (or files) held out for validation.
     channel_axis : int or None
         Channel axis of multi-channel files when the file does not say.
+    description : str
+        What the images are, for the model file (its users have not seen the folders): e.g.
+        "BBBC039 U2OS nuclei, Hoechst, 20x (CC0)". Empty: the folders' names.
     """
 
     train: list = field(default_factory=list)
@@ -275,6 +280,7 @@ class DataConfig:
     val_fraction: float = 0.2
     channel_axis: Optional[int] = None
     max_val_images: int = 16
+    description: str = ""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
@@ -406,3 +412,21 @@ def from_section(section_cls: Any, values: dict, name: str) -> Any:
                 ok = isinstance(value, (list, tuple)) if isinstance(default, tuple) else isinstance(value, type(default))
             _check(ok, f"{name}.{fld.name} must be of type {type(default).__name__}, got {value!r}")
     return section_cls(**values)
+
+
+def load_config(path: Optional["str | Path"], overrides: "list[str] | tuple" = ()) -> ExperimentConfig:
+    """A config from TOML (or the defaults), with ``section.key=value`` overrides (TOML values)."""
+    base = ExperimentConfig.from_toml(path).to_dict() if path else ExperimentConfig().to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.pretrain_steps=100")
+        if section not in base:
+            raise ConfigError(f"override {item!r}: there is no [{section}] section; the sections are {', '.join(base)}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        base[section][name] = value
+    return ExperimentConfig.from_dict(base)

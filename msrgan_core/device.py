@@ -11,10 +11,9 @@ from typing import Optional
 
 import torch
 
+from .options import DEVICES
+
 log = logging.getLogger("msrgan")
-
-DEVICES = ("auto", "cpu", "cuda")
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.

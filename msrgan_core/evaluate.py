@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import csv
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import DegradationConfig
+from .config import DegradationConfig, NormalizationConfig
 from .binning import crop_to_multiple
 from .degradation import degrade
 from .inference import Upscaler
@@ -16,17 +17,42 @@ from .io import atomic_write, read_image
 from .metrics import BASELINES, image_metrics
 from .normalize import denormalize, normalize, percentile_stats
 
-METHOD_ORDER = ("nearest", "bicubic", "lanczos", "msrgan")
+METHOD_ORDER = ("nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan")
+
+#: read noise of the grid's noisy acquisitions, as a fraction of the normalised range
+GRID_READ_NOISE = 0.0015
+#: the acquisitions models are measured on (``benchmarks/quality.py``, ``msrgan evaluate --degradation``):
+#: name -> (blur sigma in high-resolution pixels, photons at the 99.8th percentile; 0 = no noise)
+QUALITY_GRID = {
+    f"{blur_name}{photon_name}": (blur, photons)
+    for blur_name, blur in (("bin", 0.0), ("blur1.5+bin", 1.5))
+    for photon_name, photons in (("", 0.0), ("+1000ph", 1000.0), ("+300ph", 300.0), ("+100ph", 100.0))
+}
 
 
-def low_resolution(hr: np.ndarray, upscaler: Upscaler, degradation: DegradationConfig, seed: int, index: int) -> np.ndarray:
+def grid_degradation(name: str, scale: int = 4, method: str = "bin") -> DegradationConfig:
+    """The acquisition a :data:`QUALITY_GRID` cell names, as a fixed degradation."""
+    if name not in QUALITY_GRID:
+        raise ValueError(f"unknown degradation {name!r}; choose one of {', '.join(QUALITY_GRID)}")
+    blur, photons = QUALITY_GRID[name]
+    return DegradationConfig.acquisition(method=method, scale=scale, blur=blur, photons=photons,
+                                         read_noise=GRID_READ_NOISE if photons else 0.0)
+
+
+def image_seed(path: "str | Path", seed: int = 0) -> "list[int]":
+    """The noise seed of one image: from its name, so a subset draws what the whole set draws."""
+    return [seed, zlib.crc32(Path(path).name.encode())]
+
+
+def low_resolution(hr: np.ndarray, normalization: NormalizationConfig, degradation: DegradationConfig,
+                   rng: np.random.Generator) -> np.ndarray:
     """The degraded counterpart of a ``(C, Y, X)`` image, on the image's own intensity scale.
 
     The degradation works on normalised intensities (its noise model needs them); the result
     is mapped back with the same statistics, as a camera would have recorded it.
     """
-    stats = percentile_stats(hr, upscaler.model.normalization)
-    lr = degrade(normalize(hr, stats), degradation, np.random.default_rng([seed, index]))
+    stats = percentile_stats(hr, normalization)
+    lr = degrade(normalize(hr, stats), degradation, rng)
     return denormalize(lr, stats, np.float32)[0]
 
 
@@ -40,10 +66,10 @@ def evaluate_images(
 ) -> List[Dict[str, object]]:
     """Per-image, per-method PSNR, SSIM and NRMSE against the high-resolution images."""
     rows = []
-    for index, path in enumerate(tqdm(paths, desc="evaluating", unit="image", disable=not progress)):
+    for path in tqdm(paths, desc="evaluating", unit="image", disable=not progress):
         image, _ = read_image(path, channel_axis=channel_axis)
         hr = crop_to_multiple(image.astype(np.float32), degradation.scale)
-        lr = low_resolution(hr, upscaler, degradation, seed, index)
+        lr = low_resolution(hr, upscaler.model.normalization, degradation, np.random.default_rng(image_seed(path, seed)))
         outputs = {name: fn(lr, degradation.scale) for name, fn in BASELINES.items()}
         outputs["msrgan"] = upscaler.upscale(lr, source=str(path))
         for method in METHOD_ORDER:

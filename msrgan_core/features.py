@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import LossConfig
+from .errors import UserError
 
 #: torchvision's VGG19 ("E") feature layout: conv widths, with "M" for max-pooling
 VGG19_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -24,7 +25,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class FeatureError(ValueError):
+class FeatureError(UserError, ValueError):
     """A feature extractor cannot be built (missing or mismatched weights file)."""
 
 

@@ -5,11 +5,10 @@ drops the modules it could not build and runs what is left of the pipeline, writ
 :func:`run_pipeline` runs CellProfiler as a subprocess (msrgan never imports CellProfiler),
 reads its log and its done file and looks at what it wrote, and raises
 :class:`HeadlessRunError` naming the cause instead. The same module also installs the plugin
-into a CellProfiler plugins folder and registers the ``msrgan cellprofiler`` commands.
+into a CellProfiler plugins folder (``msrgan cellprofiler`` in ``cli.py``).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import re
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import UserError
 
 #: the plugin's file; CellProfiler loads ``<plugins dir>/*.py`` whose class matches the file name
 PLUGIN_FILE = "upscalemsrgan.py"
@@ -42,7 +43,7 @@ _IMAGE_SET = re.compile(r"Image # (\d+), module ")
 _MODULE_HEADER = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):\[module_num:\d+")
 
 
-class HeadlessRunError(RuntimeError):
+class HeadlessRunError(UserError, RuntimeError):
     """A headless CellProfiler run failed; the message says why and quotes the log's end.
 
     Attributes
@@ -374,90 +375,8 @@ def install_plugin(dest_dir: "str | Path") -> Path:
     return target
 
 
-# --- command line ---------------------------------------------------------------------------
-
-def add_cellprofiler_commands(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """Register ``msrgan cellprofiler run | install-plugin | plugin-dir`` on a subparsers object.
-
-    Each command sets ``func``, which takes the parsed arguments and returns an exit code.
-    """
-    parser = subparsers.add_parser(
-        "cellprofiler",
-        help="run CellProfiler pipelines headless with the UpscaleMSRGAN module; install the plugin",
-        description="CellProfiler 4.2 integration: headless runs that fail when CellProfiler fails, "
-        "and the UpscaleMSRGAN plugin file.",
-    )
-    commands = parser.add_subparsers(dest="cellprofiler_command", metavar="COMMAND")
-    commands.required = True
-
-    run = commands.add_parser(
-        "run",
-        help="run a pipeline headless (cellprofiler -c -r) and check that it really ran",
-        description="Run a CellProfiler pipeline headless with the UpscaleMSRGAN plugin. Exits 1 when a "
-        "plugin fails to load, a module fails, no image matches, or nothing is written.",
-    )
-    run.add_argument("pipeline", help=f"a .cppipe file, or a shipped pipeline: {', '.join(SHIPPED_PIPELINES)}")
-    run.add_argument("-i", "--input", required=True, help="default input folder: the images (searched recursively)")
-    run.add_argument("-o", "--output", required=True, help="default output folder (use one per cluster job)")
-    run.add_argument("-f", "--first", type=int, help="first image set to run (1-based)")
-    run.add_argument("-l", "--last", type=int, help="last image set to run (inclusive)")
-    run.add_argument("--plugins-dir", help="CellProfiler plugins folder (default: the packaged one)")
-    run.add_argument("--cellprofiler", help="CellProfiler executable (default: found beside this Python or on PATH)")
-    run.add_argument("--timeout", type=float, help="stop CellProfiler after this many seconds")
-    run.add_argument("-q", "--quiet", action="store_true", help="do not echo CellProfiler's log")
-    run.set_defaults(func=_cmd_run)
-
-    install = commands.add_parser(
-        "install-plugin",
-        help="copy the UpscaleMSRGAN plugin into a CellProfiler plugins folder",
-        description="Copy upscalemsrgan.py into DIR; then set CellProfiler's Preferences > CellProfiler "
-        "plugins directory to DIR and restart CellProfiler.",
-    )
-    install.add_argument("dir", help="the plugins folder (created when missing)")
-    install.set_defaults(func=_cmd_install)
-
-    where = commands.add_parser("plugin-dir", help="print the packaged plugin folder")
-    where.set_defaults(func=_cmd_plugin_dir)
-    return parser
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    try:
-        result = run_pipeline(
-            args.pipeline, args.input, args.output, plugins_dir=args.plugins_dir, first=args.first,
-            last=args.last, cellprofiler=args.cellprofiler, timeout=args.timeout,
-            echo=None if args.quiet else sys.stderr.write,
-        )
-    except HeadlessRunError as exc:
-        print(f"msrgan cellprofiler run: {exc}", file=sys.stderr)
-        return 1
-    names = ", ".join(p.name for p in result.outputs[:6]) + (", ..." if len(result.outputs) > 6 else "")
-    print(
-        f"CellProfiler ran {result.image_sets} image set(s) in {result.seconds:.0f} s; "
-        f"{len(result.outputs)} file(s) written in {Path(args.output)}: {names}"
-    )
-    return 0
-
-
-def _cmd_install(args: argparse.Namespace) -> int:
-    try:
-        target = install_plugin(args.dir)
-    except (HeadlessRunError, OSError) as exc:
-        print(f"msrgan cellprofiler install-plugin: {exc}", file=sys.stderr)
-        return 1
-    print(f"installed {target}")
-    print(f"In CellProfiler: File > Preferences > CellProfiler plugins directory = {target.parent}, then restart.")
-    print(f"msrgan must be installed in the Python that runs CellProfiler (this one is {sys.executable}).")
-    return 0
-
-
-def _cmd_plugin_dir(args: argparse.Namespace) -> int:
-    print(plugin_dir())
-    return 0
-
-
 __all__ = [
-    "HeadlessRunError", "PLUGIN_FILE", "RunResult", "SHIPPED_PIPELINES", "add_cellprofiler_commands",
+    "HeadlessRunError", "PLUGIN_FILE", "RunResult", "SHIPPED_PIPELINES",
     "diagnose", "find_cellprofiler", "install_plugin", "pipeline_modules", "plugin_dir", "pipelines_dir",
     "resolve_pipeline", "run_pipeline",
 ]

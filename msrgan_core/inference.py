@@ -25,9 +25,11 @@ from tqdm.auto import tqdm
 from .binning import match_bins
 from .config import GeneratorConfig
 from .device import describe_device, resolve_device, set_threads
+from .errors import UserError
 from .io import ImageError, read_image, to_cyx, write_image
-from .modelfile import ENSEMBLES, LoadedModel
+from .modelfile import LoadedModel
 from .models import forward_bytes_per_pixel
+from .options import ENSEMBLES, PRECISIONS
 from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
 
 log = logging.getLogger("msrgan")
@@ -43,12 +45,10 @@ MARGIN_SPARE = 2
 MIN_CORE = 16
 #: at most this many halvings of the tile after CUDA out-of-memory, then the CPU takes over
 MAX_TILE_HALVINGS = 4
-#: inference precisions; ``auto`` is bf16 on GPUs that support it, else fp32
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class InferenceError(ValueError):
+class InferenceError(UserError, ValueError):
     """An image the model cannot take (wrong channel count, wrong shape), or an output that is not finite."""
 
 
@@ -392,6 +392,6 @@ def upscale_file(
 
 
 __all__ = [
-    "ENSEMBLES", "ImageError", "InferenceError", "Tile", "TilePlan", "Upscaler", "axis_tiles", "orient",
+    "ImageError", "InferenceError", "Tile", "TilePlan", "Upscaler", "axis_tiles", "orient",
     "orientations", "tile_slices", "unorient", "upscale", "upscale_file",
 ]

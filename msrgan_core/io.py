@@ -13,10 +13,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional
 
 import numpy as np
 import tifffile
+
+from .errors import UserError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
@@ -24,7 +26,7 @@ SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 MAX_UNNAMED_CHANNELS = 4
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image msrgan cannot take; the message names the file and the problem."""
 
 
@@ -265,7 +267,3 @@ def find_images(inputs: Iterable["str | Path"]) -> List[Path]:
 def same_name_tif(path: Path, out_dir: Path, suffix: str = ".tif") -> Path:
     """``out_dir/<input stem>.tif``; an OME-TIFF keeps its ``.ome`` in the stem."""
     return Path(out_dir) / (Path(path).stem + suffix)
-
-
-def image_names(paths: Sequence[Path]) -> List[str]:
-    return [Path(p).name for p in paths]

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -32,7 +30,7 @@ def test_train_info_upscale_evaluate(tmp_path):
            "--set", "train.gan_steps=0")
     model = run / "fidelity.safetensors"
 
-    info = msrgan("info", model).stdout
+    info = msrgan("info", model, "--all").stdout
     assert "scale: 4" in info and "generator.n_blocks: 1" in info and "training.steps: 2" in info
 
     inputs = tmp_path / "inputs"
@@ -65,7 +63,7 @@ def test_train_info_upscale_evaluate(tmp_path):
     # set-defaults: a model file that runs that way unless told otherwise
     told = tmp_path / "told.safetensors"
     msrgan("set-defaults", model, "-o", told, "--ensemble", "2", "--match-bins")
-    assert "inference.ensemble: 2" in msrgan("info", told).stdout
+    assert "inference.ensemble: 2" in msrgan("info", told, "--all").stdout
     msrgan("upscale", inputs / "a.tif", "-o", tmp_path / "told_default", "--model", told, "-q")
     np.testing.assert_array_equal(read_image(tmp_path / "told_default" / "a.tif")[0], read_image(matched / "a.tif")[0])
     msrgan("upscale", inputs / "a.tif", "-o", tmp_path / "told_off", "--model", told, "-q", "--no-match-bins", "--ensemble", "1")
@@ -77,8 +75,8 @@ def test_train_info_upscale_evaluate(tmp_path):
         assert method in result.stdout
     rows = list(csv.DictReader(open(report)))
     means = {r["method"]: r for r in rows if r["image"] == "mean"}
-    assert set(means) == {"nearest", "bicubic", "lanczos", "msrgan"}
-    assert len(rows) == 4 * 8 + 4
+    assert set(means) == {"nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan"}
+    assert len(rows) == 5 * 8 + 5
     assert float(means["bicubic"]["psnr"]) > float(means["nearest"]["psnr"])
 
 
@@ -107,7 +105,7 @@ def test_blend_writes_a_model_between_the_packaged_two(tmp_path):
     out = tmp_path / "half.safetensors"
     result = msrgan("blend", "perceptual", "fidelity", "--weight", "0.5", "-o", out)
     assert "0.5 x perceptual + 0.5 x fidelity" in result.stdout
-    info = msrgan("info", out).stdout
+    info = msrgan("info", out, "--all").stdout
     assert "blend.weight: 0.5" in info and "name: perceptual" in info and "validation." not in info
     half, ends = load_model(out).generator.state_dict(), [load_model(n).generator.state_dict() for n in ("perceptual", "fidelity")]
     torch.testing.assert_close(half["tail.weight"], (ends[0]["tail.weight"] + ends[1]["tail.weight"]) / 2)

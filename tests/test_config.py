@@ -156,12 +156,12 @@ def test_missing_and_invalid_toml_files(tmp_path):
 def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data(monkeypatch):
     from pathlib import Path
 
-    from msrgan_core.train import load_config
+    from msrgan_core.config import load_config
 
     monkeypatch.setenv("MSRGAN_DATA", "/data/screens")
     recipes = sorted((Path(__file__).parents[1] / "msrgan_core" / "configs").glob("*.toml"))
-    assert [p.name for p in recipes] == ["default_models.toml", "default_models_gpu.toml", "default_models_gpu_adversarial.toml",
-                                         "default_models_gpu_refine.toml", "default_models_refine.toml"]
+    assert [p.name for p in recipes] == ["default_models.toml", "default_models_adversarial.toml", "default_models_gpu.toml",
+                                         "default_models_gpu_adversarial.toml", "default_models_gpu_refine.toml"]
     for recipe in recipes:
         config = load_config(recipe)
         assert config.data.train == ["/data/screens/bbbc039/images", "/data/screens/dsb2018_fluorescence"]
@@ -172,7 +172,7 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
     # The GPU recipe's two second stages likewise read the file its stage 1 writes (Makefile, models-gpu).
     configs = {p.stem: load_config(p) for p in recipes}
     for first, second, first_out in [
-        ("default_models", "default_models_refine", "runs/default_models"),
+        ("default_models", "default_models_adversarial", "runs/default_models"),
         ("default_models_gpu", "default_models_gpu_refine", "runs/gpu_models"),
         ("default_models_gpu", "default_models_gpu_adversarial", "runs/gpu_models"),
     ]:
@@ -183,3 +183,4 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
         assert stage2.train.seed == stage1.train.seed
     assert configs["default_models_gpu"].train.gan_steps == 0 and configs["default_models_gpu_refine"].train.gan_steps == 0
     assert configs["default_models_gpu_adversarial"].train.pretrain_steps == 0
+    assert configs["default_models"].train.gan_steps == 0 and configs["default_models_adversarial"].train.pretrain_steps == 0

@@ -8,7 +8,6 @@ plugin, segmentation and export all run for real.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import shutil
 import subprocess
@@ -24,7 +23,6 @@ from msrgan_core.headless import (
     PLUGIN_FILE,
     SHIPPED_PIPELINES,
     HeadlessRunError,
-    add_cellprofiler_commands,
     find_cellprofiler,
     install_plugin,
     plugin_dir,
@@ -183,10 +181,9 @@ def broken_plugins(tmp_path) -> Path:
 
 
 def cli(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="msrgan")
-    add_cellprofiler_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from msrgan_core.cli import main
+
+    return main(argv)
 
 
 @pytest.mark.slow

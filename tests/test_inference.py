@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import smooth_image, tiny_model
 from msrgan_core.binning import bin_mean
 from msrgan_core.inference import (
-    InferenceError, TilePlan, Upscaler, axis_tiles, orient, orientations, tile_slices, unorient, upscale, upscale_file,
+    InferenceError, Upscaler, axis_tiles, orient, orientations, tile_slices, unorient, upscale, upscale_file,
 )
 from msrgan_core.io import ImageError, read_image
 from msrgan_core.modelfile import with_inference_defaults

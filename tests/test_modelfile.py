@@ -179,8 +179,8 @@ def test_blend_is_the_weighted_mean_of_the_weights_and_says_so(tmp_path):
     reloaded = load_model(save_model(tmp_path / "b.safetensors", blended.generator, blended.metadata))
     meta = reloaded.metadata
     assert meta["name"] == "perceptual" and meta["training"]["steps"] == 9 and "validation" not in meta
-    assert meta["blend"]["weight"] == 0.75 and meta["blend"]["adversarial"]["steps"] == 9
-    assert meta["blend"]["fidelity"]["model"] == str(tmp_path / "f.safetensors")
+    assert meta["blend"]["weight"] == 0.75 and meta["blend"]["a"]["steps"] == 9 and meta["blend"]["a"]["name"] == "perceptual"
+    assert meta["blend"]["b"]["model"] == "f.safetensors"  # the file's name: no path into the blender's folders
     assert reloaded.normalization == NormalizationConfig(low=2.0, high=99.0)
     with torch.no_grad():
         assert torch.equal(reloaded.generator(_x()), blended.generator(_x()))

@@ -335,7 +335,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     assert loaded.module_name == "UpscaleMSRGAN"
     assert [s.value_text for s in loaded.settings()] == [s.value_text for s in module.settings()]
     assert loaded.tile_size.value == 192 and loaded.custom_model_directory.custom_path == str(tmp_path)
-    assert loaded.orientations.value == "4" and loaded.match_bins.value == "Yes" and loaded.variable_revision_number == 3
+    assert loaded.orientations.value == "4" and loaded.match_bins.value == "Yes" and loaded.variable_revision_number == 4
 
 
 def test_load_v1(upscale_module_class):
@@ -355,7 +355,7 @@ def test_load_v1(upscale_module_class):
     # revision 2's settings: revision-1 pipelines upscale once and leave the output as it is, as they did
     for module in (first, second):
         assert module.orientations.value == "1" and module.match_bins.value == "No"
-        assert module.variable_revision_number == 3
+        assert module.variable_revision_number == 4
 
 
 def test_load_v2(upscale_module_class):
@@ -369,7 +369,18 @@ def test_load_v2(upscale_module_class):
     assert (second.orientations.value, second.match_bins.value) == ("1", "No")
 
 
+def test_load_v3(upscale_module_class):
+    """Revision-3 pipelines keep their settings and share out the CPU cores automatically (0)."""
+    pipeline, errors = load_pipeline((DATA / "upscalemsrgan_v3.cppipe").read_text())
+    assert not errors, [e.error for e in errors]
+    first, second = pipeline.modules()
+    assert (first.orientations.value, first.match_bins.value, first.tile_size.value) == ("4", "Yes", 128)
+    assert (second.orientations.value, second.match_bins.value) == ("Model's default", "Model's default")
+    for module in (first, second):
+        assert module.threads.value == 0 and module.variable_revision_number == 4
+
+
 def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
     text = (DATA / "upscalemsrgan_v1.cppipe").read_text().replace("variable_revision_number:1|", "variable_revision_number:7|")
     _, errors = load_pipeline(text)
-    assert errors and "revision 7, newer than this plugin's revision 3" in str(errors[0].error)
+    assert errors and "revision 7, newer than this plugin's revision 4" in str(errors[0].error)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -15,10 +15,10 @@ import tifffile
 import torch
 
 from helpers import smooth_image
-from msrgan_core.config import ExperimentConfig
+from msrgan_core.config import ExperimentConfig, load_config
 from msrgan_core.modelfile import load_model, read_metadata
 from msrgan_core.train import (
-    CHECKPOINT, TrainingError, WeightAverage, learning_rate, load_checkpoint, load_config, train,
+    CHECKPOINT, TrainingError, WeightAverage, learning_rate, load_checkpoint, train,
 )
 
 
@@ -64,9 +64,10 @@ def test_two_phases_write_models_metrics_samples_and_split(tmp_path):
     assert all(np.isfinite(float(r["val_psnr"])) and 0 < float(r["val_ssim"]) <= 1 for r in rows)
     fidelity, perceptual = load_model(run / "fidelity.safetensors"), load_model(run / "perceptual.safetensors")
     assert fidelity.metadata["training"]["split_by"] == "well"
-    assert fidelity.metadata["training"]["val_groups"] == ["well " + w for w in ["A01", "A02", "B01", "B02"]
-                                                          if "well " + w in fidelity.metadata["training"]["val_groups"]]
-    assert len(fidelity.metadata["training"]["val_groups"]) == 1
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val_groups"]) == 1 and split["val_groups"][0] in ["well " + w for w in ["A01", "A02", "B01", "B02"]]
+    assert fidelity.metadata["training"]["val_files"] == len(split["val"])  # the file says how, the run folder which
+    assert str(data) not in json.dumps(fidelity.metadata)  # no paths into folders its users do not have
     assert perceptual.metadata["training"]["gan_steps"] == 3 and perceptual.metadata["loss"]["w_adv"] == 0.001
     assert float(perceptual.metadata["validation"]["val_psnr"]) == pytest.approx(float(rows[-1]["val_psnr"]))
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000003.png", "step_0000006.png"]
@@ -148,12 +149,12 @@ def test_init_fine_tunes_a_model_file_and_records_it(tmp_path):
                                   progress=False) / CHECKPOINT)["generator"]
     assert not states_equal(fresh, weights)
     meta = read_metadata(tuned / "fidelity.safetensors")["training"]["init"]
-    assert meta["model"] == str(first / "fidelity.safetensors") and meta["name"] == "fidelity" and meta["steps"] == 3
+    assert meta["model"] == "fidelity.safetensors" and meta["name"] == "fidelity" and meta["steps"] == 3
     assert meta["hardware"] == read_metadata(first / "fidelity.safetensors")["training"]["hardware"]
     again = train(tiny_config(data, gan_steps=0, pretrain_steps=1, lr=1e-12, init=f'"{tuned / "fidelity.safetensors"}"'),
                   tmp_path / "again", progress=False)
     chain = read_metadata(again / "fidelity.safetensors")["training"]["init"]  # each model records its own start
-    assert chain["model"] == str(tuned / "fidelity.safetensors") and chain["init"] == meta and meta["init"] is None
+    assert chain["model"] == "fidelity.safetensors" and chain["init"] == meta and meta["init"] is None
 
 
 def test_init_refuses_a_missing_or_mismatched_model(tmp_path):
