@@ -14,7 +14,17 @@ GUI_BIN := $(GUI_VENV)/bin
 GUI_STAMP := $(GUI_VENV)/.installed
 GUI_APT := xvfb python3-wxgtk4.0
 
-.PHONY: demo test venv clean models models-gpu gui-venv
+.PHONY: demo test test-fast venv clean models models-gpu gui-venv
+
+# CellProfiler 4.2.8 calls scikit-image with its old `selem=` keyword, which scikit-image 0.20 (the
+# oldest with Python 3.11 wheels) renamed `footprint=`: MeasureGranularity fails without this.
+# Rename it in CellProfiler's modules, in this project's venvs only ($(1): the venv's bin folder).
+CP_SELEM_MODULES := identifyprimaryobjects findmaxima enhanceorsuppressfeatures measuregranularity
+define fix_selem
+	d=$$($(1)/python -c 'import importlib.util as u; print(u.find_spec("cellprofiler").submodule_search_locations[0])')/modules && \
+	for m in $(CP_SELEM_MODULES); do sed -i 's/selem=/footprint=/g' $$d/$$m.py; done && \
+	! grep -q 'selem=' $$d/measuregranularity.py
+endef
 
 venv: $(STAMP)
 
@@ -28,6 +38,7 @@ $(STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt
 	$(BIN)/pip install -q -r requirements-cellprofiler.txt -r requirements-dev.txt "numpy<2"
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-build-isolation -e . "numpy<2"
+	$(call fix_selem,$(BIN))
 	touch $(STAMP)
 
 gui-venv: $(GUI_STAMP)
@@ -51,6 +62,7 @@ $(GUI_STAMP): pyproject.toml requirements-cellprofiler.txt requirements-dev.txt
 	f=$$($(GUI_BIN)/python -c 'import importlib.util as u; print(u.find_spec("cellprofiler").submodule_search_locations[0])')/gui/module_view/_module_sizer.py && \
 	sed -i 's/item_location = wx\.Point(item_x, item_y)/item_location = wx.Point(int(item_x), int(item_y))/' $$f && \
 	grep -q 'wx.Point(int(item_x), int(item_y))' $$f
+	$(call fix_selem,$(GUI_BIN))
 	$(GUI_BIN)/python -c 'import sys, wx, numpy, cellprofiler_core; assert numpy.__version__ < "2" and numpy.__file__.startswith(sys.prefix), numpy.__file__'
 	touch $(GUI_STAMP)
 

@@ -1,14 +1,18 @@
-"""CPU speed and memory of the packaged default model.
+"""CPU speed and memory of a model, beside the machine's own arithmetic rate and bicubic.
 
-    python benchmarks/speed.py              # 512 x 512 uint16 field: msrgan vs scikit-image bicubic
-    python benchmarks/speed.py --size 2048  # the memory bound: 2048 x 2048 in, 8192 x 8192 out
-    python benchmarks/speed.py --ensemble 1 --no-match-bins   # one plain pass of the network
+    python benchmarks/speed.py                       # the packaged fidelity: 512 and 2048 input
+    python benchmarks/speed.py --model fidelity-clean --sizes 512   # another model file or name
+    python benchmarks/speed.py --ensemble 2 --match-bins            # options of msrgan upscale
 
-The model runs as ``msrgan upscale`` runs it: by default as its file says (the packaged
-``fidelity``: 2 orientations, bins matched), or with ``--ensemble`` / ``--(no-)match-bins``.
+Each figure comes from a fresh process (so one's memory does not inflate another's), with the
+same torch thread count (``--threads``, default 2):
 
-Prints output megapixels per second and the peak resident memory of a fresh process per
-measurement (so one does not inflate the other).
+- ``sgemm``: a 2048 x 2048 float32 matrix product, the rate this machine's BLAS reaches;
+- ``network 256``: the generator alone on one untiled 256 x 256 input, and its share of that rate
+  (multiply-adds counted layer by layer, 2 FLOP each);
+- ``msrgan NxN``: ``Upscaler.upscale`` of a uint16 field as ``msrgan upscale`` runs it (tiles,
+  normalisation, orientations, dtype), its throughput over the untiled network's, and peak RSS;
+- ``bicubic NxN``: scikit-image's order-3 resize of the same field.
 """
 from __future__ import annotations
 
@@ -22,62 +26,123 @@ import time
 from msrgan_core.cli import add_inference_options  # the parser only: torch is imported in the measuring child
 
 
-def measure(method: str, size: int, model: str, tile: int, repeats: int, options: dict) -> dict:
-    """Run in this process: upscale a synthetic uint16 field ``repeats`` times."""
-    import numpy as np
+def conv_macs(generator, height: int, width: int) -> int:
+    """Multiply-adds of one forward pass on a ``(1, C, height, width)`` input, convolution by convolution."""
     import torch
+    import torch.nn.functional as F
 
-    from msrgan_core.inference import Upscaler
-    from msrgan_core.metrics import upscale_bicubic
-    from msrgan_core.modelfile import load_model
+    total = 0
+    original = F.conv2d
 
-    rng = np.random.default_rng(0)
-    image = rng.integers(100, 4000, size=(size, size)).astype(np.uint16)
-    if method == "msrgan":
-        upscaler = Upscaler(load_model(model), device="cpu", tile=tile, **options)
-        run = lambda: upscaler.upscale(image)  # noqa: E731
-        scale = upscaler.scale
-    else:
-        scale = 4
-        run = lambda: upscale_bicubic(image[None].astype(np.float32), scale).astype(np.uint16)  # noqa: E731
+    def counting(x, weight, *args, **kwargs):
+        nonlocal total
+        y = original(x, weight, *args, **kwargs)
+        total += y.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+        return y
+
+    F.conv2d = counting
+    conv_forward = torch.nn.Conv2d._conv_forward
+    torch.nn.Conv2d._conv_forward = lambda self, x, w, b: counting(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+    try:
+        with torch.inference_mode():
+            generator(torch.zeros(1, generator.config.in_channels, height, width))
+    finally:
+        F.conv2d = original
+        torch.nn.Conv2d._conv_forward = conv_forward
+    return total
+
+
+def timed(run, repeats: int) -> float:
     run()  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
-        out = run()
-    seconds = (time.perf_counter() - start) / repeats
-    megapixels = out.size / 1e6
-    return {
-        "method": method, "input": f"{size}x{size} uint16", "output_megapixels": round(megapixels, 2),
-        "seconds": round(seconds, 3), "mp_per_s": round(megapixels / seconds, 3),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": torch.get_num_threads(),
-    }
+        run()
+    return (time.perf_counter() - start) / repeats
+
+
+def measure(what: str, size: int, model: str, repeats: int, threads: int, options: dict) -> dict:
+    """Run in this process: one figure."""
+    import numpy as np
+    import torch
+
+    from msrgan_core.device import set_threads
+
+    set_threads(threads)
+    result = {"what": what, "size": size}
+    if what == "sgemm":
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        result["gflops"] = 2 * 2048 ** 3 / timed(lambda: a @ b, 10) / 1e9
+    elif what == "network":
+        from msrgan_core.modelfile import load_model
+
+        loaded = load_model(model)
+        generator = loaded.generator.to(memory_format=torch.channels_last)
+        x = torch.rand(1, loaded.config.in_channels, size, size).contiguous(memory_format=torch.channels_last)
+        seconds = timed(lambda: torch.inference_mode()(generator)(x), repeats)
+        macs = conv_macs(loaded.generator, size, size)
+        result.update(seconds=seconds, mp_per_s=size * size * loaded.scale ** 2 / seconds / 1e6,
+                      gflops=2 * macs / seconds / 1e9, macs_per_pixel=macs / size ** 2)
+    else:
+        image = np.random.default_rng(0).integers(100, 4000, size=(size, size)).astype(np.uint16)
+        if what == "msrgan":
+            from msrgan_core.inference import Upscaler
+            from msrgan_core.modelfile import load_model
+
+            upscaler = Upscaler(load_model(model), device="cpu", threads=threads, **options)
+            run, scale = (lambda: upscaler.upscale(image)), upscaler.scale
+            result["options"] = upscaler.options
+            result["tile"] = upscaler.plan().tile
+        else:
+            from msrgan_core.metrics import upscale_bicubic
+
+            scale = 4
+            run = lambda: upscale_bicubic(image[None].astype(np.float32), scale).astype(np.uint16)  # noqa: E731
+        seconds = timed(run, repeats)
+        result.update(seconds=seconds, mp_per_s=size * size * scale ** 2 / seconds / 1e6)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512, help="input edge in pixels")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="input edges in pixels")
     parser.add_argument("--model", default="fidelity")
-    parser.add_argument("--tile", type=int, default=0, help="0 = automatic")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure at 512 or less (1 above)")
     add_inference_options(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     options = {"ensemble": args.ensemble, "match_bins": args.match_bins}
     if args.child:
-        print(json.dumps(measure(args.child, args.size, args.model, args.tile, args.repeats, options)))
+        print(json.dumps(measure(args.child, args.size, args.model, args.repeats, args.threads, options)))
         return
-    methods = ["msrgan", "bicubic"] if args.size <= 1024 else ["msrgan"]
-    print(f"{'method':<8} {'input':>16} {'out MP':>7} {'s/image':>8} {'out MP/s':>9} {'peak RSS MiB':>13}")
-    for method in methods:
-        cmd = [sys.executable, __file__, "--child", method, "--size", str(args.size), "--model", args.model,
-               "--tile", str(args.tile), "--repeats", str(args.repeats if args.size <= 1024 else 1)]
+
+    def child(what: str, size: int) -> dict:
+        cmd = [sys.executable, __file__, "--child", what, "--size", str(size), "--model", args.model,
+               "--threads", str(args.threads), "--repeats", str(args.repeats if size <= 512 else 1)]
         cmd += [] if args.ensemble is None else ["--ensemble", str(args.ensemble)]
         cmd += [] if args.match_bins is None else ["--match-bins" if args.match_bins else "--no-match-bins"]
-        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        print(f"{r['method']:<8} {r['input']:>16} {r['output_megapixels']:>7} {r['seconds']:>8} {r['mp_per_s']:>9} "
-              f"{r['peak_rss_mib']:>13}")
-    print(f"(CPU, {r['threads']} torch threads; peak RSS of a fresh process per method, Python and torch included)")
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    sgemm = child("sgemm", 2048)["gflops"]
+    net = child("network", 256)
+    print(f"model {args.model}, {args.threads} CPU threads; SGEMM {sgemm:.0f} GFLOP/s; "
+          f"{net['macs_per_pixel'] / 1e6:.3f} M multiply-adds per input pixel")
+    print(f"{'what':<20} {'out MP/s':>9} {'s/image':>8} {'vs net 256':>10} {'GFLOP/s':>8} {'of SGEMM':>8} {'peak RSS MiB':>13}")
+    print(f"{'network 256 untiled':<20} {net['mp_per_s']:>9.3f} {net['seconds']:>8.3f} {'1.00':>10} "
+          f"{net['gflops']:>8.0f} {net['gflops'] / sgemm:>8.0%} {net['peak_rss_mib']:>13.0f}")
+    for size in args.sizes:
+        r = child("msrgan", size)
+        gflops = r["mp_per_s"] / net["mp_per_s"] * net["gflops"]
+        print(f"{'msrgan %dx%d' % (size, size):<20} {r['mp_per_s']:>9.3f} {r['seconds']:>8.3f} "
+              f"{r['mp_per_s'] / net['mp_per_s']:>10.2f} {gflops:>8.0f} {gflops / sgemm:>8.0%} {r['peak_rss_mib']:>13.0f}")
+        if size <= 1024:
+            b = child("bicubic", size)
+            print(f"{'bicubic %dx%d' % (size, size):<20} {b['mp_per_s']:>9.3f} {b['seconds']:>8.3f} {'':>10} {'':>8} {'':>8} "
+                  f"{b['peak_rss_mib']:>13.0f}")
+    print(f"(msrgan: {r['options']}, {r['tile']}-pixel tiles; peak RSS of a fresh process, Python and torch included)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 import queue
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -31,12 +31,21 @@ class BatchError(UserError, ValueError):
     """A batch that cannot start: bad output folder, an output that would replace an input, a name clash."""
 
 
+#: what an output's uncertainty image is called beside it: ``NAME.uncertainty.tif``
+UNCERTAINTY_SUFFIX = ".uncertainty.tif"
+
+
 @dataclass(frozen=True)
 class Job:
-    """One input file and the output it becomes."""
+    """One input file, the output it becomes and, if asked, the output's uncertainty image."""
 
     source: Path
     destination: Path
+    uncertainty: Optional[Path] = None
+
+    @property
+    def outputs(self) -> List[Path]:
+        return [self.destination] + ([self.uncertainty] if self.uncertainty else [])
 
 
 @dataclass
@@ -78,35 +87,38 @@ def remove_stale_parts(destination: Path) -> int:
     return removed
 
 
-def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool = False) -> Tuple[List[Job], List[Path]]:
+def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool = False,
+         uncertainty: bool = False) -> Tuple[List[Job], List[Path]]:
     """The jobs of a batch and the outputs it skips, checked before any work.
 
     Refuses, before anything runs: an output folder that cannot be written; two inputs that
     would write one output; an output that is (or resolves to, through links) one of the inputs,
-    ``overwrite`` or not. Removes what killed earlier runs left half-written.
+    ``overwrite`` or not. Removes what killed earlier runs left half-written. With
+    ``uncertainty``, each job also writes ``NAME.uncertainty.tif`` (:data:`UNCERTAINTY_SUFFIX`).
 
     Returns
     -------
     jobs : list of Job
         The files to upscale, in order.
     skipped : list of Path
-        Outputs that exist already (kept, unless ``overwrite``).
+        Outputs that exist already, with their uncertainty images when asked (kept, unless ``overwrite``).
     """
     files = find_images(inputs)
     out_dir = prepare_output_folder(Path(out_dir))
-    jobs = [Job(source, same_name_tif(source, out_dir)) for source in files]
-    names = [job.destination.name for job in jobs]
+    jobs = [Job(source, same_name_tif(source, out_dir),
+                same_name_tif(source, out_dir, UNCERTAINTY_SUFFIX) if uncertainty else None) for source in files]
+    names = [output.name for job in jobs for output in job.outputs]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise BatchError(f"several inputs would write the same output name(s) {clashes}: upscale them into separate folders")
     sources = {os.path.realpath(f) for f in files}
-    for job in jobs:
-        if os.path.realpath(job.destination) in sources:
-            raise BatchError(f"{job.destination} is an input: msrgan never writes over its inputs; choose another output folder")
-    stale = sum(remove_stale_parts(job.destination) for job in jobs)
+    for output in (output for job in jobs for output in job.outputs):
+        if os.path.realpath(output) in sources:
+            raise BatchError(f"{output} is an input: msrgan never writes over its inputs; choose another output folder")
+    stale = sum(remove_stale_parts(output) for job in jobs for output in job.outputs)
     if stale:
         log.info("msrgan: removed %d half-written file(s) left by an interrupted run", stale)
-    skipped = [job.destination for job in jobs if job.destination.exists() and not overwrite]
+    skipped = [job.destination for job in jobs if all(o.exists() for o in job.outputs) and not overwrite]
     return [job for job in jobs if job.destination not in skipped], skipped
 
 
@@ -152,6 +164,9 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
                 return
             job, result, layout = item
             try:
+                if job.uncertainty is not None:
+                    result, deviation = result
+                    write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype))
                 write_image(job.destination, result, layout)
                 report.written.append(job.destination)
             except OSError as exc:
@@ -171,7 +186,8 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             try:
                 if isinstance(image, Exception):
                     raise image
-                to_write.put((job, upscaler.upscale(image, source=str(job.source)), layout))
+                to_write.put((job, upscaler.upscale(image, source=str(job.source), uncertainty=job.uncertainty is not None),
+                              layout))
             except (UserError, OSError) as exc:
                 failures.put((job, exc))
                 bar.update(1)
@@ -197,4 +213,4 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
     return report
 
 
-__all__ = ["BatchError", "BatchReport", "Job", "plan", "prepare_output_folder", "remove_stale_parts", "upscale_files"]
+__all__ = ["UNCERTAINTY_SUFFIX", "BatchError", "BatchReport", "Job", "plan", "prepare_output_folder", "remove_stale_parts", "upscale_files"]

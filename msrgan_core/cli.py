@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .batch import BatchReport, plan, upscale_files
 
-    jobs, skipped = plan(args.inputs, args.out, args.overwrite)  # before the model: a bad folder fails at once
+    jobs, skipped = plan(args.inputs, args.out, args.overwrite, args.uncertainty)  # before the model: fail at once
     report = BatchReport()
     if jobs:
         upscaler = make_upscaler(args, progress=not args.quiet)
@@ -86,12 +86,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import find_images
 
     files = find_images(args.hr)
+    if args.features and args.out is None:
+        from .errors import UserError
+
+        raise UserError("--features needs --out DIR for its images, CSVs and scatter plot")
     upscaler = make_upscaler(args)
     degradation = grid_degradation(args.degradation, scale=upscaler.scale)
+    print(f"{Path(upscaler.model.source).name}: {args.degradation} x{degradation.scale}; {upscaler.options}")
+    if args.features:
+        from .measurements import evaluate_features, format_summary, verdicts
+
+        report = evaluate_features(files, upscaler, degradation, args.out, seed=args.seed, channel_axis=args.channel_axis,
+                                   progress=not args.quiet, cellprofiler=args.cellprofiler,
+                                   name=f"{Path(upscaler.model.source).name} vs bicubic, {args.degradation}: "
+                                        f"{len(files)} image(s)")
+        print(format_summary(report.summary))
+        for line in verdicts(report.summary):
+            print(f"note: {line}")
+        print("msrgan: " + ", ".join(str(p) for p in report.files))
+        return 0
     rows = evaluate_images(files, upscaler, degradation, seed=args.seed, channel_axis=args.channel_axis,
                            progress=not args.quiet)
     summary = summarize(rows)
-    print(f"{Path(upscaler.model.source).name}: {args.degradation} x{degradation.scale}; {upscaler.options}")
     print(format_table(summary))
     write_csv(Path(args.csv), rows, summary)
     print(f"msrgan: per-image figures in {args.csv}")
@@ -176,7 +192,8 @@ def add_cellprofiler_commands(sub: "argparse._SubParsersAction") -> None:
         description="Run a CellProfiler pipeline headless with the UpscaleMSRGAN plugin. Exits 1 when a "
         "plugin fails to load, a module fails, no image matches, or nothing is written.",
     )
-    run.add_argument("pipeline", help="a .cppipe file, or a shipped pipeline: upscale_segment_measure, compare_with_bicubic")
+    run.add_argument("pipeline", help="a .cppipe file, or a shipped pipeline: upscale_segment_measure, compare_with_bicubic, "
+                                      "measure_nuclei")
     run.add_argument("-i", "--input", required=True, help="default input folder: the images (searched recursively)")
     run.add_argument("-o", "--output", required=True, help="default output folder (use one per cluster job)")
     run.add_argument("-f", "--first", type=int, help="first image set to run (1-based)")
@@ -225,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_options(p)
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2], help="channel axis of 3-D files that do not say")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write NAME.uncertainty.tif: per pixel, an estimate of the output's error on its "
+                        "intensity scale (the spread over orientations; one more pass per image when the model runs once)")
     p.add_argument("--stop-on-error", action="store_true",
                    help="stop at the first file that fails (default: report it, go on, exit 1 at the end)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -237,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the low-resolution inputs are made: bin (default, 4 x 4 binning), bin+1000ph, bin+300ph, "
                         "bin+100ph, blur1.5+bin, blur1.5+bin+1000ph, ... (benchmarks/quality.py's grid)")
     p.add_argument("--csv", default="msrgan_evaluation.csv", help="where to write per-image figures")
+    p.add_argument("--features", action="store_true",
+                   help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "
+                        "image, msrgan's output and bicubic's, match them by overlap and compare every feature")
+    p.add_argument("--out", type=Path, help="with --features: folder for the images, CSVs and scatter plot")
+    p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")

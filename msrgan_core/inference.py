@@ -248,34 +248,62 @@ class Upscaler:
             )
         return image
 
-    def upscale(self, image: np.ndarray, source: str = "image") -> np.ndarray:
+    def upscale(self, image: np.ndarray, source: str = "image", uncertainty: bool = False):
         """Upscale a ``(Y, X)`` or ``(C, Y, X)`` image; same dtype and layout, ``scale`` times larger.
 
         A one-channel model upscales each channel of a multi-channel image separately.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``(Y, X)`` or ``(C, Y, X)``, uint8, uint16 or float.
+        source : str
+            What to call the image in messages (its file name).
+        uncertainty : bool
+            Also return the uncertainty image (see :meth:`uncertainty_orientations`).
+
+        Returns
+        -------
+        numpy.ndarray, or a pair of them with ``uncertainty``
+            The upscaled image; with ``uncertainty``, also a float32 image of its shape: per
+            pixel, the standard deviation of the network's output over orientations of the
+            input, on the output's intensity scale. Where it is high, the network's answer
+            depends on how the structure happens to lie, and its error is high too.
         """
         two_d = image.ndim == 2
         cyx = self.check(image, source)
         stats = percentile_stats(cyx, self.model.normalization)
         groups = [slice(c, c + 1) for c in range(cyx.shape[0])] if self.model.config.in_channels == 1 else [slice(None)]
-        out = np.empty((cyx.shape[0], cyx.shape[1] * self.scale, cyx.shape[2] * self.scale), dtype=cyx.dtype)
+        shape = (cyx.shape[0], cyx.shape[1] * self.scale, cyx.shape[2] * self.scale)
+        out = np.empty(shape, dtype=cyx.dtype)
+        spread = np.empty(shape, dtype=np.float32) if uncertainty else None
         clipped = 0
         for group in groups:
             normalized = torch.from_numpy(normalize(cyx[group], _take(stats, group)))
-            clipped += self._upscale_group(normalized, _take(stats, group), out[group], source)
+            clipped += self._upscale_group(normalized, _take(stats, group), out[group],
+                                           None if spread is None else spread[group], source)
         fraction = clipped / out.size
         if fraction > 0.01:
             log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range and were clipped",
                         source, 100 * fraction, cyx.dtype)
         elif fraction > 0:
             log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range", source, 100 * fraction, cyx.dtype)
-        return out[0] if two_d else out
+        if spread is None:
+            return out[0] if two_d else out
+        return (out[0], spread[0]) if two_d else (out, spread)
 
-    def _upscale_group(self, image: torch.Tensor, stats: Stats, out: np.ndarray, source: str) -> int:
+    def uncertainty_orientations(self) -> List[Tuple[int, bool]]:
+        """The orientations whose spread is the uncertainty: the ensemble's, with its mirror image
+        added to a single pass (one more pass; the output itself stays the ensemble's mean)."""
+        return self.orientations if len(self.orientations) > 1 else orientations(2)
+
+    def _upscale_group(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
+                       source: str) -> int:
         """Tiles with bounded retries: halve the tile on CUDA out-of-memory, then use the CPU."""
         plan = self.plan()
         for _ in range(MAX_TILE_HALVINGS + 1):
             try:
-                return self._run_tiles(image, stats, out, plan, source)
+                return self._run_tiles(image, stats, out, spread, plan, source)
             except torch.cuda.OutOfMemoryError:
                 if self.device.type != "cuda":
                     raise
@@ -287,51 +315,59 @@ class Upscaler:
         self.device, self.precision, self.memory = torch.device("cpu"), "fp32", TILE_MEMORY["cpu"]
         self.threads = set_threads(None)
         self.generator = self.generator.to(self.device)
-        return self._run_tiles(image, stats, out, self.plan(0), source)
+        return self._run_tiles(image, stats, out, spread, self.plan(0), source)
 
-    def _run_tiles(self, image: torch.Tensor, stats: Stats, out: np.ndarray, plan: TilePlan, source: str) -> int:
-        """Upscale ``image`` (``(C, Y, X)`` normalised) tile by tile into ``out``; returns pixels clipped."""
+    def _run_tiles(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
+                   plan: TilePlan, source: str) -> int:
+        """Upscale ``image`` (``(C, Y, X)`` normalised) tile by tile into ``out`` (and the spread over
+        orientations into ``spread``); returns the pixels clipped."""
         cuda = self.device.type == "cuda"
         if cuda:
             image = image.pin_memory()
         tiles = plan.tiles(tuple(image.shape[1:]), self.scale)
-        items = [(index, tile, o) for index, tile in enumerate(tiles) for o in self.orientations]
+        runs = self.uncertainty_orientations() if spread is not None else self.orientations
+        items = [(index, tile, o) for index, tile in enumerate(tiles) for o in runs]
         per_item = forward_bytes_per_pixel(self.model.config)
         low = torch.as_tensor(stats.low, dtype=torch.float32, device=self.device)
         span = torch.as_tensor(stats.span, dtype=torch.float32, device=self.device)
-        sums, done, clipped = {}, {}, 0
+        outputs, clipped = {}, 0
         bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False)
         for batch in _batches(items, self.memory, per_item):
             x = torch.stack([orient(image[:, tile.source[0], tile.source[1]], *o) for _, tile, o in batch])
             y = self._forward(x.to(self.device, non_blocking=True), source)
             finished = []
             for (index, tile, o), result in zip(batch, y):
-                result = unorient(result, *o)
-                sums[index] = result if index not in sums else sums[index] + result
-                done[index] = done.get(index, 0) + 1
-                if done[index] == len(self.orientations):
-                    finished.append((tile, self._finish(tile, sums.pop(index), image, low, span, out.dtype)))
+                outputs.setdefault(index, []).append(unorient(result, *o))
+                if len(outputs[index]) == len(runs):
+                    finished.append((tile, self._finish(tile, outputs.pop(index), image, low, span, out.dtype, spread is not None)))
             if cuda:
                 torch.cuda.current_stream(self.device).synchronize()  # the host copies have landed
-            for tile, (pixels, n_clipped) in finished:
+            for tile, (pixels, n_clipped, deviation) in finished:
                 out[(slice(None),) + tile.destination] = pixels.numpy()
+                if deviation is not None:
+                    spread[(slice(None),) + tile.destination] = deviation.numpy()
                 clipped += int(n_clipped)
                 bar.update(1)
         bar.close()
         return clipped
 
-    def _finish(self, tile: Tile, total: torch.Tensor, image: torch.Tensor, low: torch.Tensor, span: torch.Tensor,
-                dtype: np.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
-        """A tile's core: averaged, bins matched, on the image's scale and dtype, on its way to the host."""
+    def _finish(self, tile: Tile, results: List[torch.Tensor], image: torch.Tensor, low: torch.Tensor, span: torch.Tensor,
+                dtype: np.dtype, with_spread: bool) -> "tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]":
+        """A tile's core: averaged, bins matched, on the image's scale and dtype, on its way to the
+        host; with ``with_spread``, also the standard deviation over the orientations."""
         s = self.scale
-        core = total[:, tile.core[0].start * s:tile.core[0].stop * s, tile.core[1].start * s:tile.core[1].stop * s]
-        if len(self.orientations) > 1:
-            core = core / len(self.orientations)
+        rows, cols = slice(tile.core[0].start * s, tile.core[0].stop * s), slice(tile.core[1].start * s, tile.core[1].stop * s)
+        results = [r[:, rows, cols] for r in results]
+        n = len(self.orientations)
+        core = results[0] if n == 1 else torch.stack(results[:n]).mean(dim=0)
+        deviation = None
+        if with_spread:
+            deviation = (torch.stack(results).std(dim=0, correction=0) * span[:, None, None]).to("cpu", non_blocking=True)
         if self.match_bins:
             lowres = image[:, tile.source[0], tile.source[1]][:, tile.core[0], tile.core[1]]
             core = match_bins(core, lowres.to(self.device, non_blocking=True), s)
         pixels, n_clipped = denormalize(core, (low, span), TORCH_DTYPES[np.dtype(dtype)])
-        return pixels.to("cpu", non_blocking=True), n_clipped
+        return pixels.to("cpu", non_blocking=True), n_clipped, deviation
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor, source: str) -> torch.Tensor:

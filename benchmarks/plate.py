@@ -1,0 +1,90 @@
+"""Plate throughput: ``msrgan upscale`` end to end over a plate of fields, beside the model alone.
+
+    python benchmarks/plate.py [--data ../shared/data] [--fields 96] [--edge 1080] [--threads 2]
+
+Makes a plate of ``--fields`` uint16 fields of ``--edge`` x ``--edge`` pixels from real BBBC039
+images (each mirrored out to the edge), in a temporary folder. Then, in this run:
+
+- ``model only``: ``Upscaler.upscale`` of fields already in memory, after a warm-up;
+- ``msrgan upscale``: the command in a fresh process over the whole folder (model loading,
+  reading, upscaling, writing atomically, everything), with its peak RSS.
+
+Prints both as output megapixels per second, and the end-to-end share of the model-only figure.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+
+def make_plate(data: Path, folder: Path, fields: int, edge: int) -> list:
+    """``fields`` uint16 TIFFs of ``edge`` x ``edge`` from BBBC039 images, mirrored out to size."""
+    sources = sorted((data / "bbbc039" / "images").glob("*.tif"))
+    if not sources:
+        raise SystemExit(f"plate.py: no BBBC039 images under {data}: pass --data")
+    paths = []
+    for i in range(fields):
+        image = tifffile.imread(sources[i % len(sources)])
+        reps = (-(-edge // image.shape[0]), -(-edge // image.shape[1]))
+        tiled = np.pad(image, [(0, (reps[0] - 1) * image.shape[0]), (0, (reps[1] - 1) * image.shape[1])], mode="symmetric")
+        path = folder / f"plate_{chr(65 + i // 12 % 8)}{i % 12 + 1:02d}_s1.tif"
+        tifffile.imwrite(path, np.ascontiguousarray(tiled[:edge, :edge]).astype(np.uint16))
+        paths.append(path)
+    return paths
+
+
+def model_only(paths: list, model: str, threads: int, count: int) -> float:
+    """Output megapixels per second of the upscaler alone on fields in memory."""
+    from msrgan_core.inference import Upscaler
+    from msrgan_core.modelfile import load_model
+
+    upscaler = Upscaler(load_model(model), device="cpu", threads=threads)
+    images = [tifffile.imread(p) for p in paths[:count]]
+    upscaler.upscale(images[0])  # warm-up
+    start = time.perf_counter()
+    pixels = sum(upscaler.upscale(image).size for image in images)
+    return pixels / (time.perf_counter() - start) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
+    parser.add_argument("--fields", type=int, default=96)
+    parser.add_argument("--edge", type=int, default=1080)
+    parser.add_argument("--model", default="fidelity")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model-fields", type=int, default=4, help="fields timed for the model-only figure")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="msrgan-plate-") as tmp:
+        plate, out = Path(tmp) / "plate", Path(tmp) / "out"
+        plate.mkdir()
+        paths = make_plate(args.data, plate, args.fields, args.edge)
+        alone = model_only(paths, args.model, args.threads, args.model_fields)
+        msrgan = [sys.executable, "-m", "msrgan_core.cli", "upscale", str(plate), "-o", str(out), "--model", args.model,
+                  "--device", "cpu", "--threads", str(args.threads), "-q"]
+        start = time.perf_counter()
+        subprocess.run(msrgan, check=True, capture_output=True)
+        seconds = time.perf_counter() - start
+        written = sorted(out.glob("*.tif"))
+        assert len(written) == args.fields, f"{len(written)} of {args.fields} outputs written"
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    end_to_end = args.fields * args.edge ** 2 * 16 / seconds / 1e6
+    print(f"plate of {args.fields} uint16 fields of {args.edge} x {args.edge}, model {args.model}, {args.threads} threads")
+    print(f"model only:      {alone:7.3f} output MP/s ({args.model_fields} fields in memory)")
+    print(f"msrgan upscale:  {end_to_end:7.3f} output MP/s ({seconds:.0f} s for the plate, model loading and "
+          f"writing included; peak RSS {rss:.0f} MiB)")
+    print(f"end to end / model only: {end_to_end / alone:.0%}")
+
+
+if __name__ == "__main__":
+    main()
