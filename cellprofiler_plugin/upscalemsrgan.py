@@ -60,8 +60,14 @@ Which model should I use?
 Measurements made by this module
 ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
 
-None. Note that every measurement made in pixels on the upscaled image changes by the scale
-factor: with a 4x model, lengths, perimeters and diameters are 4 times larger, areas 16 times
+**Image measurements:**
+
+-  *Upscale_ScaleFactor_<output>:* how many times larger in X and Y the output is than its input
+   (4 for the packaged models): divide lengths by it and areas by its square to get back to the
+   input's pixels.
+-  *Upscale_Model_<output>:* the model file that upscaled it.
+
+Every measurement made in pixels on the upscaled image changes by the scale factor: with a 4x model, lengths, perimeters and diameters are 4 times larger, areas 16 times
 larger, and the typical object diameter in **IdentifyPrimaryObjects** must be given in upscaled
 pixels (4 times the diameter in the original image). Intensity measurements (mean, median)
 stay comparable; integrated intensities grow with the number of pixels (16 times).
@@ -102,9 +108,10 @@ from collections import OrderedDict
 import numpy
 from cellprofiler_core.image import Image
 from cellprofiler_core.module import ImageProcessing
-from cellprofiler_core.setting import ValidationError
+from cellprofiler_core.constants.measurement import COLTYPE_INTEGER, COLTYPE_VARCHAR_FILE_NAME, IMAGE
+from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
-from cellprofiler_core.setting.text import Directory, Filename, Integer
+from cellprofiler_core.setting.text import Directory, Filename, ImageName, Integer
 
 try:
     from msrgan_core.device import available_cores, describe_device, resolve_device
@@ -219,21 +226,26 @@ def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=Non
         return upscaler
 
 
-def upscale_pixels(upscaler, pixels, source):
+def upscale_pixels(upscaler, pixels, source, uncertainty=False):
     """Upscale CellProfiler pixel data: ``(Y, X)`` or ``(Y, X, C)`` floats, usually within 0..1.
 
     Returns pixels of the same dtype, ``scale`` times larger in Y and X, with the same channels,
     clipped to CellProfiler's 0..1 range (or to the input's own range where it already goes beyond
-    it): a network, like bicubic interpolation, can overshoot near bright edges.
+    it): a network, like bicubic interpolation, can overshoot near bright edges. With
+    ``uncertainty``, returns the upscaled pixels and the uncertainty image (same shape, on the
+    same scale).
     """
     pixels = numpy.asarray(pixels)
     if pixels.ndim == 3:
-        result = numpy.moveaxis(upscaler.upscale(numpy.moveaxis(pixels, -1, 0), source=source), 0, -1)
+        results = upscaler.upscale(numpy.moveaxis(pixels, -1, 0), source=source, uncertainty=uncertainty)
+        results = [numpy.moveaxis(r, 0, -1) for r in (results if uncertainty else [results])]
     else:
-        result = upscaler.upscale(pixels, source=source)
+        results = upscaler.upscale(pixels, source=source, uncertainty=uncertainty)
+        results = list(results) if uncertainty else [results]
     low = min(0.0, float(pixels.min()))
     high = max(1.0, float(pixels.max()))
-    return numpy.clip(result, low, high, out=result)
+    numpy.clip(results[0], low, high, out=results[0])
+    return tuple(results) if uncertainty else results[0]
 
 
 class UpscaleMSRGAN(ImageProcessing):
@@ -368,6 +380,28 @@ as the model file says (``msrgan info`` shows it; files that do not say keep the
 is).""".format(**{"MODEL_DEFAULT": MODEL_DEFAULT}),
         )
 
+        self.wants_uncertainty = Binary(
+            "Also make an uncertainty image?",
+            False,
+            doc="""\
+Select *Yes* to make a second image beside the upscaled one: per pixel, an estimate of the
+upscaled image's error, on the same intensity scale (the spread of the network's output when
+the input is mirrored or turned; it costs one more pass when the model runs once). Measure it
+with **MeasureObjectIntensity** on your nuclei and, for example, filter out with
+**FilterObjects** the nuclei whose mean uncertainty is high: their features are the least to be
+trusted. See the shipped pipeline ``flag_uncertain_nuclei.cppipe``.""",
+        )
+
+        self.uncertainty_name = ImageName(
+            "Name the uncertainty image",
+            "UpscaleUncertainty",
+            doc="""\
+*(Used only when making an uncertainty image)*
+
+The name of the uncertainty image, as downstream modules select it. It has the upscaled
+image's size.""",
+        )
+
         self.threads = Integer(
             "CPU threads (0 = automatic)",
             0,
@@ -388,6 +422,8 @@ workers do not fight over the same cores. The threads used are written to the lo
             self.orientations,
             self.match_bins,
             self.threads,
+            self.wants_uncertainty,
+            self.uncertainty_name,
         ]
 
     def visible_settings(self):
@@ -397,7 +433,8 @@ workers do not fight over the same cores. The threads used are written to the lo
         result += [self.device]
         if self.device.value != DEVICE_GPU:
             result += [self.threads]
-        return result + [self.tile_size, self.orientations, self.match_bins]
+        result += [self.tile_size, self.orientations, self.match_bins, self.wants_uncertainty]
+        return result + ([self.uncertainty_name] if self.wants_uncertainty.value else [])
 
     def help_settings(self):
         return super(UpscaleMSRGAN, self).help_settings() + [
@@ -409,10 +446,29 @@ workers do not fight over the same cores. The threads used are written to the lo
             self.orientations,
             self.match_bins,
             self.threads,
+            self.wants_uncertainty,
+            self.uncertainty_name,
         ]
 
     def volumetric(self):
         return False
+
+    def get_measurement_columns(self, pipeline):
+        return [
+            (IMAGE, "Upscale_ScaleFactor_{}".format(self.y_name.value), COLTYPE_INTEGER),
+            (IMAGE, "Upscale_Model_{}".format(self.y_name.value), COLTYPE_VARCHAR_FILE_NAME),
+        ]
+
+    def get_categories(self, pipeline, object_name):
+        return ["Upscale"] if object_name == IMAGE else []
+
+    def get_measurements(self, pipeline, object_name, category):
+        return ["ScaleFactor", "Model"] if object_name == IMAGE and category == "Upscale" else []
+
+    def get_measurement_images(self, pipeline, object_name, category, measurement):
+        if object_name == IMAGE and category == "Upscale" and measurement in ("ScaleFactor", "Model"):
+            return [self.y_name.value]
+        return []
 
     # --- the model ----------------------------------------------------------------------
 
@@ -483,12 +539,18 @@ workers do not fight over the same cores. The threads used are written to the lo
                 None if self.match_bins.value == MODEL_DEFAULT else self.match_bins.value == "Yes",
                 worker_threads(self.threads.value),
             )
-            y_data = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(x_name))
+            y_data = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(x_name),
+                                    uncertainty=self.wants_uncertainty.value)
         except UserError as exc:
             raise ValueError(
                 "UpscaleMSRGAN cannot upscale '{}' with the model {}: {}".format(x_name, os.path.basename(path), exc)
             ) from exc
 
+        if self.wants_uncertainty.value:
+            y_data, spread = y_data
+            images.add(self.uncertainty_name.value, Image(spread, convert=False, dimensions=x.dimensions))
+        workspace.measurements.add_image_measurement("Upscale_ScaleFactor_{}".format(y_name), upscaler.scale)
+        workspace.measurements.add_image_measurement("Upscale_Model_{}".format(y_name), os.path.basename(path))
         # No parent image: the output must not inherit the input's mask or cropping, whose
         # shape no longer matches.
         y = Image(
@@ -541,7 +603,7 @@ workers do not fight over the same cores. The threads used are written to the lo
             variable_revision_number = 2
         if variable_revision_number == 2:
             variable_revision_number = 4
-        if variable_revision_number == 3:  # revision 4 adds the CPU threads: 0, automatic
-            setting_values = setting_values + ["0"]
+        if variable_revision_number == 3:  # revision 4 adds the CPU threads (0, automatic) and no uncertainty image
+            setting_values = setting_values + ["0", "No", "UpscaleUncertainty"]
             variable_revision_number = 4
         return setting_values, variable_revision_number

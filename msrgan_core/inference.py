@@ -43,6 +43,10 @@ CUDA_MEMORY_SHARE = 0.5
 MARGIN_SPARE = 2
 #: the smallest tile core (input pixels) worth its margins
 MIN_CORE = 16
+#: the smallest image edge (input pixels) an upscaler takes
+MIN_EDGE = 2
+#: an output may take at most this share of the memory available when its image arrives
+MEMORY_SHARE = 0.8
 #: at most this many halvings of the tile after CUDA out-of-memory, then the CPU takes over
 MAX_TILE_HALVINGS = 4
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -246,7 +250,19 @@ class Upscaler:
             raise InferenceError(
                 f"{source}: has {channels} channel(s) but the model {Path(self.model.source).name} takes {want}"
             )
+        if min(image.shape[1:]) < MIN_EDGE:
+            raise InferenceError(f"{source}: the image is {image.shape[1]} x {image.shape[2]} pixels; msrgan needs at "
+                                 f"least {MIN_EDGE} x {MIN_EDGE}")
         return image
+
+    def check_memory(self, image: np.ndarray, source: str, uncertainty: bool = False) -> None:
+        """Refuse, before any tile, an image whose output would not fit in the memory available."""
+        c, h, w = image.shape
+        need = c * h * w * self.scale ** 2 * (image.dtype.itemsize + (4 if uncertainty else 0))
+        free = available_memory()
+        if free is not None and need > MEMORY_SHARE * free:
+            raise InferenceError(f"{source}: its {w * self.scale} x {h * self.scale} output needs {need / 2 ** 30:.1f} GiB "
+                                 f"and {free / 2 ** 30:.1f} GiB of memory are available: upscale it in parts (crops)")
 
     def upscale(self, image: np.ndarray, source: str = "image", uncertainty: bool = False):
         """Upscale a ``(Y, X)`` or ``(C, Y, X)`` image; same dtype and layout, ``scale`` times larger.
@@ -272,6 +288,7 @@ class Upscaler:
         """
         two_d = image.ndim == 2
         cyx = self.check(image, source)
+        self.check_memory(cyx, source, uncertainty)
         stats = percentile_stats(cyx, self.model.normalization)
         groups = [slice(c, c + 1) for c in range(cyx.shape[0])] if self.model.config.in_channels == 1 else [slice(None)]
         shape = (cyx.shape[0], cyx.shape[1] * self.scale, cyx.shape[2] * self.scale)
@@ -288,6 +305,10 @@ class Upscaler:
                         source, 100 * fraction, cyx.dtype)
         elif fraction > 0:
             log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range", source, 100 * fraction, cyx.dtype)
+        if fraction > 0 and self.match_bins:
+            log.warning("msrgan: %s: where output pixels were clipped to the %s range (beside saturated or empty "
+                        "pixels), their %d x %d blocks no longer bin back exactly to the input", source, cyx.dtype,
+                        self.scale, self.scale)
         if spread is None:
             return out[0] if two_d else out
         return (out[0], spread[0]) if two_d else (out, spread)
@@ -400,6 +421,18 @@ def _batches(items: list, memory: int, bytes_per_pixel: int) -> Iterator[list]:
         shape = oriented
     if batch:
         yield batch
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _take(stats: Stats, group: slice) -> Stats:

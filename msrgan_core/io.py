@@ -21,7 +21,8 @@ import tifffile
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+#: the pixel types msrgan reads, upscales and writes back in the same type
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.float32, np.float64)
 #: more channels than this on an axis that the file does not name means "a stack", not channels
 MAX_UNNAMED_CHANNELS = 4
 
@@ -101,6 +102,9 @@ def _read_tiff(path: Path) -> "tuple[np.ndarray, Optional[str]]":
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise ImageError(f"{path}: the TIFF holds no image")
+        if len(tif.series) > 1:
+            raise ImageError(f"{path}: holds {len(tif.series)} image series (positions or views of a multi-series "
+                             "file); msrgan upscales one image per file: save each series as its own file")
         series = tif.series[0]
         axes = series.axes
         array = series.asarray()
@@ -137,12 +141,8 @@ def to_cyx(
     if np.iscomplexobj(array):
         raise ImageError(f"{source}: complex pixels ({array.dtype}) are not supported; save the magnitude instead")
     if array.dtype == np.bool_ or array.dtype not in SUPPORTED_DTYPES:
-        if array.dtype.kind in "iu" and array.dtype != np.bool_ and array.min() >= 0 and array.max() <= 65535:
-            array = array.astype(np.uint16)  # e.g. int16/int32 files holding camera counts
-        else:
-            raise ImageError(
-                f"{source}: pixel type {array.dtype} is not supported; use uint8, uint16 or float32"
-            )
+        names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
+        raise ImageError(f"{source}: pixel type {array.dtype} is not supported; msrgan takes {names}")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ImageError(f"{source}: {bad} pixel(s) are NaN or infinite; fill or mask them before upscaling")
@@ -158,7 +158,10 @@ def to_cyx(
                     "msrgan upscales single 2-D planes: save each plane as its own file"
                 )
         named = [i for i, a in enumerate(axes) if a in "CS"]
-        if len(named) == 1 and array.ndim == 3 and channel_axis is None:
+        if len(named) == 1 and array.ndim == 3:
+            if channel_axis is not None and channel_axis % 3 != named[0]:
+                raise ImageError(f"{source}: its axes are {axes}, channels on axis {named[0]}, but the channel axis "
+                                 f"given is {channel_axis}: leave the channel axis out for files that name their axes")
             channel_axis = named[0]
     else:
         array = array.reshape([n for n in array.shape if n > 1] or [1, 1])

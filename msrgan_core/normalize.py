@@ -14,7 +14,8 @@ from .config import NormalizationConfig
 
 #: the pixel types an output can be cast to, and their torch counterparts
 TORCH_DTYPES = {np.dtype(k): v for k, v in (
-    (np.uint8, torch.uint8), (np.uint16, torch.uint16), (np.float32, torch.float32), (np.float64, torch.float64))}
+    (np.uint8, torch.uint8), (np.uint16, torch.uint16), (np.int8, torch.int8), (np.int16, torch.int16),
+    (np.int32, torch.int32), (np.float32, torch.float32), (np.float64, torch.float64))}
 #: at most this many pixels per channel are used to estimate the percentiles of a large image
 PERCENTILE_SAMPLE = 4_000_000
 

@@ -685,8 +685,13 @@ def restore_checkpoint(run: Run, state: dict) -> None:
 
     A checkpoint from a run without the weight average starts the average from its generator.
     """
-    unwrap(run.generator).load_state_dict(state["generator"])
-    unwrap(run.discriminator).load_state_dict(state["discriminator"])
+    try:
+        unwrap(run.generator).load_state_dict(state["generator"])
+        unwrap(run.discriminator).load_state_dict(state["discriminator"])
+    except (RuntimeError, KeyError) as exc:
+        raise TrainingError(f"--resume: the checkpoint in {run.out_dir} holds other networks than the config's "
+                            f"[generator] and [discriminator] ({' '.join(str(exc).split())[:200]}): resume with the "
+                            "config the run started with, or use a new folder") from None
     run.opt_g.load_state_dict(state["opt_g"])
     run.opt_d.load_state_dict(state["opt_d"])
     run.step, run.best_psnr = int(state["step"]), float(state["best_psnr"])

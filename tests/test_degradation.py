@@ -168,3 +168,51 @@ def test_degraded_fraction_sets_the_share_of_blurred_noisy_patches():
     clean = bin_mean(hr, 4)
     degraded = [not np.array_equal(degrade(hr, config, np.random.default_rng(seed)), clean) for seed in range(400)]
     assert 0.22 < np.mean(degraded) < 0.38
+
+
+# --- a low-magnification acquisition --------------------------------------------------------
+
+def test_optical_blur_follows_the_documented_formula():
+    from msrgan_core.degradation import optical_blur_sigma
+
+    sigma = optical_blur_sigma(na_high=0.95, na_low=0.3, wavelength_um=0.46, pixel_size_um=0.16)
+    assert sigma == pytest.approx(0.21 * 0.46 * np.sqrt(1 / 0.3 ** 2 - 1 / 0.95 ** 2) / 0.16)
+    assert sigma == pytest.approx(1.91, abs=0.01)
+    # the optics in a config give a fixed blur; half of them is an error naming the rest
+    config = DegradationConfig(na_high=0.95, na_low=0.3, wavelength_um=0.46, pixel_size_um=0.16)
+    assert config.blur_sigma == (sigma, sigma)
+    from msrgan_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pixel_size_um"):
+        DegradationConfig(na_high=0.95, na_low=0.3, wavelength_um=0.46)
+    with pytest.raises(ConfigError, match="below na_high"):
+        DegradationConfig(na_high=0.3, na_low=0.95, wavelength_um=0.46, pixel_size_um=0.16)
+
+
+def test_defaults_span_a_real_acquisition_and_acquisition_fixes_one():
+    config = DegradationConfig()
+    assert config.poisson_peak[0] <= 30 and config.poisson_peak[1] >= 1e5 and config.blur_sigma[1] >= 2
+    fixed = DegradationConfig.acquisition(blur=1.5, photons=100.0, read_noise=0.01)
+    hr = _hr((1, 64, 64))
+    lr = degrade(hr, fixed, np.random.default_rng(0))
+    clean = bin_mean(gaussian_blur(hr, 1.5), 4)
+    noise = lr - clean
+    expected = np.sqrt(np.clip(clean, 0, None).mean() / 100.0 + 0.01 ** 2)
+    assert 0.7 * expected < noise.std() < 1.3 * expected  # shot noise of 100 photons plus read noise
+
+
+def test_noise_free_share_background_and_shift():
+    hr = _hr((1, 32, 32))
+    config = DegradationConfig(blur_sigma=(0.0, 0.0), poisson_peak=(100.0, 100.0), gaussian_sigma=(0.0, 0.0),
+                               noise_free_fraction=0.5)
+    clean = [np.array_equal(degrade(hr, config, np.random.default_rng(s)), bin_mean(hr, 4)) for s in range(200)]
+    assert 0.4 < np.mean(clean) < 0.6
+    dark = np.zeros((1, 32, 32), np.float32)  # background light brings shot noise to where there is no signal
+    lit = DegradationConfig.acquisition(photons=100.0)
+    assert np.all(degrade(dark, lit, np.random.default_rng(1)) == 0)
+    lit = DegradationConfig(blur_sigma=(0.0, 0.0), poisson_peak=(100.0, 100.0), gaussian_sigma=(0.0, 0.0),
+                            background=(0.1, 0.1))
+    noisy = degrade(dark, lit, np.random.default_rng(1))
+    assert abs(noisy.mean()) < 0.02 and noisy.std() > 0.005
+    moved = DegradationConfig(blur_sigma=(0.0, 0.0), poisson_peak=(0.0, 0.0), gaussian_sigma=(0.0, 0.0), shift=1.0)
+    assert not np.allclose(degrade(hr, moved, np.random.default_rng(2)), bin_mean(hr, 4))

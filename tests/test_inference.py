@@ -326,3 +326,81 @@ def test_upscale_file_keeps_dtype_and_layout_and_skips_existing(model_x4, tmp_pa
     assert upscale_file(upscaler, source, destination) is False
     assert destination.stat().st_mtime_ns == mtime
     assert upscale_file(upscaler, source, destination, overwrite=True) is True
+
+
+# --- the uncertainty image ----------------------------------------------------------------
+
+def test_uncertainty_leaves_the_output_alone_and_is_the_spread_over_orientations(model_x4):
+    image = smooth_image((31, 44), seed=30, low=100, high=3000).astype(np.float32)
+    upscaler = Upscaler(model_x4, device="cpu")
+    plain = upscaler.upscale(image)
+    out, spread = upscaler.upscale(image, uncertainty=True)
+    np.testing.assert_array_equal(out, plain)  # one orientation: its mirror adds only the spread
+    assert spread.shape == out.shape and spread.dtype == np.float32
+    mirrored = Upscaler(model_x4, device="cpu").upscale(np.ascontiguousarray(image[:, ::-1]))[:, ::-1]
+    by_hand = np.abs(plain.astype(np.float64) - mirrored) / 2  # the std of two values is half their distance
+    assert np.max(np.abs(spread - by_hand)) <= 1e-3 * 2900
+    assert spread.mean() > 1.0  # a random net is far from mirror-symmetric
+    _, counts = upscaler.upscale(image.round().astype(np.uint16), uncertainty=True)
+    assert counts.dtype == np.float32 and counts.shape == out.shape  # the error estimate is not rounded to counts
+
+
+def test_uncertainty_of_a_mirror_symmetric_model_is_zero_and_tiles_match(bicubic_x4, model_x4):
+    image = smooth_image((61, 70), seed=31).astype(np.float32)
+    _, spread = Upscaler(bicubic_x4, device="cpu").upscale(image, uncertainty=True)
+    assert np.max(spread) < 1e-3 * (image.max() - image.min())  # bicubic is the same however the image lies
+    _, whole = Upscaler(model_x4, device="cpu", tile=UNTILED, ensemble=4).upscale(image, uncertainty=True)
+    _, tiled = Upscaler(model_x4, device="cpu", tile=40, ensemble=4).upscale(image, uncertainty=True)
+    assert np.max(np.abs(tiled - whole)) <= 1e-3 * (image.max() - image.min())
+
+
+# --- outputs that would be wrong are errors, before or after the work ---------------------
+
+def test_non_finite_weights_are_an_error_naming_the_image_not_a_black_output(tmp_path):
+    from helpers import tiny_generator
+    from msrgan_core.modelfile import load_model, save_model
+
+    generator = tiny_generator(scale=2)
+    with torch.no_grad():
+        generator.tail.weight.fill_(float("nan"))
+    model = load_model(save_model(tmp_path / "nan.safetensors", generator, {"influence_radius": 3}))
+    with pytest.raises(InferenceError, match="plate_A01.tif.*non-finite"):
+        Upscaler(model, device="cpu").upscale(np.ones((10, 10), np.uint16), source="plate_A01.tif")
+
+
+def test_tiny_and_huge_images_are_refused_before_any_tile(model_x4, monkeypatch):
+    import msrgan_core.inference as inference
+
+    with pytest.raises(InferenceError, match="dot.tif.*1 x 1 pixels"):
+        Upscaler(model_x4, device="cpu").upscale(np.ones((1, 1), np.uint16), source="dot.tif")
+    monkeypatch.setattr(inference, "available_memory", lambda: 1 << 20)  # 1 MiB free
+    with pytest.raises(InferenceError, match=r"big.tif.*GiB.*upscale it in parts"):
+        Upscaler(model_x4, device="cpu").upscale(np.ones((200, 300), np.uint16), source="big.tif")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.uint8])
+def test_every_supported_integer_type_comes_back_as_itself(model_x4, dtype):
+    info = np.iinfo(dtype)
+    image = smooth_image((20, 24), seed=40, low=max(info.min, -100), high=min(info.max, 100)).round().astype(dtype)
+    out = Upscaler(model_x4, device="cpu").upscale(image)
+    assert out.dtype == dtype and out.shape == (80, 96)
+
+
+def test_an_empty_image_is_not_reported_as_clipped_and_negative_floats_stay_finite(bicubic_x4, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="msrgan"):
+        out = Upscaler(bicubic_x4, device="cpu").upscale(np.zeros((20, 20), np.uint16))
+    assert not out.any() and "clipped" not in caplog.text
+    signed = smooth_image((20, 20), seed=41, low=-50.0, high=10.0).astype(np.float32)
+    assert np.isfinite(Upscaler(bicubic_x4, device="cpu").upscale(signed)).all()
+
+
+def test_matched_bins_say_where_clipping_broke_them(model_x4, caplog):
+    import logging
+
+    image = smooth_image((24, 30), seed=42, low=0, high=65535).round().astype(np.uint16)
+    image[:8] = 65535  # saturated: the network overshoots past what uint16 holds
+    with caplog.at_level(logging.WARNING, logger="msrgan"):
+        Upscaler(model_x4, device="cpu", match_bins=True).upscale(image, source="bright.tif")
+    assert "bright.tif" in caplog.text and "no longer bin back exactly" in caplog.text

@@ -149,11 +149,31 @@ def test_rejects_empty(tmp_path):
         to_cyx(np.zeros((0, 5), np.uint16), "e2.tif")
 
 
-def test_rejects_unsupported_pixel_type():
-    with pytest.raises(ImageError, match="x.tif.*int32"):
-        to_cyx(np.full((4, 5), -1, np.int32), "x.tif")
-    image, _ = to_cyx(np.full((4, 5), 7, np.int32), "x.tif")  # non-negative counts in a wide type are fine
-    assert image.dtype == np.uint16
+def test_rejects_unsupported_pixel_type_and_keeps_every_supported_one():
+    for dtype in (np.uint32, np.int64, np.float16, np.bool_, np.complex64):
+        with pytest.raises(ImageError, match=r"x\.tif"):
+            to_cyx(np.ones((4, 5), dtype), "x.tif")
+    for dtype in (np.int8, np.int16, np.int32):  # signed counts stay signed: nothing is converted behind the user's back
+        image, layout = to_cyx(np.full((4, 5), -1, dtype), "x.tif")
+        assert image.dtype == dtype and layout.dtype == dtype
+
+
+def test_a_channel_axis_that_contradicts_the_files_axes_is_refused(tmp_path):
+    path = tmp_path / "cyx.ome.tif"
+    tifffile.imwrite(path, _pixels((5, 16, 16), np.uint16), ome=True, metadata={"axes": "CYX"})
+    assert read_image(path)[0].shape == (5, 16, 16)
+    assert read_image(path, channel_axis=0)[0].shape == (5, 16, 16)  # agreeing is fine
+    with pytest.raises(ImageError, match="axes are CYX.*channel axis given is -1"):
+        read_image(path, channel_axis=-1)
+
+
+def test_a_multi_series_tiff_is_refused_not_cut_to_its_first_series(tmp_path):
+    path = tmp_path / "positions.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(_pixels((16, 16), np.uint16))
+        tif.write(_pixels((8, 8), np.uint16))
+    with pytest.raises(ImageError, match="positions.tif.*2 image series"):
+        read_image(path)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # imageio's plugin search imports old plugins

@@ -212,3 +212,53 @@ def test_packaged_models_load_by_name(name, defaults):
 
 def test_default_model_is_fidelity():
     assert resolve_model(None) == packaged_model_path("fidelity")
+
+
+# --- the card: validated once, summarised for people -----------------------------------------
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: [m], "JSON list, not an object"),
+    (lambda m: dict(m, normalization={"low": 99, "high": 1}), "normalization metadata"),
+    (lambda m: dict(m, normalization="1-99.8"), "normalization metadata"),
+    (lambda m: dict(m, scale=8), "scale 8 and its generator's 4 do not match"),
+    (lambda m: dict(m, influence_radius=-3), "influence_radius -3"),
+])
+def test_damaged_metadata_fails_at_load_naming_the_entry(tmp_path, change, message):
+    from msrgan_core.modelcard import read_card
+
+    path = save_model(tmp_path / "m.safetensors", tiny_generator(scale=4), {})
+    meta = change(read_metadata(path))
+    bad = tmp_path / "bad.safetensors"
+    tensors = {k: v.contiguous() for k, v in load_model(path).generator.state_dict().items()}
+    save_file(tensors, str(bad), metadata={METADATA_KEY: json.dumps(meta)})
+    for reader in (read_card, load_model):
+        with pytest.raises(ModelFileError, match=message):
+            reader(bad)
+
+
+def test_card_summary_says_what_images_it_is_for_and_how_it_runs(tmp_path):
+    from msrgan_core.modelcard import read_card
+
+    meta = {"name": "fidelity", "training": {"data": "BBBC039 (CC0)", "steps": 12, "hardware": "cpu (2 threads) x 1"},
+            "degradation": {"method": "bin", "scale": 4, "blur_sigma": [0.0, 2.5], "poisson_peak": [30.0, 100000.0],
+                            "degraded_fraction": 0.8},
+            "inference": {"ensemble": 2, "match_bins": False}, "validation": {"val_psnr": 35.5, "bicubic_psnr": 32.7}}
+    path = save_model(tmp_path / "m.safetensors", tiny_generator(scale=4, architecture="compact"), meta)
+    card = read_card(path)
+    text = card.summary()
+    for expected in ("'fidelity', 4x", "BBBC039 (CC0)", "blur sigma 0-2.5 px", "30-100000 photons", "compact",
+                     "2 orientation(s) averaged", "35.50 dB", "context"):
+        assert expected in text, expected
+    assert card.influence_radius == load_model(path).influence_radius > 0
+    assert card.provenance()["model"] == "m.safetensors" and card.provenance()["steps"] == 12
+
+
+def test_model_info_reads_no_torch(tmp_path):
+    """`msrgan info` and the parser answer at once: torch is imported only by commands that run a network."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from msrgan_core import cli; cli.build_parser(); "
+            "from msrgan_core.modelcard import read_card; read_card('fidelity').summary(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

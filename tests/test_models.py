@@ -152,3 +152,81 @@ def test_count_parameters_grows_with_width():
     small = count_parameters(Generator(GeneratorConfig(n_blocks=1, n_features=8)))
     large = count_parameters(Generator(GeneratorConfig(n_blocks=1, n_features=16)))
     assert 0 < small < large
+
+
+# --- the compact generator ------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_compact_output_shape_and_zero_tail_is_exactly_bicubic(scale, channels):
+    from msrgan_core.models import CompactGenerator
+
+    generator = tiny_generator(scale=scale, channels=channels, n_blocks=2, zero_tail=True, architecture="compact")
+    assert isinstance(generator, CompactGenerator)
+    x = _input((2, channels, 9, 13))
+    with torch.no_grad():
+        out = generator(x)
+    expected = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    assert out.shape == (2, channels, 9 * scale, 13 * scale)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)  # the skip is bicubic, borders included
+
+
+def test_compact_generator_runs_every_convolution_at_input_resolution():
+    generator = tiny_generator(scale=4, n_blocks=3, n_features=16, architecture="compact")
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
+             for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        generator(_input((1, 1, 10, 12)))
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == 4 and all(tuple(shape) == (10, 12) for shape in seen)
+    assert "skip_kernel" not in generator.state_dict()  # derived from the scale, not a weight
+
+
+def test_compact_widths_must_be_multiples_of_eight():
+    from msrgan_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of 8, got 20"):
+        GeneratorConfig(architecture="compact", n_features=20)
+    with pytest.raises(ConfigError, match="architecture must be one of"):
+        GeneratorConfig(architecture="unet")
+
+
+@pytest.mark.parametrize("architecture", ["srresnet", "compact"])
+def test_influence_radius_is_where_the_context_stops_mattering(architecture):
+    """Input beyond the measured radius moves the centre's output by < the threshold; inside, by more."""
+    from msrgan_core.models import INFLUENCE_THRESHOLD, influence_radius
+
+    generator = tiny_generator(scale=4, n_blocks=3, n_features=16, seed=7, architecture=architecture)
+    radius = influence_radius(generator)
+    bound = receptive_radius(generator.config)
+    assert 0 < radius <= bound
+    size = 2 * bound + 1
+    x = 0.3 + 0.7 * _input((1, 1, size, size), seed=11)
+    c = bound
+    with torch.no_grad():
+        full = generator(x)[:, :, 4 * c:4 * c + 4, 4 * c:4 * c + 4]
+        cut = torch.zeros_like(x)
+        window = (slice(None), slice(None), slice(c - radius, c + radius + 1), slice(c - radius, c + radius + 1))
+        cut[window] = x[window]
+        moved = (generator(cut)[:, :, 4 * c:4 * c + 4, 4 * c:4 * c + 4] - full).abs().max()
+    assert moved < 10 * INFLUENCE_THRESHOLD  # another image than the measurement's: the same order
+    assert radius <= influence_radius(generator, threshold=1e-7) <= bound  # a stricter bound needs no less context
+
+
+def test_forward_memory_estimate_bounds_a_forward_pass():
+    """The tile sizing's estimate is of the right size: within 3x of the activations really held."""
+    from msrgan_core.models import forward_bytes_per_pixel
+
+    for architecture, features in (("compact", 16), ("srresnet", 8)):
+        generator = tiny_generator(scale=4, n_blocks=2, n_features=features, architecture=architecture)
+        largest = []
+        hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel() * 4)) for m in generator.modules()
+                 if not list(m.children())]
+        with torch.no_grad():
+            generator(_input((1, 1, 20, 20)))
+        for hook in hooks:
+            hook.remove()
+        estimate = forward_bytes_per_pixel(generator.config) * 400
+        assert max(largest) <= estimate <= 3 * 3 * max(largest)

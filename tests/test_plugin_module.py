@@ -378,9 +378,45 @@ def test_load_v3(upscale_module_class):
     assert (second.orientations.value, second.match_bins.value) == ("Model's default", "Model's default")
     for module in (first, second):
         assert module.threads.value == 0 and module.variable_revision_number == 4
+        assert module.wants_uncertainty.value is False and module.uncertainty_name.value == "UpscaleUncertainty"
 
 
 def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
     text = (DATA / "upscalemsrgan_v1.cppipe").read_text().replace("variable_revision_number:1|", "variable_revision_number:7|")
     _, errors = load_pipeline(text)
     assert errors and "revision 7, newer than this plugin's revision 4" in str(errors[0].error)
+
+
+# --- threads, the uncertainty image, the measurements --------------------------------------
+
+def test_cpu_threads_are_shared_among_analysis_workers(plugin, monkeypatch):
+    import cellprofiler_core.preferences as preferences
+
+    from msrgan_core.device import available_cores
+
+    assert plugin.worker_threads(3) == 3  # a number the user set is kept
+    monkeypatch.setattr(sys, "argv", ["cellprofiler", "-c", "-r"])
+    assert plugin.worker_threads(0) is None  # headless: every core the process may use
+    monkeypatch.setattr(sys, "argv", ["analysis_worker", "--work-announce", "tcp://127.0.0.1:1"])
+    monkeypatch.setattr(preferences, "get_max_workers", lambda: 2)
+    assert plugin.worker_threads(0) == max(1, available_cores() // 2)
+    monkeypatch.setattr(preferences, "get_max_workers", lambda: 64)
+    assert plugin.worker_threads(0) == 1
+
+
+def test_uncertainty_image_and_the_scale_and_model_measurements(upscale_module_class, fly_dna):
+    crop = fly_dna[:40, :56]
+    harness = Harness(upscale_module_class, device="CPU", wants_uncertainty=True, uncertainty_name="Doubt")
+    workspace = harness.run(cp_image(crop))
+    out, doubt = workspace.image_set.get_image("Upscaled").pixel_data, workspace.image_set.get_image("Doubt").pixel_data
+    expected, spread = Upscaler(load_model("fidelity"), device="cpu").upscale(crop, uncertainty=True)
+    np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(doubt, spread, atol=1e-6)
+    assert doubt.shape == out.shape and doubt.min() >= 0 and doubt.max() > 0
+    m = workspace.measurements
+    assert m.get_current_image_measurement("Upscale_ScaleFactor_Upscaled") == 4
+    assert m.get_current_image_measurement("Upscale_Model_Upscaled") == "fidelity.safetensors"
+    columns = {c[1] for c in harness.module.get_measurement_columns(harness.pipeline)}
+    assert columns == {"Upscale_ScaleFactor_Upscaled", "Upscale_Model_Upscaled"}
+    plain = Harness(upscale_module_class, device="CPU").run(cp_image(crop))  # off by default: no second image
+    assert "Doubt" not in plain.image_set.names and "UpscaleUncertainty" not in plain.image_set.names

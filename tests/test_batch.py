@@ -1,0 +1,89 @@
+"""Plates through one upscaler: every file tried, inputs never overwritten, outputs in order and whole."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from helpers import smooth_image, tiny_model
+from msrgan_core.batch import BatchError, plan, upscale_files
+from msrgan_core.inference import Upscaler
+from msrgan_core.io import ImageError, read_image
+
+
+@pytest.fixture(scope="module")
+def upscaler(tmp_path_factory):
+    return Upscaler(tiny_model(tmp_path_factory.mktemp("m"), scale=2, seed=1), device="cpu")
+
+
+def _plate(folder, count=4, bad=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"f{i}.tif"
+        if i in bad:
+            path.write_bytes(b"II*\x00 not really a TIFF")
+        else:
+            tifffile.imwrite(path, smooth_image((20 + i, 24), seed=i).astype(np.uint16))
+    return folder
+
+
+def test_a_bad_file_is_reported_and_the_others_are_written(upscaler, tmp_path):
+    inputs = _plate(tmp_path / "in", count=5, bad=(1,))
+    jobs, skipped = plan([inputs], tmp_path / "out")
+    assert len(jobs) == 5 and not skipped
+    report = upscale_files(upscaler, jobs, progress=False)
+    assert [p.name for p in report.written] == ["f0.tif", "f2.tif", "f3.tif", "f4.tif"]  # in order
+    (failed, reason), = report.failed
+    assert failed.name == "f1.tif" and "f1.tif" in reason
+    assert "4 image(s) written" in report.summary() and "1 failed" in report.summary()
+    for path in report.written:
+        source, _ = read_image(inputs / path.name)
+        assert read_image(path)[0].shape == (1, 2 * source.shape[1], 2 * source.shape[2])
+    assert not list((tmp_path / "out").glob(".*.part"))
+    with pytest.raises(ImageError, match="f1.tif"):  # --stop-on-error: the first failure is the error
+        upscale_files(upscaler, plan([inputs], tmp_path / "again")[0], stop_on_error=True, progress=False)
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(upscaler, tmp_path):
+    inputs = _plate(tmp_path / "in", count=2)
+    before = (inputs / "f0.tif").read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(BatchError, match="is an input"):
+            plan([inputs / "f0.tif"], inputs, overwrite=overwrite)
+    link = tmp_path / "link"
+    link.symlink_to(inputs)  # the same folder by another name
+    with pytest.raises(BatchError, match="is an input"):
+        plan([inputs / "f0.tif"], link, overwrite=True)
+    assert (inputs / "f0.tif").read_bytes() == before
+
+
+def test_output_folder_problems_and_clashes_are_one_line_errors(tmp_path):
+    inputs = _plate(tmp_path / "in", count=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BatchError, match="is a file"):
+        plan([inputs], tmp_path / "file")
+    other = _plate(tmp_path / "other", count=1)
+    with pytest.raises(BatchError, match="same output name"):
+        plan([inputs, other], tmp_path / "out")
+
+
+def test_stale_parts_of_a_killed_run_are_removed_and_existing_outputs_skipped(upscaler, tmp_path):
+    inputs = _plate(tmp_path / "in", count=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".f0.tif.abc123.part").write_bytes(b"half")
+    (out / ".unrelated.part").write_bytes(b"not ours")
+    tifffile.imwrite(out / "f1.tif", np.zeros((4, 4), np.uint16))
+    jobs, skipped = plan([inputs], out)
+    assert [j.source.name for j in jobs] == ["f0.tif"] and [p.name for p in skipped] == ["f1.tif"]
+    assert not (out / ".f0.tif.abc123.part").exists() and (out / ".unrelated.part").exists()
+
+
+def test_uncertainty_images_are_written_beside_the_outputs(upscaler, tmp_path):
+    inputs = _plate(tmp_path / "in", count=2)
+    jobs, _ = plan([inputs], tmp_path / "out", uncertainty=True)
+    upscale_files(upscaler, jobs, progress=False)
+    for job in jobs:
+        out, spread = tifffile.imread(job.destination), tifffile.imread(job.uncertainty)
+        assert job.uncertainty.name == job.source.stem + ".uncertainty.tif"
+        assert spread.shape == out.shape and spread.dtype == np.float32 and out.dtype == np.uint16
