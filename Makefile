@@ -72,48 +72,23 @@ demo: $(STAMP)
 test: $(STAMP) $(GUI_STAMP)
 	$(BIN)/python -m pytest tests -q
 
+# The unit tier: toy networks on generated images, no CellProfiler, no subprocesses (about a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -q -m "not slow and not integration"
+
 clean:
 	rm -rf $(VENV) $(GUI_VENV) $(DEMO_OUT)
 
-# The default models' CPU recipe: one command, checked-in configs, reproducible from their seed.
-# Stage 1 pretrains with the pixel loss, then adds the adversarial loss (the perceptual model);
-# stage 2 trains stage 1's pixel-loss model on (the fidelity model). An interrupted stage
-# resumes from its checkpoint (a finished one only reloads its data). Measured end to end on 2
-# AVX2-only cores: stage 1 (8000 + 1000 steps) 86 minutes, stage 2 (2000 steps) 13 minutes,
-# 99 minutes in all. Then both models are copied into the package, replacing the GPU recipe's;
-# the fidelity model set, as the packaged one is, to average 2 orientations and match bins by
-# default (benchmarks/quality.py measures the models so).
+# The packaged models' recipe, sized for CPUs (docs/training.md has the measured times): stage 1
+# trains the compact generator with the pixel loss (fidelity), stage 2 trains it on with the
+# adversarial loss (perceptual). An interrupted stage resumes from its checkpoint.
 MSRGAN_DATA ?= ../shared/data
 export MSRGAN_DATA
-MODEL_STAGES = default_models default_models_refine
+MODEL_STAGES = default_models default_models_adversarial
 models: $(STAMP)
 	for stage in $(MODEL_STAGES); do \
-		$(BIN)/msrgan train --config msrgan_core/configs/$$stage.toml --out runs/$$stage \
+		$(BIN)/msrgan train -q --config msrgan_core/configs/$$stage.toml --out runs/$$stage \
 			$$(test -f runs/$$stage/checkpoint.pt && echo --resume) || exit 1; \
 	done
-	$(BIN)/msrgan set-defaults runs/default_models_refine/fidelity.safetensors --ensemble 2 --match-bins \
-		-o msrgan_core/weights/fidelity.safetensors
-	cp runs/default_models/perceptual.safetensors msrgan_core/weights/
-
-# The packaged models' GPU recipe (16 x 64 generator; run on one H200 in two leases of about 5 and
-# 7 minutes, with the two adversarial runs and the refinement sharing the GPU). Needs a CUDA
-# build of torch in place of the CPU one that .venv holds: GPU_PYTHON names its interpreter.
-# Stage 1: L1 pretraining; stage 2a: its weight-averaged continuation, stopped at step 8000 as
-# the lease was (fidelity); stage 2b: two adversarial runs from stage 1, blended (perceptual).
-# The packaged files also carry their data paths as ../shared/data and the blend's validation
-# figures, computed after blending on the same validation pairs as training's. The packaged
-# fidelity file is stage 2a's with its inference defaults set (msrgan set-defaults): 2
-# orientations averaged and bins matched, which benchmarks/quality.py measured as the best
-# default (+3.51 / +3.05 dB over Lanczos, against +3.48 / +2.94 for one plain pass).
-GPU_PYTHON ?= $(BIN)/python
-GPU_TRAIN = $(GPU_PYTHON) -m msrgan_core.cli train --config msrgan_core/configs
-models-gpu:
-	$(GPU_TRAIN)/default_models_gpu.toml --out runs/gpu_models
-	$(GPU_TRAIN)/default_models_gpu_refine.toml --out runs/gpu_refine --until-step 8000
-	$(GPU_TRAIN)/default_models_gpu_adversarial.toml --out runs/gpu_adversarial
-	$(GPU_TRAIN)/default_models_gpu_adversarial.toml --out runs/gpu_adversarial_w0.0025 --set loss.w_adv=0.0025
-	$(GPU_PYTHON) -m msrgan_core.cli blend runs/gpu_adversarial/perceptual.safetensors \
-		runs/gpu_adversarial_w0.0025/perceptual.safetensors --weight 0.775 -o runs/gpu_adversarial/perceptual_blend.safetensors
-	$(GPU_PYTHON) -m msrgan_core.cli set-defaults runs/gpu_refine/fidelity.safetensors --ensemble 2 --match-bins \
-		-o msrgan_core/weights/fidelity.safetensors
-	cp runs/gpu_adversarial/perceptual_blend.safetensors msrgan_core/weights/perceptual.safetensors
+	cp runs/default_models/fidelity.safetensors msrgan_core/weights/fidelity.safetensors
+	cp runs/default_models_adversarial/perceptual.safetensors msrgan_core/weights/perceptual.safetensors

@@ -3,6 +3,7 @@
     python benchmarks/speed.py                       # the packaged fidelity: 512 and 2048 input
     python benchmarks/speed.py --model fidelity-clean --sizes 512   # another model file or name
     python benchmarks/speed.py --ensemble 2 --match-bins            # options of msrgan upscale
+    python benchmarks/speed.py --device cuda --sizes 2048           # a GPU: bf16 against fp32
 
 Each figure comes from a fresh process (so one's memory does not inflate another's), with the
 same torch thread count (``--threads``, default 2):
@@ -13,6 +14,11 @@ same torch thread count (``--threads``, default 2):
 - ``msrgan NxN``: ``Upscaler.upscale`` of a uint16 field as ``msrgan upscale`` runs it (tiles,
   normalisation, orientations, dtype), its throughput over the untiled network's, and peak RSS;
 - ``bicubic NxN``: scikit-image's order-3 resize of the same field.
+
+With ``--device cuda`` it measures ``Upscaler.upscale`` on the GPU instead, in fp32 and in each
+reduced precision, after a warm-up, with its share of the card's dense bf16 peak
+(``--peak-tflops``, 989 for an H100/H200 SXM) and the PSNR of the reduced-precision output
+against fp32's.
 """
 from __future__ import annotations
 
@@ -103,6 +109,39 @@ def measure(what: str, size: int, model: str, repeats: int, threads: int, option
     return result
 
 
+def gpu(args, options: dict) -> None:
+    """The GPU figures: output MP/s per precision, share of the bf16 peak, PSNR against fp32."""
+    import numpy as np
+    import torch
+
+    from msrgan_core.inference import Upscaler
+    from msrgan_core.metrics import psnr
+    from msrgan_core.modelfile import load_model
+
+    model = load_model(args.model)
+    macs = conv_macs(model.generator, 256, 256) / 256 ** 2
+    print(f"model {args.model} on {torch.cuda.get_device_name()}; {macs / 1e6:.3f} M multiply-adds per input pixel; "
+          f"peak {args.peak_tflops:g} TFLOP/s (bf16, dense)")
+    print(f"{'size':>6} {'precision':>9} {'out MP/s':>10} {'s/image':>8} {'TFLOP/s':>8} {'of peak':>8} {'dB vs fp32':>10}")
+    for size in args.sizes:
+        image = np.random.default_rng(0).integers(100, 4000, size=(size, size)).astype(np.uint16)
+        reference = None
+        for precision in ("fp32", "bf16", "fp16"):
+            upscaler = Upscaler(model, device="cuda", precision=precision, **options)
+            upscaler.upscale(image)  # warm-up: cuDNN's choice of kernels
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                out = upscaler.upscale(image)
+            torch.cuda.synchronize()
+            seconds = (time.perf_counter() - start) / args.repeats
+            tflops = 2 * macs * size * size * len(upscaler.orientations) / seconds / 1e12
+            reference = out if reference is None else reference
+            gap = "-" if out is reference else f"{psnr(reference.astype(np.float64), out, 4000.0):.2f}"
+            print(f"{size:>6} {precision:>9} {out.size / seconds / 1e6:>10.0f} {seconds:>8.3f} {tflops:>8.1f} "
+                  f"{tflops / args.peak_tflops:>8.1%} {gap:>10}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="input edges in pixels")
@@ -110,12 +149,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure at 512 or less (1 above)")
     add_inference_options(parser)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     options = {"ensemble": args.ensemble, "match_bins": args.match_bins}
     if args.child:
         print(json.dumps(measure(args.child, args.size, args.model, args.repeats, args.threads, options)))
+        return
+    if args.device == "cuda":
+        gpu(args, options)
         return
 
     def child(what: str, size: int) -> dict:

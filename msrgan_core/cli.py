@@ -115,13 +115,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
-    from .headless import HeadlessRunError, run_pipeline
+    from .headless import HeadlessRunError, ImageSetProgress, run_pipeline
 
+    total = args.last - (args.first or 1) + 1 if args.last else None
+    progress = ImageSetProgress(sys.stdout.write, total, args.first or 1)
     try:
         result = run_pipeline(
             args.pipeline, args.input, args.output, plugins_dir=args.plugins_dir, first=args.first,
             last=args.last, cellprofiler=args.cellprofiler, timeout=args.timeout,
-            echo=None if args.quiet else sys.stderr.write,
+            echo=progress if args.quiet else (lambda line: (sys.stderr.write(line), progress(line))),
         )
     except HeadlessRunError as exc:
         print(f"msrgan cellprofiler run: {exc}", file=sys.stderr)
@@ -201,7 +203,8 @@ def add_cellprofiler_commands(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("--plugins-dir", help="CellProfiler plugins folder (default: the packaged one)")
     run.add_argument("--cellprofiler", help="CellProfiler executable (default: found beside this Python or on PATH)")
     run.add_argument("--timeout", type=float, help="stop CellProfiler after this many seconds")
-    run.add_argument("-q", "--quiet", action="store_true", help="do not echo CellProfiler's log")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="do not echo CellProfiler's log (one progress line per image set is printed still)")
     run.set_defaults(func=cmd_cellprofiler_run)
 
     install = commands.add_parser(

@@ -1,32 +1,43 @@
-"""``make demo``: msrgan against bicubic interpolation inside a real CellProfiler pipeline.
+"""``make demo``: what msrgan gives an analyst, against bicubic, on fields every install has.
 
-Runs the shipped ``compare_with_bicubic.cppipe`` headless (through :func:`run_pipeline`, so a
-plugin that fails to load fails the demo) on the ExampleFly DNA fields that ship inside the
-installed CellProfiler package, with the packaged fidelity model, then prints how many nuclei
-CellProfiler found on each upscaled image and writes a side-by-side PNG (input | bicubic |
-msrgan). Run ``python -m msrgan_core.demo --out DIR``.
+The ExampleFly DNA fields inside the installed CellProfiler package are the truth. Each centre
+crop is binned 4 x 4 into a **synthetic** low-magnification input (say so: no real pair of
+acquisitions ships with CellProfiler). Then:
+
+1. CellProfiler runs the shipped ``compare_with_bicubic.cppipe`` headless on the inputs: the
+   UpscaleMSRGAN module and Resize (bicubic) upscale each one 4x, both are segmented and saved;
+2. CellProfiler runs ``measure_nuclei.cppipe`` on the truth and on both upscaled images, and
+   each nucleus found after upscaling is matched to the truth's by overlap (:mod:`msrgan_core.
+   measurements`), so every feature is compared with the value the truth gives;
+3. the demo prints PSNR against the truth, nuclei found and matched, and the errors of area and
+   integrated intensity per method, and writes a PNG of one region: input | bicubic | msrgan |
+   truth, with each method's difference from the truth beneath.
+
+Run ``python -m msrgan_core.demo --out DIR``.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tifffile
 
-from .headless import HeadlessRunError, resolve_pipeline, run_pipeline
-from .modelfile import read_metadata
+from .binning import bin_mean
+from .errors import UserError
+from .headless import HeadlessRunError, run_pipeline
 
 PIPELINE = "compare_with_bicubic"
 SCALE = 4
-#: centre crop (input pixels) of each field; 0 keeps the whole 1006 x 1000 field
-DEFAULT_CROP = 400
-#: edge, in input pixels, of the region shown in the side-by-side PNG
-PANEL_EDGE = 80
+#: centre crop (truth pixels) of each 1006 x 1000 field
+DEFAULT_CROP = 512
+#: edge, in truth pixels, of the region shown in the PNG
+PANEL_EDGE = 192
 
 
 def example_fly_images() -> List[Path]:
@@ -42,130 +53,154 @@ def example_fly_images() -> List[Path]:
 
 
 def centre_crop(image: np.ndarray, edge: int) -> np.ndarray:
-    """The central ``edge`` x ``edge`` pixels (the whole image when ``edge`` is 0 or too large)."""
-    if edge <= 0:
-        return image
-    y0 = max(0, (image.shape[0] - edge) // 2)
-    x0 = max(0, (image.shape[1] - edge) // 2)
+    """The central ``edge`` x ``edge`` pixels, rounded down to a multiple of the scale."""
+    edge = min(edge, *image.shape) // SCALE * SCALE
+    y0, x0 = (image.shape[0] - edge) // 2, (image.shape[1] - edge) // 2
     return image[y0:y0 + edge, x0:x0 + edge]
 
 
-def prepare_inputs(sources: Sequence[Path], folder: Path, crop: int) -> List[Path]:
-    """Write (cropped) copies of the DNA fields under their own names into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+def prepare(sources: Sequence[Path], out: Path, crop: int) -> List[str]:
+    """Truth crops (``truth/NAME.tif``) and their 4 x 4 binnings (``inputs/NAME.TIF``, same dtype)."""
+    for folder in ("truth", "inputs"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    names = []
     for source in sources:
-        target = folder / source.name
-        tifffile.imwrite(target, centre_crop(tifffile.imread(source), crop))
-        written.append(target)
-    return written
+        truth = centre_crop(tifffile.imread(source), crop)
+        binned = bin_mean(truth[None].astype(np.float32), SCALE)[0]
+        tifffile.imwrite(out / "truth" / source.name, truth)
+        tifffile.imwrite(out / "inputs" / source.name, np.rint(binned).astype(truth.dtype))
+        names.append(source.name)
+    return names
 
 
-def read_counts(image_csv: Path) -> List[Dict[str, str]]:
-    """Per-image rows of CellProfiler's Image.csv: file name and both nuclei counts."""
-    with open(image_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [
-        {"image": r["FileName_DNA"], "msrgan": r["Count_NucleiMSRGAN"], "bicubic": r["Count_NucleiBicubic"]}
-        for r in rows
-    ]
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """CellProfiler's 0..1 scale: integers over their type's maximum."""
+    return pixels.astype(np.float64) / (np.iinfo(pixels.dtype).max if pixels.dtype.kind in "ui" else 1.0)
 
 
-def busiest_window(image: np.ndarray, edge: int) -> "tuple[int, int]":
-    """Top-left corner of the ``edge``-pixel window with the most intensity variation."""
-    best, corner = -1.0, (0, 0)
-    step = max(1, edge // 2)
-    for y in range(0, max(1, image.shape[0] - edge + 1), step):
-        for x in range(0, max(1, image.shape[1] - edge + 1), step):
-            score = float(np.std(image[y:y + edge, x:x + edge]))
-            if score > best:
-                best, corner = score, (y, x)
-    return corner
+def psnr(truth: np.ndarray, test: np.ndarray) -> float:
+    from .metrics import psnr as _psnr
+
+    return _psnr(truth, test, float(truth.max() - truth.min()) or 1.0)
 
 
-def side_by_side(source: Path, bicubic: Path, msrgan: Path, destination: Path, edge: int = PANEL_EDGE) -> Path:
-    """PNG of one region: the input (pixels repeated 4x) | bicubic | msrgan, with captions.
-
-    All three panels share one contrast stretch, taken from the input's percentiles.
-    """
+def figure(out: Path, name: str, destination: Path, edge: int = PANEL_EDGE) -> Path:
+    """PNG of one busy region: input (pixels repeated) | bicubic | msrgan | truth, differences beneath."""
     from PIL import Image, ImageDraw
 
-    raw = tifffile.imread(source)
-    # CellProfiler's 0..1 scale: integers over their type's maximum; SaveImages wrote 16-bit
-    low_res = raw.astype(np.float64) / (np.iinfo(raw.dtype).max if raw.dtype.kind in "ui" else 1.0)
-    big = [tifffile.imread(p).astype(np.float64) / 65535.0 for p in (bicubic, msrgan)]
-    edge = min(edge, *low_res.shape)
-    y, x = busiest_window(low_res, edge)
-    panels = [np.kron(low_res[y:y + edge, x:x + edge], np.ones((SCALE, SCALE)))]
-    panels += [b[y * SCALE:(y + edge) * SCALE, x * SCALE:(x + edge) * SCALE] for b in big]
-    lo, hi = np.percentile(panels[0], [0.5, 99.8])
+    stem = Path(name).stem
+    truth = to_unit(tifffile.imread(out / "truth" / name))
+    low = np.kron(to_unit(tifffile.imread(out / "inputs" / name)), np.ones((SCALE, SCALE)))
+    bicubic = to_unit(tifffile.imread(out / "cellprofiler" / f"{stem}_bicubic.tiff"))
+    msrgan = to_unit(tifffile.imread(out / "cellprofiler" / f"{stem}_msrgan.tiff"))
+    edge = min(edge, *truth.shape)
+    best, corner = -1.0, (0, 0)
+    for y in range(0, truth.shape[0] - edge + 1, edge // 4):
+        for x in range(0, truth.shape[1] - edge + 1, edge // 4):
+            score = float(np.std(truth[y:y + edge, x:x + edge]))
+            if score > best:
+                best, corner = score, (y, x)
+    y, x = corner
+    window = (slice(y, y + edge), slice(x, x + edge))
+    lo, hi = np.percentile(truth[window], [0.5, 99.8])
     hi = hi if hi > lo else lo + 1e-6
-    tiles = [np.clip((p - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8) for p in panels]
-    gap, caption = 6, 18
-    h, w = tiles[0].shape
-    canvas = Image.new("L", (3 * w + 2 * gap, h + caption), color=255)
+    spread = max(1e-6, float(np.percentile(np.abs(bicubic[window] - truth[window]), 99.5)))
+
+    def tile(a: np.ndarray, difference: bool = False) -> "Image.Image":
+        scaled = np.abs(a) / spread if difference else (a - lo) / (hi - lo)
+        return Image.fromarray((np.clip(scaled, 0, 1) * 255).astype(np.uint8))
+
+    labels = ["synthetic input (4 x 4 binned)", f"bicubic {psnr(truth, bicubic):.1f} dB",
+              f"msrgan {psnr(truth, msrgan):.1f} dB", "truth (high resolution)"]
+    top = [tile(low[window]), tile(bicubic[window]), tile(msrgan[window]), tile(truth[window])]
+    bottom = [None, tile(bicubic[window] - truth[window], True), tile(msrgan[window] - truth[window], True), None]
+    gap, caption = 6, 16
+    canvas = Image.new("L", (4 * edge + 3 * gap, 2 * (edge + caption) + gap), color=255)
     draw = ImageDraw.Draw(canvas)
-    for i, (tile, label) in enumerate(zip(tiles, ("input (4x pixels)", "bicubic 4x", "msrgan 4x (fidelity)"))):
-        canvas.paste(Image.fromarray(tile), (i * (w + gap), caption))
-        draw.text((i * (w + gap) + 2, 3), label, fill=0)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(destination)
+    for i, (label, a, b) in enumerate(zip(labels, top, bottom)):
+        left = i * (edge + gap)
+        draw.text((left + 2, 2), label, fill=0)
+        canvas.paste(a, (left, caption))
+        if b is not None:
+            draw.text((left + 2, edge + caption + gap + 2), "|difference from the truth|", fill=0)
+            canvas.paste(b, (left, edge + 2 * caption + gap))
+    with open(destination, "wb") as fh:
+        canvas.save(fh, format="PNG")
     return destination
+
+
+def measure(out: Path, names: Sequence[str]) -> "tuple[list, list]":
+    """Step 2: the truth and both upscaled images through measure_nuclei; matched rows and summary."""
+    from .measurements import PIPELINE as MEASURE, TRUTH, compare, summarize
+
+    images = out / "measure" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    fields = []
+    for name in names:
+        stem = Path(name).stem
+        shutil.copyfile(out / "truth" / name, images / f"{stem}__{TRUTH}.tif")
+        for method in ("msrgan", "bicubic"):
+            shutil.copyfile(out / "cellprofiler" / f"{stem}_{method}.tiff", images / f"{stem}__{method}.tif")
+        fields.append(stem)
+    run_pipeline(MEASURE, images, out / "measure" / "cellprofiler")
+    rows = compare(fields, out / "measure" / "cellprofiler")
+    return rows, summarize(rows)
+
+
+def report(out: Path, names: Sequence[str], rows: list, summary: list) -> str:
+    """The demo's table: per method, PSNR, nuclei found and matched, area and intensity errors."""
+    by = {(e["method"], e["feature"]): e for e in summary}
+    truth_count = len({(r["field"], r["object"]) for r in rows if r["method"] == "msrgan"})
+    lines = [f"{'against the truth':<18} {'PSNR dB':>8} {'nuclei matched':>15} {'area error':>11} {'intensity error':>16}"]
+    for method in ("bicubic", "msrgan"):
+        values = []
+        for name in names:
+            stem = Path(name).stem
+            values.append(psnr(to_unit(tifffile.imread(out / "truth" / name)),
+                               to_unit(tifffile.imread(out / "cellprofiler" / f"{stem}_{method}.tiff"))))
+        area, intensity = by[(method, "AreaShape_Area")], by[(method, "Intensity_IntegratedIntensity_DNA")]
+        matched = sum(1 for r in rows if r["method"] == method and "matched_object" in r)
+        lines.append(f"{method:<18} {np.mean(values):>8.2f} {f'{matched} of {truth_count}':>15} "
+                     f"{area.get('median_abs_rel_error', np.nan):>11.1%} {intensity.get('median_abs_rel_error', np.nan):>16.1%}")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m msrgan_core.demo",
-        description="Run compare_with_bicubic.cppipe headless on CellProfiler's ExampleFly DNA images and "
-        "summarise nuclei found on msrgan- and bicubic-upscaled images.",
+        description="Bin CellProfiler's ExampleFly DNA fields 4x, upscale them back with msrgan and bicubic inside "
+        "CellProfiler, and measure both against the truth.",
     )
     parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    parser.add_argument(
-        "--crop", type=int, default=DEFAULT_CROP,
-        help=f"centre crop of each field in input pixels (default {DEFAULT_CROP}; 0 = whole 1006 x 1000 fields, "
-        "about 1.5 minutes per field on 2 CPU cores)",
-    )
+    parser.add_argument("--crop", type=int, default=DEFAULT_CROP,
+                        help=f"centre crop of each field in truth pixels (default {DEFAULT_CROP}; at most 1000)")
     parser.add_argument("--verbose", action="store_true", help="echo CellProfiler's log")
     args = parser.parse_args(argv)
 
     out = Path(args.out).resolve()
+    started = time.monotonic()
     try:
         sources = example_fly_images()
-        pipeline = resolve_pipeline(PIPELINE)
-    except (FileNotFoundError, HeadlessRunError) as exc:
+        print(f"[1/3] {len(sources)} ExampleFly DNA fields, centre {args.crop} x {args.crop}, binned 4 x 4 into "
+              "synthetic low-magnification inputs (the truth is the field itself) ...", flush=True)
+        names = prepare(sources, out, args.crop)
+        echo = sys.stderr.write if args.verbose else None
+        run_pipeline(PIPELINE, out / "inputs", out / "cellprofiler", echo=echo)
+        print(f"[2/3] CellProfiler upscaled them with UpscaleMSRGAN and bicubic ({time.monotonic() - started:.0f} s); "
+              "measuring the nuclei on both and on the truth ...", flush=True)
+        rows, summary = measure(out, names)
+    except (FileNotFoundError, HeadlessRunError, UserError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
-    inputs = prepare_inputs(sources, out / "inputs", args.crop)
-    cp_out = out / "cellprofiler"
-    what = "whole fields" if args.crop <= 0 else f"centre {args.crop} x {args.crop} crops"
-    note = read_metadata("fidelity").get("note")
-    print(f"Running {pipeline.name} headless on {len(inputs)} ExampleFly DNA images ({what}), "
-          f"model: packaged fidelity{f' ({note})' if note else ''} ...", flush=True)
-    try:
-        result = run_pipeline(pipeline, out / "inputs", cp_out, echo=sys.stderr.write if args.verbose else None)
-    except HeadlessRunError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 1
-
-    rows = read_counts(cp_out / "Image.csv")
-    first = rows[0]["image"]
-    stem = Path(first).stem
-    png = side_by_side(
-        out / "inputs" / first, cp_out / f"{stem}_bicubic.tiff", cp_out / f"{stem}_msrgan.tiff",
-        out / "side_by_side.png",
-    )
-    width = max(len(r["image"]) for r in rows)
-    print(f"\nCellProfiler ran {result.image_sets} image set(s) in {result.seconds:.0f} s.")
-    print(f"{'image':<{width}}  {'nuclei (msrgan)':>15}  {'nuclei (bicubic)':>16}")
-    for r in rows:
-        print(f"{r['image']:<{width}}  {float(r['msrgan']):>15.0f}  {float(r['bicubic']):>16.0f}")
-    total_m = sum(float(r["msrgan"]) for r in rows)
-    total_b = sum(float(r["bicubic"]) for r in rows)
-    print(f"{'total':<{width}}  {total_m:>15.0f}  {total_b:>16.0f}")
-    print(f"\nInputs:            {out / 'inputs'}")
-    print(f"Spreadsheets:      {cp_out / 'Image.csv'} (counts side by side), NucleiMSRGAN.csv, NucleiBicubic.csv")
-    print(f"Upscaled images:   {cp_out}/*_msrgan.tiff and *_bicubic.tiff (16-bit, {SCALE}x)")
-    print(f"Side-by-side PNG:  {png}")
+    png = figure(out, names[0], out / "side_by_side.png")
+    print(f"[3/3] done in {time.monotonic() - started:.0f} s.\n")
+    print(report(out, names, rows, summary))
+    print("\n(median relative errors of each matched nucleus's area and integrated intensity; a nucleus is matched when"
+          " it overlaps the truth's by IoU >= 0.5. The inputs are synthetic: binned from the truth, not acquired.)")
+    print(f"\nPicture:           {png}  (input | bicubic | msrgan | truth; differences beneath)")
+    print(f"Inputs and truth:  {out / 'inputs'}, {out / 'truth'}")
+    print(f"CellProfiler:      {out / 'cellprofiler'} (Image.csv: nuclei counts; *_msrgan.tiff, *_bicubic.tiff)")
+    print(f"Every feature:     {out / 'measure' / 'cellprofiler'} (Nuclei.csv), msrgan evaluate --features for your own")
     return 0
 
 

@@ -269,6 +269,34 @@ def run_pipeline(
     return RunResult(command=command, log=log, outputs=outputs, image_sets=image_sets, seconds=seconds)
 
 
+class ImageSetProgress:
+    """Turns CellProfiler's per-module log lines into one line per image set begun, with an ETA.
+
+    CellProfiler logs ``Image # N, module ...`` for each module it runs; each new ``N`` means the
+    image set before it is done. ``total`` (known from ``-f``/``-l``) gives the time left.
+    """
+
+    def __init__(self, write: Callable[[str], None], total: Optional[int] = None, first: int = 1) -> None:
+        self.write, self.total, self.first = write, total, first
+        self.started = time.monotonic()
+        self.current: Optional[int] = None
+
+    def __call__(self, line: str) -> None:
+        match = _IMAGE_SET.search(line)
+        if not match or int(match.group(1)) == self.current:
+            return
+        self.current = int(match.group(1))
+        done = self.current - self.first
+        elapsed = time.monotonic() - self.started
+        text = f"image set {self.current}" + (f" ({done + 1} of {self.total})" if self.total else "")
+        if done > 0:
+            each = elapsed / done
+            text += f"; {done} done in {elapsed:.0f} s, {each:.1f} s each"
+            if self.total:
+                text += f", about {max(0.0, (self.total - done) * each):.0f} s left"
+        self.write(text + "\n")
+
+
 def _run(command: Sequence[str], timeout: Optional[float], echo: Optional[Callable[[str], None]]) -> Tuple[int, str, bool]:
     """Run a command, collecting (and optionally echoing) its merged output; bounded by ``timeout``."""
     try:

@@ -343,8 +343,6 @@ class Upscaler:
         """Upscale ``image`` (``(C, Y, X)`` normalised) tile by tile into ``out`` (and the spread over
         orientations into ``spread``); returns the pixels clipped."""
         cuda = self.device.type == "cuda"
-        if cuda:
-            image = image.pin_memory()
         tiles = plan.tiles(tuple(image.shape[1:]), self.scale)
         runs = self.uncertainty_orientations() if spread is not None else self.orientations
         items = [(index, tile, o) for index, tile in enumerate(tiles) for o in runs]
@@ -355,7 +353,7 @@ class Upscaler:
         bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False)
         for batch in _batches(items, self.memory, per_item):
             x = torch.stack([orient(image[:, tile.source[0], tile.source[1]], *o) for _, tile, o in batch])
-            y = self._forward(x.to(self.device, non_blocking=True), source)
+            y = self._forward(_to_device(x, self.device), source)
             finished = []
             for (index, tile, o), result in zip(batch, y):
                 outputs.setdefault(index, []).append(unorient(result, *o))
@@ -383,12 +381,12 @@ class Upscaler:
         core = results[0] if n == 1 else torch.stack(results[:n]).mean(dim=0)
         deviation = None
         if with_spread:
-            deviation = (torch.stack(results).std(dim=0, correction=0) * span[:, None, None]).to("cpu", non_blocking=True)
+            deviation = _to_host(torch.stack(results).std(dim=0, correction=0) * span[:, None, None])
         if self.match_bins:
             lowres = image[:, tile.source[0], tile.source[1]][:, tile.core[0], tile.core[1]]
-            core = match_bins(core, lowres.to(self.device, non_blocking=True), s)
+            core = match_bins(core, _to_device(lowres, self.device), s)
         pixels, n_clipped = denormalize(core, (low, span), TORCH_DTYPES[np.dtype(dtype)])
-        return pixels.to("cpu", non_blocking=True), n_clipped, deviation
+        return _to_host(pixels), n_clipped, deviation
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor, source: str) -> torch.Tensor:
@@ -421,6 +419,21 @@ def _batches(items: list, memory: int, bytes_per_pixel: int) -> Iterator[list]:
         shape = oriented
     if batch:
         yield batch
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; to a GPU through pinned memory, so the copy overlaps the work queued before it."""
+    if device.type != "cuda":
+        return x
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the host; from a GPU into pinned memory, asynchronously (synchronise before reading it)."""
+    if x.device.type != "cuda":
+        return x
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    return host.copy_(x, non_blocking=True)
 
 
 def available_memory() -> Optional[int]:

@@ -6,11 +6,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
 from msrgan_core.binning import bin_mean
 from msrgan_core.io import read_image
 from test_train import make_plate
+
+pytestmark = pytest.mark.integration
 
 
 def msrgan(*args, check=True):

@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from msrgan_core.modelfile import read_metadata
 from msrgan_core.train import CHECKPOINT, load_checkpoint
 from test_train import make_plate
+
+pytestmark = pytest.mark.integration
 
 
 def test_torchrun_two_cpu_processes_train_one_model(tmp_path):

@@ -289,3 +289,15 @@ def test_bad_arguments_fail_before_cellprofiler_starts(tmp_path, kwargs, message
 def test_an_unknown_cellprofiler_executable_is_reported():
     with pytest.raises(HeadlessRunError, match="no-such-cellprofiler"):
         find_cellprofiler("no-such-cellprofiler")
+
+
+def test_progress_lines_one_per_image_set_with_the_time_left():
+    from msrgan_core.headless import ImageSetProgress
+
+    lines = []
+    progress = ImageSetProgress(lines.append, total=3, first=1)
+    for n in (1, 1, 1, 2, 2, 3):
+        progress(f"Tue Dec 1 19:32:08 2026: Image # {n}, module Images # 1: CPU_time = 0.00 secs")
+    progress("some other line")
+    assert [line.split(";")[0] for line in lines] == ["image set 1 (1 of 3)\n", "image set 2 (2 of 3)", "image set 3 (3 of 3)"]
+    assert "1 done in" in lines[1] and "s left" in lines[2]

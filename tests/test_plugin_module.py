@@ -20,6 +20,8 @@ from helpers import tiny_generator
 from msrgan_core.inference import Upscaler
 from msrgan_core.modelfile import load_model, save_model
 
+pytestmark = pytest.mark.integration
+
 DATA = Path(__file__).resolve().parent / "data"
 ROOT = Path(__file__).resolve().parents[1]
 
