@@ -96,8 +96,10 @@ def plugin_dir() -> Path:
 
 
 def pipelines_dir() -> Path:
-    """The source tree's ``pipelines/`` folder (shipped pipelines)."""
-    return Path(__file__).resolve().parent.parent / "pipelines"
+    """The shipped pipelines' folder (``pipelines/`` in the source tree, ``msrgan_core/pipelines`` in a wheel)."""
+    from importlib import resources
+
+    return Path(str(resources.files("msrgan_core.pipelines")))
 
 
 def resolve_pipeline(name_or_path: "str | Path") -> Path:
@@ -109,10 +111,7 @@ def resolve_pipeline(name_or_path: "str | Path") -> Path:
         shipped = pipelines_dir() / f"{name_or_path}.cppipe"
         if shipped.is_file():
             return shipped
-        raise HeadlessRunError(
-            f"the shipped pipeline {name_or_path!r} is not at {shipped}: it lives in the msrgan source "
-            "tree's pipelines/ folder; pass the path of a .cppipe file instead"
-        )
+        raise HeadlessRunError(f"the shipped pipeline {name_or_path!r} is missing from {shipped.parent}: reinstall msrgan")
     raise HeadlessRunError(
         f"pipeline {name_or_path} does not exist (shipped pipelines: {', '.join(SHIPPED_PIPELINES)})"
     )
