@@ -1,0 +1,1 @@
+"""CellProfiler plugin folder: point CellProfiler's plugins directory here."""

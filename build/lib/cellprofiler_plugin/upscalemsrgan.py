@@ -1,0 +1,609 @@
+"""
+UpscaleMSRGAN
+=============
+
+**UpscaleMSRGAN** makes an image 4 times larger in X and Y with mSRGAN, a super-resolution
+generative adversarial network trained on fluorescence microscopy images of nuclei. It is a
+learned alternative to **Resize** with bicubic interpolation: edges and small structures come
+out sharper than interpolation can make them.
+
+Use it before **IdentifyPrimaryObjects** when nuclei (or other objects) are only a few pixels
+across, for example in fields acquired with a low-magnification objective. The module only
+upscales; segment and measure the upscaled image with the usual modules downstream.
+
+|
+
+============ ============ ===============
+Supports 2D? Supports 3D? Respects masks?
+============ ============ ===============
+YES          NO           NO
+============ ============ ===============
+
+See also
+^^^^^^^^
+
+See also **Resize**, which upscales by interpolation (choose *Bicubic* and a resizing factor
+of 4 to compare the two side by side).
+
+What do I need as input?
+^^^^^^^^^^^^^^^^^^^^^^^^
+
+A 2-D grayscale image, typically one fluorescence channel such as a DNA stain, 8-bit, 16-bit
+or floating point. A color or multichannel image is upscaled one channel at a time with the
+default (one-channel) models. 3-D stacks are not supported: the module reports an error.
+
+The default models learned to undo what a camera with 4 times larger pixels loses (4 x 4
+binning), with mild defocus and camera noise, on widefield images of stained nuclei. They do
+best on similar images; for other stains or microscopes, train a custom model.
+
+What do I get as output?
+^^^^^^^^^^^^^^^^^^^^^^^^
+
+A new image, 4 times (the model's scale factor) larger in X and Y, on the input's intensity
+scale: the intensities are mapped to the model's range from the input's own percentiles and
+mapped back with the same values, then kept within CellProfiler's 0 to 1 range. The output has
+no mask and no cropping, even when its input has them, so that objects can be identified on it.
+
+Which model should I use?
+^^^^^^^^^^^^^^^^^^^^^^^^^
+
+-  *Default: fidelity*: trained to reproduce the true high-resolution intensities as closely as
+   possible (pixel loss). Prefer it whenever the upscaled image is measured or segmented:
+   object counts, areas, shapes and intensities.
+-  *Default: perceptual*: trained with an adversarial and a perceptual (feature) loss, as in
+   SRGAN. Its images look sharper and more natural, but some of the fine texture is invented
+   by the network. Prefer it for figures and visual inspection, not for quantification.
+-  *Custom model file*: a ``.safetensors`` model trained and exported with ``msrgan train``
+   (for example on your own microscope's images). The file describes itself (architecture,
+   scale, normalisation), so any msrgan model loads without further settings.
+
+Measurements made by this module
+^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+**Image measurements:**
+
+-  *Upscale_ScaleFactor_<output>:* how many times larger in X and Y the output is than its input
+   (4 for the packaged models): divide lengths by it and areas by its square to get back to the
+   input's pixels.
+-  *Upscale_Model_<output>:* the model file that upscaled it.
+
+Every measurement made in pixels on the upscaled image changes by the scale factor: with a 4x model, lengths, perimeters and diameters are 4 times larger, areas 16 times
+larger, and the typical object diameter in **IdentifyPrimaryObjects** must be given in upscaled
+pixels (4 times the diameter in the original image). Intensity measurements (mean, median)
+stay comparable; integrated intensities grow with the number of pixels (16 times).
+
+Technical notes
+^^^^^^^^^^^^^^^
+
+The model is loaded once per CellProfiler worker and reused for every image set. With
+*Automatic*, the GPU is used when PyTorch finds a CUDA GPU, otherwise the CPU; when *GPU* is
+chosen but no GPU is usable, the module warns and runs on the CPU. Large images are processed
+in overlapping tiles that are blended without seams; set a tile size when the GPU runs out of
+memory (the module already retries with smaller tiles, then on the CPU).
+
+The module needs the ``msrgan`` Python package (and PyTorch) installed in the same Python
+environment as CellProfiler.
+
+References
+^^^^^^^^^^
+
+-  Ledig C, Theis L, Huszar F, et al. (2017) "Photo-realistic single image super-resolution
+   using a generative adversarial network." *CVPR 2017*, 4681-4690.
+   (`link <https://doi.org/10.1109/CVPR.2017.19>`__)
+-  The default models were trained on nuclei images of BBBC039: Caicedo JC, Roth J, Goodman A,
+   et al. (2019) "Evaluation of deep learning strategies for nucleus segmentation in
+   fluorescence images." *Cytometry A* 95(9):952-965.
+   (`link <https://doi.org/10.1002/cyto.a.23863>`__)
+-  and on the fluorescence images of the 2018 Data Science Bowl (BBBC038): Caicedo JC,
+   Goodman A, Karhohs KW, et al. (2019) "Nucleus segmentation across imaging experiments: the
+   2018 Data Science Bowl." *Nature Methods* 16:1247-1253.
+   (`link <https://doi.org/10.1038/s41592-019-0612-7>`__)
+"""
+
+import os
+import sys
+import threading
+from collections import OrderedDict
+
+import numpy
+from cellprofiler_core.image import Image
+from cellprofiler_core.module import ImageProcessing
+from cellprofiler_core.constants.measurement import COLTYPE_INTEGER, COLTYPE_VARCHAR_FILE_NAME, IMAGE
+from cellprofiler_core.setting import Binary, ValidationError
+from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.text import Directory, Filename, ImageName, Integer
+
+try:
+    from msrgan_core.device import available_cores, describe_device, resolve_device
+    from msrgan_core.errors import UserError
+    from msrgan_core.inference import Upscaler
+    from msrgan_core.modelfile import ModelFileError, load_model, resolve_model
+    from msrgan_core.options import ENSEMBLES
+
+    IMPORT_ERROR = None
+except (ImportError, OSError) as exc:  # still load, and say in validate_module what to install
+    IMPORT_ERROR = exc
+    ENSEMBLES = ()
+
+MODEL_FIDELITY = "Default: fidelity"
+MODEL_PERCEPTUAL = "Default: perceptual"
+MODEL_CUSTOM = "Custom model file"
+MODEL_ALL = [MODEL_FIDELITY, MODEL_PERCEPTUAL, MODEL_CUSTOM]
+PACKAGED_MODEL = {MODEL_FIDELITY: "fidelity", MODEL_PERCEPTUAL: "perceptual"}
+
+#: the model file's own choice of orientations and bin matching (msrgan_core.modelcard.InferenceDefaults)
+MODEL_DEFAULT = "Model's default"
+ORIENTATIONS_ALL = [MODEL_DEFAULT] + [str(n) for n in ENSEMBLES]
+MATCH_BINS_ALL = [MODEL_DEFAULT, "Yes", "No"]
+
+DEVICE_AUTOMATIC = "Automatic"
+DEVICE_CPU = "CPU"
+DEVICE_GPU = "GPU"
+DEVICE_ALL = [DEVICE_AUTOMATIC, DEVICE_CPU, DEVICE_GPU]
+TORCH_DEVICE = {DEVICE_AUTOMATIC: "auto", DEVICE_CPU: "cpu", DEVICE_GPU: "cuda"}
+
+INSTALL_HINT = (
+    "UpscaleMSRGAN needs the msrgan package and PyTorch in the Python environment that runs "
+    "CellProfiler: run 'pip install msrgan' with that environment's pip, then restart CellProfiler"
+)
+
+#: upscalers kept per process (one CellProfiler worker): model, device, tile, orientations, bins -> Upscaler
+MAX_CACHED_UPSCALERS = 2
+_UPSCALERS = OrderedDict()
+#: model files already checked by validate_module: (path, mtime, size) -> error message or None
+_CHECKED_MODELS = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _file_key(path):
+    stat = os.stat(path)
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+def check_model_file(path):
+    """Load a model file once to prove it is usable; return None or the reason it is not.
+
+    The answer is cached per file version, so validating the pipeline in the GUI after every
+    edit does not reread the weights.
+    """
+    key = _file_key(path)
+    with _CACHE_LOCK:
+        if key in _CHECKED_MODELS:
+            return _CHECKED_MODELS[key]
+    try:
+        load_model(path)
+        problem = None
+    except ModelFileError as exc:
+        problem = str(exc)
+    with _CACHE_LOCK:
+        _CHECKED_MODELS[key] = problem
+    return problem
+
+
+def worker_threads(setting):
+    """CPU threads for this process: the setting, or (0) the cores shared out among analysis workers.
+
+    CellProfiler starts each analysis worker with ``--work-announce``; a headless run has none
+    and takes every core the process may use (None: :func:`msrgan_core.device.available_cores`).
+    """
+    if setting > 0:
+        return int(setting)
+    if "--work-announce" not in sys.argv:
+        return None
+    from cellprofiler_core.preferences import get_max_workers
+
+    return max(1, available_cores() // max(1, int(get_max_workers())))
+
+
+def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=None):
+    """The process's upscaler for this model file and these options, loading the model once.
+
+    Parameters
+    ----------
+    path : str
+        A model file (a packaged model's path included).
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    tile : int
+        Tile edge in input pixels, 0 for automatic.
+    ensemble : int or None
+        Orientations averaged (1, 2, 4 or 8); None: the model file's default.
+    match_bins : bool or None
+        Shift each output block to the mean of its input pixel; None: the model file's default.
+    threads : int or None
+        CPU threads; None: every core the process may use.
+    """
+    key = _file_key(path) + (device, int(tile), ensemble, match_bins, threads)
+    with _CACHE_LOCK:
+        if key in _UPSCALERS:
+            _UPSCALERS.move_to_end(key)
+            return _UPSCALERS[key]
+        upscaler = Upscaler(load_model(path), device=device, tile=int(tile), ensemble=ensemble, match_bins=match_bins,
+                            threads=threads)
+        _UPSCALERS[key] = upscaler
+        while len(_UPSCALERS) > MAX_CACHED_UPSCALERS:
+            _UPSCALERS.popitem(last=False)
+        return upscaler
+
+
+def upscale_pixels(upscaler, pixels, source, uncertainty=False):
+    """Upscale CellProfiler pixel data: ``(Y, X)`` or ``(Y, X, C)`` floats, usually within 0..1.
+
+    Returns pixels of the same dtype, ``scale`` times larger in Y and X, with the same channels,
+    clipped to CellProfiler's 0..1 range (or to the input's own range where it already goes beyond
+    it): a network, like bicubic interpolation, can overshoot near bright edges. With
+    ``uncertainty``, returns the upscaled pixels and the uncertainty image (same shape, on the
+    same scale).
+    """
+    pixels = numpy.asarray(pixels)
+    if pixels.ndim == 3:
+        results = upscaler.upscale(numpy.moveaxis(pixels, -1, 0), source=source, uncertainty=uncertainty)
+        results = [numpy.moveaxis(r, 0, -1) for r in (results if uncertainty else [results])]
+    else:
+        results = upscaler.upscale(pixels, source=source, uncertainty=uncertainty)
+        results = list(results) if uncertainty else [results]
+    low = min(0.0, float(pixels.min()))
+    high = max(1.0, float(pixels.max()))
+    numpy.clip(results[0], low, high, out=results[0])
+    return tuple(results) if uncertainty else results[0]
+
+
+class UpscaleMSRGAN(ImageProcessing):
+    module_name = "UpscaleMSRGAN"
+
+    variable_revision_number = 4
+
+    def create_settings(self):
+        super(UpscaleMSRGAN, self).create_settings()
+
+        self.x_name.doc = """\
+Select the image to upscale, for example the DNA channel loaded by **NamesAndTypes**. A 2-D
+grayscale or color image; 3-D images are not supported."""
+
+        self.y_name.value = "UpscaledMSRGAN"
+        self.y_name.doc = """\
+Enter the name of the upscaled image. Downstream modules (**IdentifyPrimaryObjects**,
+**SaveImages**...) select it by this name. It is 4 times (the model's scale factor) larger in X
+and Y than the input."""
+
+        self.model_choice = Choice(
+            "Model",
+            MODEL_ALL,
+            value=MODEL_FIDELITY,
+            doc="""\
+Choose the network that upscales the image:
+
+-  *{MODEL_FIDELITY}:* reproduces the true intensities as closely as possible. Use it when you
+   segment or measure the upscaled image.
+-  *{MODEL_PERCEPTUAL}:* trained with an adversarial and a perceptual loss (SRGAN); sharper
+   looking, but part of the fine texture is made up by the network. Use it for display, not for
+   measurements.
+-  *{MODEL_CUSTOM}:* an msrgan model file (``.safetensors``) that you trained or were given,
+   for example one fitted to your own microscope.""".format(
+                **{
+                    "MODEL_FIDELITY": MODEL_FIDELITY,
+                    "MODEL_PERCEPTUAL": MODEL_PERCEPTUAL,
+                    "MODEL_CUSTOM": MODEL_CUSTOM,
+                }
+            ),
+        )
+
+        self.custom_model_directory = Directory(
+            "Location of the model file",
+            allow_metadata=False,
+            doc="""\
+*(Used only with "{MODEL_CUSTOM}")*
+
+Select the folder that holds the model file: an absolute path (*Elsewhere...*), or a folder
+relative to the Default Input or Output Folder, which keeps the pipeline portable to a cluster
+where the folders are given on the command line.""".format(
+                **{"MODEL_CUSTOM": MODEL_CUSTOM}
+            ),
+        )
+
+        def get_directory_fn():
+            return self.custom_model_directory.get_absolute_path()
+
+        def set_directory_fn(path):
+            dir_choice, custom_path = self.custom_model_directory.get_parts_from_path(path)
+            self.custom_model_directory.join_parts(dir_choice, custom_path)
+
+        self.custom_model_file = Filename(
+            "Model file name",
+            "model.safetensors",
+            get_directory_fn=get_directory_fn,
+            set_directory_fn=set_directory_fn,
+            browse_msg="Choose an msrgan model file",
+            exts=[("msrgan model (*.safetensors)", "*.safetensors"), ("All files (*.*)", "*.*")],
+            doc="""\
+*(Used only with "{MODEL_CUSTOM}")*
+
+The msrgan model file (``.safetensors``) in the folder above. Use the browse button to pick
+it.""".format(
+                **{"MODEL_CUSTOM": MODEL_CUSTOM}
+            ),
+        )
+
+        self.device = Choice(
+            "Device",
+            DEVICE_ALL,
+            value=DEVICE_AUTOMATIC,
+            doc="""\
+Choose where the network runs:
+
+-  *{DEVICE_AUTOMATIC}:* the GPU when PyTorch finds a CUDA GPU, otherwise the CPU.
+-  *{DEVICE_CPU}:* always the CPU (slower, but leaves the GPU to other programs).
+-  *{DEVICE_GPU}:* the CUDA GPU. When none is usable, the module warns and runs on the CPU.""".format(
+                **{
+                    "DEVICE_AUTOMATIC": DEVICE_AUTOMATIC,
+                    "DEVICE_CPU": DEVICE_CPU,
+                    "DEVICE_GPU": DEVICE_GPU,
+                }
+            ),
+        )
+
+        self.tile_size = Integer(
+            "Tile size (0 = automatic)",
+            0,
+            minval=0,
+            doc="""\
+Large images are processed in square tiles of this many input pixels, each with the context
+the network needs around it, so that memory use stays bounded and no seams show. Leave 0 to size
+the tiles to the device's memory. Enter a smaller size (for example 256) if the GPU runs out of
+memory; the result does not depend on the tile size.""",
+        )
+
+        self.orientations = Choice(
+            "Orientations averaged",
+            ORIENTATIONS_ALL,
+            value=MODEL_DEFAULT,
+            doc="""\
+Upscale the image in this many orientations (2: also mirrored; 4: also turned upside down; 8:
+every quarter turn, mirrored or not) and average the results. More orientations are slightly
+more accurate (a few hundredths of a dB of PSNR with the default models) and take that many
+times longer. *{MODEL_DEFAULT}* (the default) runs as the model file says (``msrgan info``
+shows it; files that do not say run once).""".format(**{"MODEL_DEFAULT": MODEL_DEFAULT}),
+        )
+
+        self.match_bins = Choice(
+            "Make the output bin back to the input?",
+            MATCH_BINS_ALL,
+            value=MODEL_DEFAULT,
+            doc="""\
+*Yes* shifts each 4 x 4 block of the output (the model's scale factor) so that its mean equals
+the input pixel it came from: binning the output 4 x 4 then gives the input back, and every
+object's integrated intensity matches the input's (times 16). This makes the output more
+accurate when the input is as clean as a binned high-magnification image, and slightly less
+when the input is noisier than that, since the noise the model removed comes back at the
+input's scale. *No* keeps the network's output as it is. *{MODEL_DEFAULT}* (the default) does
+as the model file says (``msrgan info`` shows it; files that do not say keep the output as it
+is).""".format(**{"MODEL_DEFAULT": MODEL_DEFAULT}),
+        )
+
+        self.wants_uncertainty = Binary(
+            "Also make an uncertainty image?",
+            False,
+            doc="""\
+Select *Yes* to make a second image beside the upscaled one: per pixel, an estimate of the
+upscaled image's error, on the same intensity scale (the spread of the network's output when
+the input is mirrored or turned; it costs one more pass when the model runs once). Measure it
+with **MeasureObjectIntensity** on your nuclei and, for example, filter out with
+**FilterObjects** the nuclei whose mean uncertainty is high: their features are the least to be
+trusted. See the shipped pipeline ``flag_uncertain_nuclei.cppipe``.""",
+        )
+
+        self.uncertainty_name = ImageName(
+            "Name the uncertainty image",
+            "UpscaleUncertainty",
+            doc="""\
+*(Used only when making an uncertainty image)*
+
+The name of the uncertainty image, as downstream modules select it. It has the upscaled
+image's size.""",
+        )
+
+        self.threads = Integer(
+            "CPU threads (0 = automatic)",
+            0,
+            minval=0,
+            doc="""How many CPU threads the network may use on the CPU. With 0 (the default), a headless run uses
+every core the process may run on, and in CellProfiler's analysis workers the cores are shared
+out among the workers (*File > Preferences > Maximum number of workers*), so that several
+workers do not fight over the same cores. The threads used are written to the log.""",
+        )
+
+    def settings(self):
+        return super(UpscaleMSRGAN, self).settings() + [
+            self.model_choice,
+            self.custom_model_directory,
+            self.custom_model_file,
+            self.device,
+            self.tile_size,
+            self.orientations,
+            self.match_bins,
+            self.threads,
+            self.wants_uncertainty,
+            self.uncertainty_name,
+        ]
+
+    def visible_settings(self):
+        result = super(UpscaleMSRGAN, self).visible_settings() + [self.model_choice]
+        if self.model_choice.value == MODEL_CUSTOM:
+            result += [self.custom_model_directory, self.custom_model_file]
+        result += [self.device]
+        if self.device.value != DEVICE_GPU:
+            result += [self.threads]
+        result += [self.tile_size, self.orientations, self.match_bins, self.wants_uncertainty]
+        return result + ([self.uncertainty_name] if self.wants_uncertainty.value else [])
+
+    def help_settings(self):
+        return super(UpscaleMSRGAN, self).help_settings() + [
+            self.model_choice,
+            self.custom_model_directory,
+            self.custom_model_file,
+            self.device,
+            self.tile_size,
+            self.orientations,
+            self.match_bins,
+            self.threads,
+            self.wants_uncertainty,
+            self.uncertainty_name,
+        ]
+
+    def volumetric(self):
+        return False
+
+    def get_measurement_columns(self, pipeline):
+        return [
+            (IMAGE, "Upscale_ScaleFactor_{}".format(self.y_name.value), COLTYPE_INTEGER),
+            (IMAGE, "Upscale_Model_{}".format(self.y_name.value), COLTYPE_VARCHAR_FILE_NAME),
+        ]
+
+    def get_categories(self, pipeline, object_name):
+        return ["Upscale"] if object_name == IMAGE else []
+
+    def get_measurements(self, pipeline, object_name, category):
+        return ["ScaleFactor", "Model"] if object_name == IMAGE and category == "Upscale" else []
+
+    def get_measurement_images(self, pipeline, object_name, category, measurement):
+        if object_name == IMAGE and category == "Upscale" and measurement in ("ScaleFactor", "Model"):
+            return [self.y_name.value]
+        return []
+
+    # --- the model ----------------------------------------------------------------------
+
+    def model_path(self):
+        """Path of the chosen model file; raises ValidationError when there is none."""
+        if IMPORT_ERROR is not None:
+            raise ValidationError(
+                "{} ({}: {})".format(INSTALL_HINT, type(IMPORT_ERROR).__name__, IMPORT_ERROR), self.model_choice
+            )
+        if self.model_choice.value in PACKAGED_MODEL:
+            try:
+                return str(resolve_model(PACKAGED_MODEL[self.model_choice.value]))
+            except ModelFileError as exc:
+                raise ValidationError(str(exc), self.model_choice)
+        directory = self.custom_model_directory.get_absolute_path()
+        path = os.path.join(directory, self.custom_model_file.value)
+        if not self.custom_model_file.value.strip():
+            raise ValidationError("Choose a model file (.safetensors)", self.custom_model_file)
+        if not os.path.isfile(path):
+            raise ValidationError(
+                "The model file {} does not exist: choose an msrgan .safetensors model file".format(path),
+                self.custom_model_file,
+            )
+        return path
+
+    def validate_module(self, pipeline):
+        path = self.model_path()
+        problem = check_model_file(path)
+        if problem is not None:
+            setting = self.custom_model_file if self.model_choice.value == MODEL_CUSTOM else self.model_choice
+            raise ValidationError("The model file cannot be used: {}".format(problem), setting)
+
+    def validate_module_warnings(self, pipeline):
+        if IMPORT_ERROR is None and self.device.value == DEVICE_GPU and resolve_device("auto").type != "cuda":
+            raise ValidationError(
+                "No CUDA GPU is usable by PyTorch in this environment: the module will run on the CPU "
+                "(install a CUDA build of PyTorch to use the GPU)",
+                self.device,
+            )
+
+    def prepare_run(self, workspace):
+        # Headless runs do not validate modules: fail before the first image set, not on it.
+        self.validate_module(workspace.pipeline)
+        return True
+
+    # --- running ------------------------------------------------------------------------
+
+    def run(self, workspace):
+        x_name = self.x_name.value
+        y_name = self.y_name.value
+        images = workspace.image_set
+        x = images.get_image(x_name)
+        if x.volumetric:
+            raise ValueError(
+                "UpscaleMSRGAN upscales 2-D images, but '{}' is a 3-D image {}: process the planes "
+                "as 2-D images instead".format(x_name, x.pixel_data.shape)
+            )
+        try:
+            path = self.model_path()
+        except ValidationError as exc:
+            raise ValueError("UpscaleMSRGAN: {}".format(exc.message)) from None
+        try:
+            upscaler = get_upscaler(
+                path,
+                TORCH_DEVICE[self.device.value],
+                self.tile_size.value,
+                None if self.orientations.value == MODEL_DEFAULT else int(self.orientations.value),
+                None if self.match_bins.value == MODEL_DEFAULT else self.match_bins.value == "Yes",
+                worker_threads(self.threads.value),
+            )
+            y_data = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(x_name),
+                                    uncertainty=self.wants_uncertainty.value)
+        except UserError as exc:
+            raise ValueError(
+                "UpscaleMSRGAN cannot upscale '{}' with the model {}: {}".format(x_name, os.path.basename(path), exc)
+            ) from exc
+
+        if self.wants_uncertainty.value:
+            y_data, spread = y_data
+            images.add(self.uncertainty_name.value, Image(spread, convert=False, dimensions=x.dimensions))
+        workspace.measurements.add_image_measurement("Upscale_ScaleFactor_{}".format(y_name), upscaler.scale)
+        workspace.measurements.add_image_measurement("Upscale_Model_{}".format(y_name), os.path.basename(path))
+        # No parent image: the output must not inherit the input's mask or cropping, whose
+        # shape no longer matches.
+        y = Image(
+            y_data,
+            convert=False,
+            dimensions=x.dimensions,
+            scale=x.scale,
+            path_name=x.path_name,
+            file_name=x.file_name,
+        )
+        images.add(y_name, y)
+
+        if self.show_window:
+            workspace.display_data.x_data = x.pixel_data
+            workspace.display_data.y_data = y_data
+            workspace.display_data.dimensions = x.dimensions
+            workspace.display_data.multichannel = x.multichannel
+            workspace.display_data.model_name = os.path.basename(path)
+            workspace.display_data.device = describe_device(upscaler.device)
+
+    def display(self, workspace, figure):
+        data = workspace.display_data
+        figure.set_subplots((2, 1), dimensions=data.dimensions)
+        x_title = "{} ({} x {})".format(self.x_name.value, data.x_data.shape[1], data.x_data.shape[0])
+        y_title = "{} ({} x {}, {} on {})".format(
+            self.y_name.value, data.y_data.shape[1], data.y_data.shape[0], data.model_name, data.device
+        )
+        if data.multichannel:
+            figure.subplot_imshow_color(0, 0, data.x_data, title=x_title, normalize=None)
+            figure.subplot_imshow_color(1, 0, data.y_data, title=y_title, normalize=None)
+        else:
+            figure.subplot_imshow_grayscale(0, 0, data.x_data, title=x_title)
+            figure.subplot_imshow_grayscale(1, 0, data.y_data, title=y_title)
+
+    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
+        if variable_revision_number > self.variable_revision_number:
+            raise ValueError(
+                "This pipeline's UpscaleMSRGAN settings are revision {}, newer than this plugin's "
+                "revision {}: update msrgan (pip install -U msrgan) and the plugin file".format(
+                    variable_revision_number, self.variable_revision_number
+                )
+            )
+        # Revision 1 (msrgan 0.1): input, output, model, model folder, model file, device, tile.
+        # Revision 2 adds the orientations averaged and whether the output bins back to the input
+        # (1 and No: what revision 1 did). Revision 3 adds "Model's default" to both; older
+        # pipelines keep the values they were saved with, so they run as they did. Each later
+        # revision converts the one before it here.
+        if variable_revision_number == 1:
+            setting_values = setting_values + ["1", "No"]
+            variable_revision_number = 2
+        if variable_revision_number == 2:
+            variable_revision_number = 4
+        if variable_revision_number == 3:  # revision 4 adds the CPU threads (0, automatic) and no uncertainty image
+            setting_values = setting_values + ["0", "No", "UpscaleUncertainty"]
+            variable_revision_number = 4
+        return setting_values, variable_revision_number

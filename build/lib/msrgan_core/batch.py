@@ -1,0 +1,216 @@
+"""Many files through one upscaler: a plate, read, upscaled and written at once, file after file.
+
+One thread reads the next images while the network upscales the current one and another thread
+writes the previous outputs (two bounded queues, so memory is bounded by a few images, not the
+plate). Outputs keep the inputs' order and are written atomically. A file that cannot be read,
+upscaled or written is reported with its name and reason, and the others are still done.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, List, Optional, Tuple
+
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .io import find_images, read_image, same_name_tif, write_image
+
+log = logging.getLogger("msrgan")
+
+#: images waiting to be upscaled, and outputs waiting to be written
+QUEUE_DEPTH = 2
+
+
+class BatchError(UserError, ValueError):
+    """A batch that cannot start: bad output folder, an output that would replace an input, a name clash."""
+
+
+#: what an output's uncertainty image is called beside it: ``NAME.uncertainty.tif``
+UNCERTAINTY_SUFFIX = ".uncertainty.tif"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file, the output it becomes and, if asked, the output's uncertainty image."""
+
+    source: Path
+    destination: Path
+    uncertainty: Optional[Path] = None
+
+    @property
+    def outputs(self) -> List[Path]:
+        return [self.destination] + ([self.uncertainty] if self.uncertainty else [])
+
+
+@dataclass
+class BatchReport:
+    """What a batch did: outputs written, outputs that existed and were skipped, files that failed."""
+
+    written: List[Path] = field(default_factory=list)
+    skipped: List[Path] = field(default_factory=list)
+    failed: List[Tuple[Path, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kept = f"skipped {len(self.skipped)} existing (use --overwrite to redo them), " if self.skipped else ""
+        return f"{len(self.written)} image(s) written, {kept}{len(self.failed)} failed"
+
+
+def prepare_output_folder(out_dir: Path) -> Path:
+    """Create ``out_dir`` and prove it writable, before any model is loaded."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BatchError(f"output folder {out_dir} is a file: give a folder with -o")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise BatchError(f"output folder {out_dir} cannot be written ({exc.strerror or exc}): choose another with -o") from None
+    return out_dir
+
+
+def remove_stale_parts(destination: Path) -> int:
+    """Delete the hidden ``.NAME.*.part`` files a killed earlier write of ``destination`` left."""
+    removed = 0
+    for part in destination.parent.glob(f".{destination.name}.*.part"):
+        try:
+            part.unlink()
+            removed += 1
+        except FileNotFoundError:  # another run took it meanwhile
+            pass
+    return removed
+
+
+def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool = False,
+         uncertainty: bool = False) -> Tuple[List[Job], List[Path]]:
+    """The jobs of a batch and the outputs it skips, checked before any work.
+
+    Refuses, before anything runs: an output folder that cannot be written; two inputs that
+    would write one output; an output that is (or resolves to, through links) one of the inputs,
+    ``overwrite`` or not. Removes what killed earlier runs left half-written. With
+    ``uncertainty``, each job also writes ``NAME.uncertainty.tif`` (:data:`UNCERTAINTY_SUFFIX`).
+
+    Returns
+    -------
+    jobs : list of Job
+        The files to upscale, in order.
+    skipped : list of Path
+        Outputs that exist already, with their uncertainty images when asked (kept, unless ``overwrite``).
+    """
+    files = find_images(inputs)
+    out_dir = prepare_output_folder(Path(out_dir))
+    jobs = [Job(source, same_name_tif(source, out_dir),
+                same_name_tif(source, out_dir, UNCERTAINTY_SUFFIX) if uncertainty else None) for source in files]
+    names = [output.name for job in jobs for output in job.outputs]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise BatchError(f"several inputs would write the same output name(s) {clashes}: upscale them into separate folders")
+    sources = {os.path.realpath(f) for f in files}
+    for output in (output for job in jobs for output in job.outputs):
+        if os.path.realpath(output) in sources:
+            raise BatchError(f"{output} is an input: msrgan never writes over its inputs; choose another output folder")
+    stale = sum(remove_stale_parts(output) for job in jobs for output in job.outputs)
+    if stale:
+        log.info("msrgan: removed %d half-written file(s) left by an interrupted run", stale)
+    skipped = [job.destination for job in jobs if all(o.exists() for o in job.outputs) and not overwrite]
+    return [job for job in jobs if job.destination not in skipped], skipped
+
+
+_DONE = object()
+
+
+def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None, stop_on_error: bool = False,
+                  progress: bool = True) -> BatchReport:
+    """Upscale every job's file into its destination, reading and writing beside the upscaling.
+
+    Parameters
+    ----------
+    upscaler : msrgan_core.inference.Upscaler
+    jobs : list of Job
+        From :func:`plan`.
+    channel_axis : int, optional
+        Channel axis of 3-D files that do not say.
+    stop_on_error : bool
+        Stop at the first file that fails (its error is raised) instead of going on.
+    progress : bool
+        A progress bar over files.
+    """
+    report = BatchReport()
+    to_upscale: "queue.Queue" = queue.Queue(QUEUE_DEPTH)
+    to_write: "queue.Queue" = queue.Queue(QUEUE_DEPTH)
+    stop = threading.Event()
+    failures: "queue.Queue" = queue.Queue()
+
+    def read() -> None:
+        for job in jobs:
+            if stop.is_set():
+                break
+            try:
+                to_upscale.put((job, *read_image(job.source, channel_axis=channel_axis)))
+            except (UserError, OSError) as exc:
+                to_upscale.put((job, exc, None))
+        to_upscale.put(_DONE)
+
+    def write() -> None:
+        while True:
+            item = to_write.get()
+            if item is _DONE:
+                return
+            job, result, layout = item
+            try:
+                if job.uncertainty is not None:
+                    result, deviation = result
+                    write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype))
+                write_image(job.destination, result, layout)
+                report.written.append(job.destination)
+            except OSError as exc:
+                failures.put((job, OSError(f"{job.destination}: cannot be written ({exc.strerror or exc})")))
+            bar.update(1)
+
+    bar = tqdm(total=len(jobs), desc="upscaling", unit="image", disable=not progress)
+    reader, writer = threading.Thread(target=read, daemon=True), threading.Thread(target=write, daemon=True)
+    reader.start()
+    writer.start()
+    try:
+        while True:
+            item = to_upscale.get()
+            if item is _DONE:
+                break
+            job, image, layout = item
+            try:
+                if isinstance(image, Exception):
+                    raise image
+                to_write.put((job, upscaler.upscale(image, source=str(job.source), uncertainty=job.uncertainty is not None),
+                              layout))
+            except (UserError, OSError) as exc:
+                failures.put((job, exc))
+                bar.update(1)
+            if stop_on_error and not failures.empty():
+                break
+    finally:
+        stop.set()
+        to_write.put(_DONE)
+        writer.join()
+        while reader.is_alive():  # let a reader blocked on a full queue finish
+            try:
+                to_upscale.get_nowait()
+            except queue.Empty:
+                reader.join(0.05)
+        bar.close()
+    while not failures.empty():
+        job, exc = failures.get()
+        if stop_on_error:
+            raise exc
+        message = str(exc) if str(job.source) in str(exc) or str(job.destination) in str(exc) else f"{job.source}: {exc}"
+        report.failed.append((job.source, message))
+        log.error("msrgan: failed: %s", message)
+    return report
+
+
+__all__ = ["UNCERTAINTY_SUFFIX", "BatchError", "BatchReport", "Job", "plan", "prepare_output_folder", "remove_stale_parts", "upscale_files"]

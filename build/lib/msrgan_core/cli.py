@@ -1,0 +1,325 @@
+"""The ``msrgan`` command line: the parser, and calls into the library. Nothing else lives here.
+
+Building the parser imports no torch: each command imports what it needs when it runs, so
+``msrgan --help``, ``msrgan info`` and ``msrgan cellprofiler plugin-dir`` answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .options import AS_THE_MODEL_SAYS, DEFAULT_MODELS, DEVICES, ENSEMBLES, PRECISIONS
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, args.set)
+    if args.device:
+        config.train.device = args.device
+    train(config, args.out, resume=args.resume, progress=not args.quiet, until_step=args.until_step)
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from .batch import BatchReport, plan, upscale_files
+
+    jobs, skipped = plan(args.inputs, args.out, args.overwrite, args.uncertainty)  # before the model: fail at once
+    report = BatchReport()
+    if jobs:
+        upscaler = make_upscaler(args, progress=not args.quiet)
+        report = upscale_files(upscaler, jobs, args.channel_axis, stop_on_error=args.stop_on_error,
+                               progress=not args.quiet)
+    report.skipped = skipped
+    print(f"msrgan: into {args.out}: {report.summary()}")
+    for source, reason in report.failed:
+        print(f"msrgan: failed: {reason}", file=sys.stderr)
+    return 2 if report.failed else 0  # a batch goes on only after the input's or the disk's errors
+
+
+def make_upscaler(args: argparse.Namespace, progress: bool = False):
+    from .inference import Upscaler
+    from .modelfile import load_model
+
+    return Upscaler(load_model(args.model), device=args.device, tile=args.tile, precision=args.precision,
+                    progress=progress, ensemble=args.ensemble, match_bins=args.match_bins, threads=args.threads)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .modelcard import describe, read_card
+
+    card = read_card(args.model)
+    print(f"file: {card.source}")
+    print(describe(card.metadata) if args.all else card.summary() + "\n(the full record: msrgan info --all)")
+    return 0
+
+
+def cmd_blend(args: argparse.Namespace) -> int:
+    from .modelfile import blend_models, load_model, save_model
+
+    blended = blend_models(load_model(args.a), load_model(args.b), args.weight)
+    save_model(args.out, blended.generator, blended.metadata)
+    print(f"msrgan: {args.out} = {args.weight:g} x {args.a} + {1 - args.weight:g} x {args.b}")
+    return 0
+
+
+def cmd_set_defaults(args: argparse.Namespace) -> int:
+    from .modelfile import load_model, save_model, with_inference_defaults
+
+    model = load_model(args.model)
+    was = model.inference
+    ensemble = was.ensemble if args.ensemble is None else args.ensemble
+    match_bins = was.match_bins if args.match_bins is None else args.match_bins
+    model = with_inference_defaults(model, ensemble, match_bins)
+    save_model(args.out, model.generator, model.metadata)
+    print(f"msrgan: {args.out} = {args.model}, run by default with {model.inference.describe()}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_images, format_table, grid_degradation, summarize, write_csv
+    from .io import find_images
+
+    files = find_images(args.hr)
+    if args.features and args.out is None:
+        from .errors import UserError
+
+        raise UserError("--features needs --out DIR for its images, CSVs and scatter plot")
+    upscaler = make_upscaler(args)
+    degradation = grid_degradation(args.degradation, scale=upscaler.scale)
+    print(f"{Path(upscaler.model.source).name}: {args.degradation} x{degradation.scale}; {upscaler.options}")
+    if args.features:
+        from .measurements import evaluate_features, format_summary, verdicts
+
+        report = evaluate_features(files, upscaler, degradation, args.out, seed=args.seed, channel_axis=args.channel_axis,
+                                   progress=not args.quiet, cellprofiler=args.cellprofiler,
+                                   name=f"{Path(upscaler.model.source).name} vs bicubic, {args.degradation}: "
+                                        f"{len(files)} image(s)")
+        print(format_summary(report.summary))
+        for line in verdicts(report.summary):
+            print(f"note: {line}")
+        print("msrgan: " + ", ".join(str(p) for p in report.files))
+        return 0
+    rows = evaluate_images(files, upscaler, degradation, seed=args.seed, channel_axis=args.channel_axis,
+                           progress=not args.quiet)
+    summary = summarize(rows)
+    print(format_table(summary))
+    write_csv(Path(args.csv), rows, summary)
+    print(f"msrgan: per-image figures in {args.csv}")
+    return 0
+
+
+def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
+    from .headless import HeadlessRunError, ImageSetProgress, run_pipeline
+
+    total = args.last - (args.first or 1) + 1 if args.last else None
+    progress = ImageSetProgress(sys.stdout.write, total, args.first or 1)
+    try:
+        result = run_pipeline(
+            args.pipeline, args.input, args.output, plugins_dir=args.plugins_dir, first=args.first,
+            last=args.last, cellprofiler=args.cellprofiler, timeout=args.timeout,
+            echo=progress if args.quiet else (lambda line: (sys.stderr.write(line), progress(line))),
+        )
+    except HeadlessRunError as exc:
+        print(f"msrgan cellprofiler run: {exc}", file=sys.stderr)
+        return 1
+    names = ", ".join(p.name for p in result.outputs[:6]) + (", ..." if len(result.outputs) > 6 else "")
+    print(
+        f"CellProfiler ran {result.image_sets} image set(s) in {result.seconds:.0f} s; "
+        f"{len(result.outputs)} file(s) written in {Path(args.output)}: {names}"
+    )
+    return 0
+
+
+def cmd_cellprofiler_install(args: argparse.Namespace) -> int:
+    from .headless import HeadlessRunError, install_plugin
+
+    try:
+        target = install_plugin(args.dir)
+    except (HeadlessRunError, OSError) as exc:
+        print(f"msrgan cellprofiler install-plugin: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed {target}")
+    print(f"In CellProfiler: File > Preferences > CellProfiler plugins directory = {target.parent}, then restart.")
+    print(f"msrgan must be installed in the Python that runs CellProfiler (this one is {sys.executable}).")
+    return 0
+
+
+def cmd_cellprofiler_plugin_dir(args: argparse.Namespace) -> int:
+    from .headless import plugin_dir
+
+    print(plugin_dir())
+    return 0
+
+
+def add_inference_options(p: argparse.ArgumentParser, default: str = AS_THE_MODEL_SAYS) -> None:
+    """``--ensemble`` and ``--match-bins``: how each image runs; unset, each model file says."""
+    p.add_argument("--ensemble", type=int, choices=ENSEMBLES,
+                   help=f"upscale in this many orientations and average: as many times slower (default: {default})")
+    p.add_argument("--match-bins", action=argparse.BooleanOptionalAction,
+                   help="shift each output block so that binning the output gives the input back: more accurate "
+                        f"when the input is a binned image, less when it carries noise the model would remove (default: {default})")
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """Where and how the network runs: model, device, precision, threads, tile."""
+    p.add_argument("--model", help=f"model file, or a packaged model: {', '.join(DEFAULT_MODELS)} (default {DEFAULT_MODELS[0]})")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 on GPUs that support it (a non-finite batch is redone in fp32), else fp32")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
+    p.add_argument("--tile", type=int, default=0, help="tile edge in input pixels, context included (0 = sized to memory)")
+    add_inference_options(p)
+
+
+def add_cellprofiler_commands(sub: "argparse._SubParsersAction") -> None:
+    """``msrgan cellprofiler run | install-plugin | plugin-dir``."""
+    parser = sub.add_parser(
+        "cellprofiler",
+        help="run CellProfiler pipelines headless with the UpscaleMSRGAN module; install the plugin",
+        description="CellProfiler 4.2 integration: headless runs that fail when CellProfiler fails, "
+        "and the UpscaleMSRGAN plugin file.",
+    )
+    commands = parser.add_subparsers(dest="cellprofiler_command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline headless (cellprofiler -c -r) and check that it really ran",
+        description="Run a CellProfiler pipeline headless with the UpscaleMSRGAN plugin. Exits 1 when a "
+        "plugin fails to load, a module fails, no image matches, or nothing is written.",
+    )
+    run.add_argument("pipeline", help="a .cppipe file, or a shipped pipeline: upscale_segment_measure, compare_with_bicubic, "
+                                      "measure_nuclei")
+    run.add_argument("-i", "--input", required=True, help="default input folder: the images (searched recursively)")
+    run.add_argument("-o", "--output", required=True, help="default output folder (use one per cluster job)")
+    run.add_argument("-f", "--first", type=int, help="first image set to run (1-based)")
+    run.add_argument("-l", "--last", type=int, help="last image set to run (inclusive)")
+    run.add_argument("--plugins-dir", help="CellProfiler plugins folder (default: the packaged one)")
+    run.add_argument("--cellprofiler", help="CellProfiler executable (default: found beside this Python or on PATH)")
+    run.add_argument("--timeout", type=float, help="stop CellProfiler after this many seconds")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="do not echo CellProfiler's log (one progress line per image set is printed still)")
+    run.set_defaults(func=cmd_cellprofiler_run)
+
+    install = commands.add_parser(
+        "install-plugin",
+        help="copy the UpscaleMSRGAN plugin into a CellProfiler plugins folder",
+        description="Copy upscalemsrgan.py into DIR; then set CellProfiler's Preferences > CellProfiler "
+        "plugins directory to DIR and restart CellProfiler.",
+    )
+    install.add_argument("dir", help="the plugins folder (created when missing)")
+    install.set_defaults(func=cmd_cellprofiler_install)
+
+    where = commands.add_parser("plugin-dir", help="print the packaged plugin folder")
+    where.set_defaults(func=cmd_cellprofiler_plugin_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msrgan", description="mSRGAN super-resolution for microscopy images.")
+    parser.add_argument("--version", action="version", version=f"msrgan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (pixel-loss pretraining, then adversarial)")
+    p.add_argument("--config", type=Path, help="TOML config (see msrgan_core/configs/); defaults otherwise")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, metrics.csv, model files")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.pretrain_steps=500 (repeatable)")
+    p.add_argument("--device", choices=DEVICES, help="overrides train.device")
+    p.add_argument("--until-step", type=int, metavar="N",
+                   help="stop at step N with a checkpoint (continue later with --resume)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("upscale", help="upscale images to OUTDIR/<name>.tif")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    add_device_options(p)
+    p.add_argument("--channel-axis", type=int, choices=[0, -1, 2], help="channel axis of 3-D files that do not say")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write NAME.uncertainty.tif: per pixel, an estimate of the output's error on its "
+                        "intensity scale (the spread over orientations; one more pass per image when the model runs once)")
+    p.add_argument("--stop-on-error", action="store_true",
+                   help="stop at the first file that fails (default: report it, go on, exit 1 at the end)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("evaluate", help="score the model against classical upscaling on high-resolution images")
+    p.add_argument("--hr", nargs="+", required=True, help="high-resolution image files, folders or globs")
+    add_device_options(p)
+    p.add_argument("--degradation", default="bin", metavar="ACQUISITION",
+                   help="how the low-resolution inputs are made: bin (default, 4 x 4 binning), bin+1000ph, bin+300ph, "
+                        "bin+100ph, blur1.5+bin, blur1.5+bin+1000ph, ... (benchmarks/quality.py's grid)")
+    p.add_argument("--csv", default="msrgan_evaluation.csv", help="where to write per-image figures")
+    p.add_argument("--features", action="store_true",
+                   help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "
+                        "image, msrgan's output and bicubic's, match them by overlap and compare every feature")
+    p.add_argument("--out", type=Path, help="with --features: folder for the images, CSVs and scatter plot")
+    p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("blend", help="interpolate two models weight by weight (e.g. adversarial and fidelity)")
+    p.add_argument("a", help="model file or packaged model name (e.g. perceptual)")
+    p.add_argument("b", help="a model with the same start (e.g. the fidelity model the first was trained from)")
+    p.add_argument("--weight", type=float, required=True,
+                   help="share of the first model, 0..1: for adversarial + fidelity, lower is more accurate, higher has more texture")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the blended model file to write")
+    p.set_defaults(func=cmd_blend)
+
+    p = sub.add_parser("set-defaults", help="write a copy of a model file that runs by default with these options")
+    p.add_argument("model", help="model file or packaged model name")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the model file to write")
+    add_inference_options(p, default="as the model has it")
+    p.set_defaults(func=cmd_set_defaults)
+
+    p = sub.add_parser("info", help="what a model file says about itself")
+    p.add_argument("model", help="model file or packaged model name")
+    p.add_argument("--all", action="store_true", help="the full record, every entry of the metadata")
+    p.set_defaults(func=cmd_info)
+
+    add_cellprofiler_commands(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run a command; a user's error is one line and exit status 2, msrgan's own one line and 1."""
+    from .errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("msrgan: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"msrgan: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - reported, with the way to see the traceback
+        if args.debug:
+            raise
+        print(f"msrgan: internal error ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+              "rerun with --debug for the traceback and report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Training data: high-resolution images, well-aware splits, and (low, high) patch pairs.
+
+Batches are drawn by :func:`sample_batch` from a generator seeded by (seed, step, rank), so
+a run resumed at step N draws exactly the batches it would have drawn without the stop.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import DegradationConfig, NormalizationConfig
+from .binning import crop_to_multiple
+from .degradation import degrade
+from .io import read_image
+from .normalize import normalize, percentile_stats
+
+log = logging.getLogger("msrgan")
+
+#: the high-resolution crop of each validation image (pixels), to keep evaluation quick
+VAL_CROP = 256
+
+
+@dataclass
+class Split:
+    """Which files train and which validate, and how the split was made (``well`` or ``file``)."""
+
+    train: List[Path]
+    val: List[Path]
+    by: str
+    val_groups: List[str]
+
+
+def well_of(path: Path, pattern: "re.Pattern[str]") -> Optional[str]:
+    """The well named in a file name: the regex's group ``well``, or its first group."""
+    match = pattern.search(Path(path).name)
+    if not match:
+        return None
+    if "well" in pattern.groupindex:
+        return match.group("well")
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def group_name(path: Path, pattern: "Optional[re.Pattern[str]]") -> str:
+    """``well <name>`` for a file whose name names its well, else the file's own name."""
+    well = well_of(path, pattern) if pattern else None
+    return f"well {well}" if well is not None else Path(path).name
+
+
+def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: float, seed: int) -> Split:
+    """Hold out ``val_fraction`` of the wells and of the files, chosen reproducibly from ``seed``.
+
+    A file whose name matches ``well_regex`` belongs to its well, so all fields of one well
+    fall on the same side and neighbouring fields never leak; any other file stands alone.
+    Wells and lone files are held out in the same proportion, so a mix of a plate (split by
+    well) and loose images (split by file) is split fairly on both sides.
+    """
+    paths = sorted(Path(p) for p in paths)
+    pattern = re.compile(well_regex) if well_regex else None
+    groups = {}
+    for p in paths:
+        groups[p] = group_name(p, pattern)
+    wells = sorted({g for g in groups.values() if g.startswith("well ")})
+    singles = sorted({g for g in groups.values() if not g.startswith("well ")})
+    rng = np.random.default_rng(seed)
+    held_out = set()
+    for names in (wells, singles):
+        n_val = int(round(val_fraction * len(names)))
+        if val_fraction > 0 and len(names) > 1:
+            n_val = min(max(n_val, 1), len(names) - 1)
+        held_out |= set(rng.permutation(names)[:n_val].tolist()) if n_val else set()
+    by = "well" if wells and not singles else "file" if not wells else "well and file"
+    train = [p for p in paths if groups[p] not in held_out]
+    val = [p for p in paths if groups[p] in held_out]
+    return Split(train=train, val=val, by=by, val_groups=sorted(held_out))
+
+
+def load_images(
+    paths: Sequence[Path],
+    normalization: NormalizationConfig,
+    in_channels: int,
+    min_size: int,
+    channel_axis: Optional[int] = None,
+    progress: bool = False,
+) -> List[np.ndarray]:
+    """Read and normalise images to float32 ``(C, Y, X)`` with ``C == in_channels``.
+
+    With a one-channel model, each channel of a multi-channel file becomes its own image.
+    Images smaller than ``min_size`` are left out with a warning.
+    """
+    images = []
+    for path in tqdm(paths, desc="loading", unit="image", disable=not progress, leave=False):
+        image, _ = read_image(path, channel_axis=channel_axis)
+        if min(image.shape[1:]) < min_size:
+            log.warning("msrgan: %s is smaller than %d pixels: left out", path, min_size)
+            continue
+        planes = [image[c:c + 1] for c in range(image.shape[0])] if in_channels == 1 else [image]
+        for plane in planes:
+            if plane.shape[0] != in_channels:
+                raise ValueError(f"{path}: has {plane.shape[0]} channels but the model takes {in_channels}")
+            images.append(normalize(plane, percentile_stats(plane, normalization)))
+    if not images:
+        raise ValueError(f"no usable training images (each needs at least {min_size} x {min_size} pixels)")
+    return images
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` x ``size`` crop; of two random candidates, the one with more signal.
+
+    Screening fields are mostly background; preferring the brighter crop shows the network
+    more nuclei without excluding background.
+    """
+    best, best_mean = None, -np.inf
+    for _ in range(2):
+        y = int(rng.integers(0, image.shape[1] - size + 1))
+        x = int(rng.integers(0, image.shape[2] - size + 1))
+        crop = image[:, y:y + size, x:x + size]
+        if crop.mean() > best_mean:
+            best, best_mean = crop, crop.mean()
+    if rng.random() < 0.5:
+        best = best[:, :, ::-1]
+    return np.rot90(best, k=int(rng.integers(0, 4)), axes=(1, 2))
+
+
+def sample_batch(
+    images: Sequence[np.ndarray],
+    batch_size: int,
+    patch_size: int,
+    degradation: DegradationConfig,
+    rng: np.random.Generator,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """A batch of (low, high) resolution patch pairs.
+
+    Images are picked in proportion to their area, so a large field counts as much as the same
+    area in small images, then cropped at random (see :func:`random_crop`).
+
+    Returns
+    -------
+    lr : numpy.ndarray, shape (N, C, patch_size // scale, patch_size // scale)
+    hr : numpy.ndarray, shape (N, C, patch_size, patch_size)
+    """
+    areas = np.array([image.shape[1] * image.shape[2] for image in images], np.float64)
+    picks = rng.choice(len(images), size=batch_size, p=areas / areas.sum())  # every pixel equally likely
+    hr = np.stack([np.ascontiguousarray(random_crop(images[i], patch_size, rng)) for i in picks])
+    lr = np.stack([degrade(patch, degradation, rng) for patch in hr])
+    return lr.astype(np.float32), hr.astype(np.float32)
+
+
+def validation_pairs(
+    images: Sequence[np.ndarray], degradation: DegradationConfig, seed: int, crop: int = VAL_CROP
+) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Fixed (low, high) pairs: the central ``crop`` of each image, degraded reproducibly."""
+    pairs = []
+    for index, image in enumerate(images):
+        _, h, w = image.shape
+        ch, cw = min(crop, h), min(crop, w)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        hr = crop_to_multiple(image[:, y:y + ch, x:x + cw], degradation.scale)
+        lr = degrade(hr, degradation, np.random.default_rng([seed, index]))
+        pairs.append((lr, np.ascontiguousarray(hr)))
+    return pairs

@@ -1,0 +1,105 @@
+"""``msrgan evaluate``: degrade high-resolution images, upscale them back, and score each method."""
+from __future__ import annotations
+
+import csv
+import zlib
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import DegradationConfig, NormalizationConfig
+from .binning import crop_to_multiple
+from .degradation import degrade
+from .inference import Upscaler
+from .io import atomic_write, read_image
+from .metrics import BASELINES, image_metrics
+from .normalize import denormalize, normalize, percentile_stats
+
+METHOD_ORDER = ("nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan")
+
+#: read noise of the grid's noisy acquisitions, as a fraction of the normalised range
+GRID_READ_NOISE = 0.0015
+#: the acquisitions models are measured on (``benchmarks/quality.py``, ``msrgan evaluate --degradation``):
+#: name -> (blur sigma in high-resolution pixels, photons at the 99.8th percentile; 0 = no noise)
+QUALITY_GRID = {
+    f"{blur_name}{photon_name}": (blur, photons)
+    for blur_name, blur in (("bin", 0.0), ("blur1.5+bin", 1.5))
+    for photon_name, photons in (("", 0.0), ("+1000ph", 1000.0), ("+300ph", 300.0), ("+100ph", 100.0))
+}
+
+
+def grid_degradation(name: str, scale: int = 4, method: str = "bin") -> DegradationConfig:
+    """The acquisition a :data:`QUALITY_GRID` cell names, as a fixed degradation."""
+    if name not in QUALITY_GRID:
+        raise ValueError(f"unknown degradation {name!r}; choose one of {', '.join(QUALITY_GRID)}")
+    blur, photons = QUALITY_GRID[name]
+    return DegradationConfig.acquisition(method=method, scale=scale, blur=blur, photons=photons,
+                                         read_noise=GRID_READ_NOISE if photons else 0.0)
+
+
+def image_seed(path: "str | Path", seed: int = 0) -> "list[int]":
+    """The noise seed of one image: from its name, so a subset draws what the whole set draws."""
+    return [seed, zlib.crc32(Path(path).name.encode())]
+
+
+def low_resolution(hr: np.ndarray, normalization: NormalizationConfig, degradation: DegradationConfig,
+                   rng: np.random.Generator) -> np.ndarray:
+    """The degraded counterpart of a ``(C, Y, X)`` image, on the image's own intensity scale.
+
+    The degradation works on normalised intensities (its noise model needs them); the result
+    is mapped back with the same statistics, as a camera would have recorded it.
+    """
+    stats = percentile_stats(hr, normalization)
+    lr = degrade(normalize(hr, stats), degradation, rng)
+    return denormalize(lr, stats, np.float32)[0]
+
+
+def evaluate_images(
+    paths: Sequence[Path],
+    upscaler: Upscaler,
+    degradation: DegradationConfig,
+    seed: int = 0,
+    channel_axis: Optional[int] = None,
+    progress: bool = True,
+) -> List[Dict[str, object]]:
+    """Per-image, per-method PSNR, SSIM and NRMSE against the high-resolution images."""
+    rows = []
+    for path in tqdm(paths, desc="evaluating", unit="image", disable=not progress):
+        image, _ = read_image(path, channel_axis=channel_axis)
+        hr = crop_to_multiple(image.astype(np.float32), degradation.scale)
+        lr = low_resolution(hr, upscaler.model.normalization, degradation, np.random.default_rng(image_seed(path, seed)))
+        outputs = {name: fn(lr, degradation.scale) for name, fn in BASELINES.items()}
+        outputs["msrgan"] = upscaler.upscale(lr, source=str(path))
+        for method in METHOD_ORDER:
+            rows.append({"image": Path(path).name, "method": method, **image_metrics(hr, outputs[method])})
+    return rows
+
+
+def summarize(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Mean of each metric per method, in :data:`METHOD_ORDER`."""
+    summary = []
+    for method in METHOD_ORDER:
+        mine = [r for r in rows if r["method"] == method]
+        if mine:
+            summary.append({"method": method, "images": len(mine),
+                            **{k: float(np.mean([r[k] for r in mine])) for k in ("psnr", "ssim", "nrmse")}})
+    return summary
+
+
+def format_table(summary: List[Dict[str, object]]) -> str:
+    lines = [f"{'method':<10} {'images':>6} {'PSNR (dB)':>10} {'SSIM':>7} {'NRMSE':>7}"]
+    for r in summary:
+        lines.append(f"{r['method']:<10} {r['images']:>6} {r['psnr']:>10.2f} {r['ssim']:>7.4f} {r['nrmse']:>7.4f}")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: List[Dict[str, object]], summary: List[Dict[str, object]]) -> None:
+    """Per-image rows, then one ``mean`` row per method."""
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image", "method", "psnr", "ssim", "nrmse"])
+        writer.writeheader()
+        writer.writerows(rows)
+        for r in summary:
+            writer.writerow({"image": "mean", "method": r["method"], "psnr": r["psnr"], "ssim": r["ssim"], "nrmse": r["nrmse"]})

@@ -1,0 +1,479 @@
+"""Tiled inference: ``Upscaler.upscale()`` an image of any size in bounded memory, without seams.
+
+The image is normalised once, on the whole image. It is cut into a grid of tile cores that
+partition it; each core is computed with ``margin`` input pixels of context on every side and
+only the core's output is kept. The margin is the generator's measured influence radius (input
+farther away moves no output pixel by more than 1e-4 of the range, :func:`~msrgan_core.models.
+influence_radius`) plus :data:`MARGIN_SPARE`, so the tiled result equals the untiled one within
+that bound, with no blending weights and no float copy of the whole output: each core is
+averaged over orientations, matched to its input bins, mapped back to the image's intensities
+and cast to its dtype on the device, then written into the output. Tiles of one shape go
+through the network together, as one batch, up to the memory budget.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .binning import match_bins
+from .config import GeneratorConfig
+from .device import describe_device, resolve_device, set_threads
+from .errors import UserError
+from .io import ImageError, read_image, to_cyx, write_image
+from .modelfile import LoadedModel
+from .models import forward_bytes_per_pixel
+from .options import ENSEMBLES, PRECISIONS
+from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
+
+log = logging.getLogger("msrgan")
+
+MIB = 1 << 20
+#: activation memory a tile batch may take when ``tile=0`` (automatic), per device type; on a GPU
+#: at most this share of the memory free when the upscaler is made
+TILE_MEMORY = {"cpu": 256 * MIB, "cuda": 8192 * MIB}
+CUDA_MEMORY_SHARE = 0.5
+#: context beyond the measured influence radius, for inputs brighter than the test images
+MARGIN_SPARE = 2
+#: the smallest tile core (input pixels) worth its margins
+MIN_CORE = 16
+#: the smallest image edge (input pixels) an upscaler takes
+MIN_EDGE = 2
+#: an output may take at most this share of the memory available when its image arrives
+MEMORY_SHARE = 0.8
+#: at most this many halvings of the tile after CUDA out-of-memory, then the CPU takes over
+MAX_TILE_HALVINGS = 4
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class InferenceError(UserError, ValueError):
+    """An image the model cannot take (wrong channel count, wrong shape), or an output that is not finite."""
+
+
+# --- tiling: pure functions ---------------------------------------------------------------
+
+def axis_tiles(length: int, core: int, margin: int) -> List[Tuple[int, int, int, int]]:
+    """``(source start, source stop, core start, core stop)`` of tiles along one axis.
+
+    The cores partition ``[0, length)`` into equal parts of at most ``core`` pixels; each source
+    adds ``margin`` pixels of context on either side, clipped to the axis.
+    """
+    count = max(1, math.ceil(length / core))
+    bounds = [i * length // count for i in range(count + 1)]
+    return [(max(0, start - margin), min(length, stop + margin), start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: ``source`` slices the input (core and context); ``core`` is the part kept, in
+    input pixels relative to the source; ``destination`` slices the output."""
+
+    source: Tuple[slice, slice]
+    core: Tuple[slice, slice]
+    destination: Tuple[slice, slice]
+
+    @property
+    def source_shape(self) -> Tuple[int, int]:
+        return (self.source[0].stop - self.source[0].start, self.source[1].stop - self.source[1].start)
+
+
+def tile_slices(shape: Tuple[int, int], core: int, margin: int, scale: int) -> Iterator[Tile]:
+    """The tiles covering a ``(Y, X)`` image: cores of at most ``core`` pixels, ``margin`` of context."""
+    for sy0, sy1, cy0, cy1 in axis_tiles(shape[0], core, margin):
+        for sx0, sx1, cx0, cx1 in axis_tiles(shape[1], core, margin):
+            yield Tile(source=(slice(sy0, sy1), slice(sx0, sx1)),
+                       core=(slice(cy0 - sy0, cy1 - sy0), slice(cx0 - sx0, cx1 - sx0)),
+                       destination=(slice(cy0 * scale, cy1 * scale), slice(cx0 * scale, cx1 * scale)))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tile edge (context included) and context margin, in input pixels, for a generator.
+
+    ``tile`` 0 takes the largest square whose activations (:func:`~msrgan_core.models.
+    forward_bytes_per_pixel`) fit ``memory`` bytes; an image no larger than it is one tile.
+    """
+
+    tile: int
+    margin: int
+
+    @property
+    def core(self) -> int:
+        return self.tile - 2 * self.margin
+
+    @classmethod
+    def for_generator(cls, config: GeneratorConfig, influence: int, tile: int = 0, memory: int = TILE_MEMORY["cpu"]) -> "TilePlan":
+        margin = int(influence) + MARGIN_SPARE
+        if tile <= 0:
+            tile = int(math.sqrt(memory / forward_bytes_per_pixel(config)))
+        return cls(tile=max(int(tile), 2 * margin + MIN_CORE), margin=margin)
+
+    def tiles(self, shape: Tuple[int, int], scale: int) -> List[Tile]:
+        if max(shape) <= self.tile:  # the whole image fits: no context is cut, nothing to add
+            return list(tile_slices(shape, max(shape), 0, scale))
+        return list(tile_slices(shape, self.core, self.margin, scale))
+
+
+def orientations(count: int) -> List[Tuple[int, bool]]:
+    """``count`` of the eight orientations of an image, as (quarter turns, mirrored) pairs.
+
+    1 is the image itself; 2 adds its mirror image; 4 adds both turned upside down; 8 is every
+    quarter turn of both.
+    """
+    if count not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {count!r}")
+    turns = {1: [0], 2: [0], 4: [0, 2], 8: [0, 1, 2, 3]}[count]
+    return [(k, mirrored) for mirrored in ((False,) if count == 1 else (False, True)) for k in turns]
+
+
+def orient(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """Mirror the X axis of a ``(..., Y, X)`` tensor if asked, then turn it by ``turns`` quarter turns."""
+    if mirrored:
+        image = image.flip(-1)
+    return torch.rot90(image, turns, dims=(-2, -1)) if turns else image
+
+
+def unorient(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """Undo :func:`orient`."""
+    if turns:
+        image = torch.rot90(image, -turns, dims=(-2, -1))
+    return image.flip(-1) if mirrored else image
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision that runs: ``auto`` is bf16 on a GPU that supports it, else fp32; the CPU runs fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type != "cuda":
+        if precision in _AUTOCAST:
+            log.info("msrgan: %s is for CUDA GPUs; the CPU runs fp32", precision)
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+# --- the upscaler ---------------------------------------------------------------------------
+
+class Upscaler:
+    """A model placed on a device, reused for many images.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        From :func:`msrgan_core.modelfile.load_model`.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    tile : int
+        Tile edge in input pixels, context included; 0 sizes it to :data:`TILE_MEMORY`.
+    precision : str
+        ``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16`` or ``fp16``
+        (CUDA only; a batch whose reduced-precision output is not finite is redone in fp32).
+    progress : bool
+        Show a progress bar over tiles.
+    ensemble : int or None
+        Upscale in 1, 2, 4 or 8 orientations and average: a little more accurate, that many
+        times slower. None: the model's own default (``model.inference``; 1 where its file
+        does not say).
+    match_bins : bool or None
+        Shift each ``scale`` x ``scale`` block of the output so that its mean equals the input
+        pixel it came from (:func:`msrgan_core.binning.match_bins`): binning the output gives
+        the input back. None: the model's own default (no where its file does not say).
+    threads : int or None
+        CPU threads (torch's, for the whole process); None: the cores this process may use
+        (:func:`msrgan_core.device.available_cores`). Unused on a GPU.
+    """
+
+    def __init__(
+        self, model: LoadedModel, device: str = "auto", tile: int = 0, precision: str = "auto", progress: bool = False,
+        ensemble: Optional[int] = None, match_bins: Optional[bool] = None, threads: Optional[int] = None,
+    ) -> None:
+        defaults = model.inference
+        self.ensemble = defaults.ensemble if ensemble is None else ensemble
+        self.orientations = orientations(self.ensemble)
+        self.match_bins = defaults.match_bins if match_bins is None else bool(match_bins)
+        self.model = model
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.requested_tile = int(tile)
+        if self.requested_tile < 0:
+            raise ValueError(f"tile must be >= 0 (0 = automatic), got {tile!r}")
+        self.progress = progress
+        self.threads = set_threads(threads) if self.device.type == "cpu" else None
+        self.memory = self._tile_memory()
+        # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
+        # them, same numbers. Module.to converts in place, once: later Upscalers find it converted.
+        self.generator = model.generator.to(self.device, memory_format=torch.channels_last)
+        log.info("msrgan: model %s on %s, %s precision, %s", Path(model.source).name, describe_device(self.device),
+                 self.precision, self.options)
+
+    @property
+    def options(self) -> str:
+        """What runs per image, in words: the orientations averaged and whether bins are matched."""
+        return f"{self.ensemble} orientation(s), bins {'matched' if self.match_bins else 'as output'}"
+
+    @property
+    def scale(self) -> int:
+        return self.model.scale
+
+    def _tile_memory(self) -> int:
+        if self.device.type != "cuda":
+            return TILE_MEMORY["cpu"]
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(min(TILE_MEMORY["cuda"], CUDA_MEMORY_SHARE * free))
+
+    def plan(self, tile: Optional[int] = None) -> TilePlan:
+        """The tile plan this upscaler uses (``tile`` overrides its own tile edge)."""
+        return TilePlan.for_generator(self.model.config, self.model.influence_radius,
+                                      self.requested_tile if tile is None else tile, self.memory)
+
+    def check(self, image: np.ndarray, source: str = "image") -> np.ndarray:
+        """Validate an image for this model and return it as ``(C, Y, X)``."""
+        if image.ndim == 2:
+            image = image[np.newaxis]
+        if image.ndim != 3:
+            raise InferenceError(f"{source}: msrgan takes 2-D images (Y, X) or (C, Y, X), got shape {image.shape}")
+        image, _ = to_cyx(image, source, axes="CYX")
+        channels, want = image.shape[0], self.model.config.in_channels
+        if self.model.config.out_channels != want:
+            raise InferenceError(
+                f"model {Path(self.model.source).name} maps {want} to {self.model.config.out_channels} channels; "
+                "msrgan upscales with models whose outputs match their inputs channel for channel"
+            )
+        if want != 1 and channels != want:
+            raise InferenceError(
+                f"{source}: has {channels} channel(s) but the model {Path(self.model.source).name} takes {want}"
+            )
+        if min(image.shape[1:]) < MIN_EDGE:
+            raise InferenceError(f"{source}: the image is {image.shape[1]} x {image.shape[2]} pixels; msrgan needs at "
+                                 f"least {MIN_EDGE} x {MIN_EDGE}")
+        return image
+
+    def check_memory(self, image: np.ndarray, source: str, uncertainty: bool = False) -> None:
+        """Refuse, before any tile, an image whose output would not fit in the memory available."""
+        c, h, w = image.shape
+        need = c * h * w * self.scale ** 2 * (image.dtype.itemsize + (4 if uncertainty else 0))
+        free = available_memory()
+        if free is not None and need > MEMORY_SHARE * free:
+            raise InferenceError(f"{source}: its {w * self.scale} x {h * self.scale} output needs {need / 2 ** 30:.1f} GiB "
+                                 f"and {free / 2 ** 30:.1f} GiB of memory are available: upscale it in parts (crops)")
+
+    def upscale(self, image: np.ndarray, source: str = "image", uncertainty: bool = False):
+        """Upscale a ``(Y, X)`` or ``(C, Y, X)`` image; same dtype and layout, ``scale`` times larger.
+
+        A one-channel model upscales each channel of a multi-channel image separately.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``(Y, X)`` or ``(C, Y, X)``, uint8, uint16 or float.
+        source : str
+            What to call the image in messages (its file name).
+        uncertainty : bool
+            Also return the uncertainty image (see :meth:`uncertainty_orientations`).
+
+        Returns
+        -------
+        numpy.ndarray, or a pair of them with ``uncertainty``
+            The upscaled image; with ``uncertainty``, also a float32 image of its shape: per
+            pixel, the standard deviation of the network's output over orientations of the
+            input, on the output's intensity scale. Where it is high, the network's answer
+            depends on how the structure happens to lie, and its error is high too.
+        """
+        two_d = image.ndim == 2
+        cyx = self.check(image, source)
+        self.check_memory(cyx, source, uncertainty)
+        stats = percentile_stats(cyx, self.model.normalization)
+        groups = [slice(c, c + 1) for c in range(cyx.shape[0])] if self.model.config.in_channels == 1 else [slice(None)]
+        shape = (cyx.shape[0], cyx.shape[1] * self.scale, cyx.shape[2] * self.scale)
+        out = np.empty(shape, dtype=cyx.dtype)
+        spread = np.empty(shape, dtype=np.float32) if uncertainty else None
+        clipped = 0
+        for group in groups:
+            normalized = torch.from_numpy(normalize(cyx[group], _take(stats, group)))
+            clipped += self._upscale_group(normalized, _take(stats, group), out[group],
+                                           None if spread is None else spread[group], source)
+        fraction = clipped / out.size
+        if fraction > 0.01:
+            log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range and were clipped",
+                        source, 100 * fraction, cyx.dtype)
+        elif fraction > 0:
+            log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range", source, 100 * fraction, cyx.dtype)
+        if fraction > 0 and self.match_bins:
+            log.warning("msrgan: %s: where output pixels were clipped to the %s range (beside saturated or empty "
+                        "pixels), their %d x %d blocks no longer bin back exactly to the input", source, cyx.dtype,
+                        self.scale, self.scale)
+        if spread is None:
+            return out[0] if two_d else out
+        return (out[0], spread[0]) if two_d else (out, spread)
+
+    def uncertainty_orientations(self) -> List[Tuple[int, bool]]:
+        """The orientations whose spread is the uncertainty: the ensemble's, with its mirror image
+        added to a single pass (one more pass; the output itself stays the ensemble's mean)."""
+        return self.orientations if len(self.orientations) > 1 else orientations(2)
+
+    def _upscale_group(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
+                       source: str) -> int:
+        """Tiles with bounded retries: halve the tile on CUDA out-of-memory, then use the CPU."""
+        plan = self.plan()
+        for _ in range(MAX_TILE_HALVINGS + 1):
+            try:
+                return self._run_tiles(image, stats, out, spread, plan, source)
+            except torch.cuda.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                smaller = self.plan(max(plan.tile // 2, 1))
+                log.warning("msrgan: CUDA out of memory with %d-pixel tiles; retrying with %d", plan.tile, smaller.tile)
+                plan = smaller
+        log.warning("msrgan: CUDA still out of memory after %d smaller tiles: falling back to the CPU", MAX_TILE_HALVINGS)
+        self.device, self.precision, self.memory = torch.device("cpu"), "fp32", TILE_MEMORY["cpu"]
+        self.threads = set_threads(None)
+        self.generator = self.generator.to(self.device)
+        return self._run_tiles(image, stats, out, spread, self.plan(0), source)
+
+    def _run_tiles(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
+                   plan: TilePlan, source: str) -> int:
+        """Upscale ``image`` (``(C, Y, X)`` normalised) tile by tile into ``out`` (and the spread over
+        orientations into ``spread``); returns the pixels clipped."""
+        cuda = self.device.type == "cuda"
+        tiles = plan.tiles(tuple(image.shape[1:]), self.scale)
+        runs = self.uncertainty_orientations() if spread is not None else self.orientations
+        items = [(index, tile, o) for index, tile in enumerate(tiles) for o in runs]
+        per_item = forward_bytes_per_pixel(self.model.config)
+        low = torch.as_tensor(stats.low, dtype=torch.float32, device=self.device)
+        span = torch.as_tensor(stats.span, dtype=torch.float32, device=self.device)
+        outputs, clipped = {}, 0
+        bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False)
+        for batch in _batches(items, self.memory, per_item):
+            x = torch.stack([orient(image[:, tile.source[0], tile.source[1]], *o) for _, tile, o in batch])
+            y = self._forward(_to_device(x, self.device), source)
+            finished = []
+            for (index, tile, o), result in zip(batch, y):
+                outputs.setdefault(index, []).append(unorient(result, *o))
+                if len(outputs[index]) == len(runs):
+                    finished.append((tile, self._finish(tile, outputs.pop(index), image, low, span, out.dtype, spread is not None)))
+            if cuda:
+                torch.cuda.current_stream(self.device).synchronize()  # the host copies have landed
+            for tile, (pixels, n_clipped, deviation) in finished:
+                out[(slice(None),) + tile.destination] = pixels.numpy()
+                if deviation is not None:
+                    spread[(slice(None),) + tile.destination] = deviation.numpy()
+                clipped += int(n_clipped)
+                bar.update(1)
+        bar.close()
+        return clipped
+
+    def _finish(self, tile: Tile, results: List[torch.Tensor], image: torch.Tensor, low: torch.Tensor, span: torch.Tensor,
+                dtype: np.dtype, with_spread: bool) -> "tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]":
+        """A tile's core: averaged, bins matched, on the image's scale and dtype, on its way to the
+        host; with ``with_spread``, also the standard deviation over the orientations."""
+        s = self.scale
+        rows, cols = slice(tile.core[0].start * s, tile.core[0].stop * s), slice(tile.core[1].start * s, tile.core[1].stop * s)
+        results = [r[:, rows, cols] for r in results]
+        n = len(self.orientations)
+        core = results[0] if n == 1 else torch.stack(results[:n]).mean(dim=0)
+        deviation = None
+        if with_spread:
+            deviation = _to_host(torch.stack(results).std(dim=0, correction=0) * span[:, None, None])
+        if self.match_bins:
+            lowres = image[:, tile.source[0], tile.source[1]][:, tile.core[0], tile.core[1]]
+            core = match_bins(core, _to_device(lowres, self.device), s)
+        pixels, n_clipped = denormalize(core, (low, span), TORCH_DTYPES[np.dtype(dtype)])
+        return _to_host(pixels), n_clipped, deviation
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor, source: str) -> torch.Tensor:
+        """The generator's output for a batch, in fp32; reduced precision is redone in fp32 if not finite."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision in _AUTOCAST:
+            with torch.autocast("cuda", dtype=_AUTOCAST[self.precision]):
+                y = self.generator(x).float()
+            if bool(torch.isfinite(y).all()):
+                return y
+            log.warning("msrgan: %s: %s output was not finite; recomputing the batch in fp32", source, self.precision)
+        y = self.generator(x).float()
+        if not bool(torch.isfinite(y).all()):
+            raise InferenceError(f"{source}: the model {Path(self.model.source).name} gave non-finite output "
+                                 "(NaN or infinity): its weights are damaged, or the input is far outside its range")
+        return y
+
+
+def _batches(items: list, memory: int, bytes_per_pixel: int) -> Iterator[list]:
+    """Consecutive items whose oriented tiles have one shape, as many as ``memory`` allows (at least one)."""
+    batch, shape = [], None
+    for item in items:
+        _, tile, (turns, _) = item
+        h, w = tile.source_shape
+        oriented = (w, h) if turns % 2 else (h, w)
+        if batch and (oriented != shape or (len(batch) + 1) * h * w * bytes_per_pixel > memory):
+            yield batch
+            batch = []
+        batch.append(item)
+        shape = oriented
+    if batch:
+        yield batch
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; to a GPU through pinned memory, so the copy overlaps the work queued before it."""
+    if device.type != "cuda":
+        return x
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the host; from a GPU into pinned memory, asynchronously (synchronise before reading it)."""
+    if x.device.type != "cuda":
+        return x
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    return host.copy_(x, non_blocking=True)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _take(stats: Stats, group: slice) -> Stats:
+    return Stats(low=stats.low[group], high=stats.high[group])
+
+
+def upscale(image: np.ndarray, model: LoadedModel, device: str = "auto", tile: int = 0) -> np.ndarray:
+    """Upscale one ``(Y, X)`` or ``(C, Y, X)`` image with ``model``; see :class:`Upscaler`."""
+    return Upscaler(model, device=device, tile=tile).upscale(image)
+
+
+def upscale_file(
+    upscaler: Upscaler, source: Path, destination: Path, channel_axis: Optional[int] = None, overwrite: bool = False
+) -> bool:
+    """Upscale one file to ``destination`` (TIFF, same dtype and axis order).
+
+    Returns False (and does nothing) when ``destination`` exists and ``overwrite`` is off, so an
+    interrupted batch resumes where it stopped. The output is written atomically.
+    """
+    if destination.exists() and not overwrite:
+        return False
+    image, layout = read_image(source, channel_axis=channel_axis)
+    result = upscaler.upscale(image, source=str(source))
+    write_image(destination, result, layout)
+    return True
+
+
+__all__ = [
+    "ImageError", "InferenceError", "Tile", "TilePlan", "Upscaler", "axis_tiles", "orient",
+    "orientations", "tile_slices", "unorient", "upscale", "upscale_file",
+]

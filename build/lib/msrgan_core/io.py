@@ -1,0 +1,272 @@
+"""Read and write microscopy images, keeping their axes and dtype.
+
+Images travel through msrgan as ``(C, Y, X)`` arrays. ``read_image`` accepts 8- and 16-bit
+(and float) TIFF, OME-TIFF and PNG files that hold one 2-D plane, or several channels of one
+plane, and rejects anything else (3-D stacks, time series, complex, empty or NaN data) with one
+line naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional
+
+import numpy as np
+import tifffile
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+#: the pixel types msrgan reads, upscales and writes back in the same type
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.float32, np.float64)
+#: more channels than this on an axis that the file does not name means "a stack", not channels
+MAX_UNNAMED_CHANNELS = 4
+
+
+class ImageError(UserError, ValueError):
+    """An image msrgan cannot take; the message names the file and the problem."""
+
+
+@dataclass
+class ImageLayout:
+    """Where the channels of a file were, so the output is written the same way.
+
+    Attributes
+    ----------
+    channel_axis : int or None
+        Axis of the channels in the file's squeezed array (``None``: a 2-D image).
+    dtype : numpy.dtype
+        The file's dtype; outputs are written back in it.
+    """
+
+    channel_axis: Optional[int]
+    dtype: np.dtype
+
+
+def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple[np.ndarray, ImageLayout]":
+    """Read one 2-D image, grayscale or multi-channel.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.tif``/``.tiff`` (OME-TIFF included) or ``.png`` file.
+    channel_axis : int, optional
+        Axis of the channels in a 3-D array (0 = channels first, -1 or 2 = channels last) when
+        the file does not name its axes; by default a TIFF's own axes are used, and an unnamed
+        axis of at most 4 planes counts as channels.
+
+    Returns
+    -------
+    image : numpy.ndarray, shape (C, Y, X)
+        The pixels in the file's dtype.
+    layout : ImageLayout
+        How to write an output the same way.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"{path}: unsupported file type {suffix!r}; msrgan reads {', '.join(IMAGE_SUFFIXES)}")
+    try:
+        if suffix == ".png":
+            array, axes = _read_png(path), None
+        else:
+            array, axes = _read_tiff(path)
+    except ImageError:
+        raise
+    except Exception as exc:  # tifffile/imageio raise many types for damaged files
+        detail = " ".join(str(exc).split())  # one line, even for libraries' multi-line messages
+        raise ImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {detail})") from None
+    return to_cyx(array, path, axes=axes, channel_axis=channel_axis)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    array = np.asarray(iio.imread(path))
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        rgb = array[..., :3]
+        if array.shape[-1] == 4 and np.all(array[..., 3] == array[..., 3].flat[0]):
+            array = rgb  # a constant alpha channel carries nothing
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            array = rgb[..., 0]  # grayscale stored as RGB(A)
+    return array
+
+
+def _read_tiff(path: Path) -> "tuple[np.ndarray, Optional[str]]":
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ImageError(f"{path}: the TIFF holds no image")
+        if len(tif.series) > 1:
+            raise ImageError(f"{path}: holds {len(tif.series)} image series (positions or views of a multi-series "
+                             "file); msrgan upscales one image per file: save each series as its own file")
+        series = tif.series[0]
+        axes = series.axes
+        array = series.asarray()
+    return array, axes
+
+
+def to_cyx(
+    array: np.ndarray,
+    source: "str | Path" = "image",
+    axes: Optional[str] = None,
+    channel_axis: Optional[int] = None,
+) -> "tuple[np.ndarray, ImageLayout]":
+    """Check an array and bring it to ``(C, Y, X)``.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        2-D ``(Y, X)`` or 3-D with one channel axis, possibly with extra singleton axes.
+    source : str or Path
+        What to call the image in error messages (its file name).
+    axes : str, optional
+        tifffile's axes letters for ``array`` (``Y``, ``X``, ``C``/``S`` channels, ``Z``, ``T``...).
+    channel_axis : int, optional
+        Channel axis of a 3-D array whose axes are not named.
+
+    Returns
+    -------
+    image : numpy.ndarray, shape (C, Y, X)
+    layout : ImageLayout
+    """
+    array = np.asarray(array)
+    if array.size == 0:
+        raise ImageError(f"{source}: the image is empty (shape {array.shape})")
+    if np.iscomplexobj(array):
+        raise ImageError(f"{source}: complex pixels ({array.dtype}) are not supported; save the magnitude instead")
+    if array.dtype == np.bool_ or array.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
+        raise ImageError(f"{source}: pixel type {array.dtype} is not supported; msrgan takes {names}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ImageError(f"{source}: {bad} pixel(s) are NaN or infinite; fill or mask them before upscaling")
+
+    if axes is not None and len(axes) == array.ndim:
+        keep = [i for i, n in enumerate(array.shape) if n > 1 or axes[i] in "YX"]
+        axes = "".join(axes[i] for i in keep)
+        array = array.reshape([array.shape[i] for i in keep])
+        for letter, what in (("T", "a time series"), ("Z", "a 3-D stack")):
+            if letter in axes:
+                raise ImageError(
+                    f"{source}: is {what} ({array.shape[axes.index(letter)]} planes along {letter}); "
+                    "msrgan upscales single 2-D planes: save each plane as its own file"
+                )
+        named = [i for i, a in enumerate(axes) if a in "CS"]
+        if len(named) == 1 and array.ndim == 3:
+            if channel_axis is not None and channel_axis % 3 != named[0]:
+                raise ImageError(f"{source}: its axes are {axes}, channels on axis {named[0]}, but the channel axis "
+                                 f"given is {channel_axis}: leave the channel axis out for files that name their axes")
+            channel_axis = named[0]
+    else:
+        array = array.reshape([n for n in array.shape if n > 1] or [1, 1])
+
+    if array.ndim == 2:
+        return array[np.newaxis], ImageLayout(channel_axis=None, dtype=array.dtype)
+    if array.ndim != 3:
+        raise ImageError(
+            f"{source}: has {array.ndim} dimensions {array.shape}; msrgan takes 2-D images, grayscale or multi-channel"
+        )
+    if channel_axis is None:
+        if array.shape[-1] <= MAX_UNNAMED_CHANNELS:
+            channel_axis = 2
+        elif array.shape[0] <= MAX_UNNAMED_CHANNELS:
+            channel_axis = 0
+        else:
+            raise ImageError(
+                f"{source}: looks like a 3-D stack of {array.shape[0]} planes {array.shape}; msrgan upscales "
+                "2-D images: save each plane as its own file, or give the channel axis if these are channels"
+            )
+    channel_axis = channel_axis % 3
+    if channel_axis == 1:
+        raise ImageError(f"{source}: channel axis 1 of {array.shape} is not supported; channels go first or last")
+    cyx = np.moveaxis(array, channel_axis, 0)
+    if min(cyx.shape[1:]) < 2:
+        raise ImageError(f"{source}: image plane {cyx.shape[1:]} is too small")
+    return np.ascontiguousarray(cyx), ImageLayout(channel_axis=channel_axis, dtype=array.dtype)
+
+
+def from_cyx(image: np.ndarray, layout: ImageLayout) -> np.ndarray:
+    """Undo :func:`to_cyx`: ``(C, Y, X)`` back to the file's own axis order."""
+    if layout.channel_axis is None:
+        return image[0]
+    return np.moveaxis(image, 0, layout.channel_axis)
+
+
+def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLayout] = None) -> Path:
+    """Write a ``(C, Y, X)`` image as TIFF atomically: to a temporary name, then renamed.
+
+    An interrupted write never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
+    layout = layout or ImageLayout(channel_axis=None if image.shape[0] == 1 else 0, dtype=image.dtype)
+    array = from_cyx(image, layout)
+    if array.ndim == 2:
+        axes = "YX"
+    else:
+        axes = "CYX" if layout.channel_axis == 0 else "YXC"
+    photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes})
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: "str | Path") -> Iterator[str]:
+    """Yield a temporary name beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A crash or ``kill -9`` mid-write leaves ``path`` as it was (absent or the previous
+    version) and at worst a hidden ``.part`` file, never a half-written ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_images(inputs: Iterable["str | Path"]) -> List[Path]:
+    """Expand files, folders and glob patterns into a sorted list of image files.
+
+    Raises
+    ------
+    ImageError
+        When an input names nothing, or nothing readable is found.
+    """
+    found: List[Path] = []
+    for item in inputs:
+        item = str(item)
+        path = Path(item)
+        if path.is_dir():
+            matches = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = [Path(p) for p in sorted(glob.glob(item)) if Path(p).is_file()]
+            if not matches:
+                raise ImageError(f"{item}: no such file, folder or matching pattern")
+        found.extend(matches)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise ImageError(f"no {'/'.join(IMAGE_SUFFIXES)} images found in {', '.join(map(str, inputs))}")
+    return unique
+
+
+def same_name_tif(path: Path, out_dir: Path, suffix: str = ".tif") -> Path:
+    """``out_dir/<input stem>.tif``; an OME-TIFF keeps its ``.ome`` in the stem."""
+    return Path(out_dir) / (Path(path).stem + suffix)

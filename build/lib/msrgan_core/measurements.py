@@ -1,0 +1,262 @@
+"""Can I trust my per-cell features? CellProfiler's measurements on upscaled images against the truth.
+
+For high-resolution images: each is degraded (a :data:`~msrgan_core.evaluate.QUALITY_GRID`
+acquisition), upscaled back by the model and by bicubic interpolation, and the three images go
+through one CellProfiler pipeline headless (``pipelines/measure_nuclei.cppipe``: the same
+segmentation and measurements for all three, through :func:`msrgan_core.headless.run_pipeline`).
+The nuclei found on each upscaled image are matched to those found on the high-resolution image
+by overlap (IoU at least 0.5), and each feature of each matched nucleus is compared with its
+high-resolution value: the median absolute and signed (bias) relative errors, Pearson and
+Spearman correlation, and the share of the high-resolution nuclei that were matched at all.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tifffile
+from tqdm.auto import tqdm
+
+from .binning import crop_to_multiple
+from .config import DegradationConfig
+from .errors import UserError
+from .io import atomic_write, read_image
+
+log = logging.getLogger("msrgan")
+
+PIPELINE = "measure_nuclei"
+#: the methods compared with the high-resolution image, in the order reports list them
+METHODS = ("msrgan", "bicubic")
+TRUTH = "high-res"
+IOU_MATCH = 0.5
+#: the features reported, by family; the first of each family is its scatter panel
+FEATURES = {
+    "size and shape": ["AreaShape_Area", "AreaShape_Perimeter", "AreaShape_FormFactor", "AreaShape_Solidity",
+                       "AreaShape_Eccentricity"],
+    "intensity": ["Intensity_IntegratedIntensity_DNA", "Intensity_MeanIntensity_DNA", "Intensity_StdIntensity_DNA"],
+    "texture": ["Texture_Contrast_DNA_3_00_256", "Texture_Entropy_DNA_3_00_256", "Texture_AngularSecondMoment_DNA_3_00_256"],
+    "granularity": ["Granularity_2_DNA", "Granularity_4_DNA", "Granularity_8_DNA"],
+}
+
+
+class FeatureEvaluationError(UserError, ValueError):
+    """The inputs cannot be measured (no nuclei, no images, a run that wrote nothing)."""
+
+
+@dataclass
+class FeatureReport:
+    """Per-object rows, per-feature summary rows and where they were written."""
+
+    objects: List[dict]
+    summary: List[dict]
+    files: List[Path]
+
+
+def match_objects(truth: np.ndarray, test: np.ndarray, threshold: float = IOU_MATCH) -> List[Tuple[int, int, float]]:
+    """``(truth label, test label, IoU)`` of the object pairs whose IoU is at least ``threshold``.
+
+    With a threshold of 0.5 or more, an object matches at most one other, so pairs are unique.
+    """
+    both = (truth > 0) & (test > 0)
+    pairs, overlap = np.unique(np.stack([truth[both], test[both]]), axis=1, return_counts=True)
+    area_truth = np.bincount(truth.ravel())
+    area_test = np.bincount(test.ravel())
+    matches = []
+    for (a, b), inter in zip(pairs.T, overlap):
+        iou = inter / (area_truth[a] + area_test[b] - inter)
+        if iou >= threshold:
+            matches.append((int(a), int(b), float(iou)))
+    return matches
+
+
+def _as_saved(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An image in the high-resolution file's own dtype, so CellProfiler scales all three alike."""
+    if np.dtype(dtype).kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
+    return image.astype(np.float32)
+
+
+def prepare_images(paths: Sequence[Path], upscaler, degradation: DegradationConfig, folder: Path, seed: int = 0,
+                   channel_axis: Optional[int] = None, progress: bool = True) -> List[str]:
+    """Write ``FIELD__high-res.tif``, ``FIELD__msrgan.tif`` and ``FIELD__bicubic.tif`` per image.
+
+    Returns the field names. The first channel of a multi-channel image is used.
+    """
+    from .evaluate import image_seed, low_resolution
+    from .metrics import upscale_bicubic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = []
+    for path in tqdm(paths, desc="upscaling", unit="image", disable=not progress):
+        image, _ = read_image(path, channel_axis=channel_axis)
+        hr = crop_to_multiple(image[:1], degradation.scale)
+        lr = low_resolution(hr.astype(np.float32), upscaler.model.normalization, degradation,
+                            np.random.default_rng(image_seed(path, seed)))
+        field = Path(path).stem
+        outputs = {TRUTH: hr.astype(np.float32), "msrgan": upscaler.upscale(lr, source=str(path)),
+                   "bicubic": upscale_bicubic(lr, degradation.scale)}
+        for method, pixels in outputs.items():
+            tifffile.imwrite(folder / f"{field}__{method}.tif", _as_saved(pixels[0], hr.dtype))
+        fields.append(field)
+    return fields
+
+
+def read_measurements(cp_out: Path) -> Dict[Tuple[str, str], Dict[int, Dict[str, float]]]:
+    """``(field, method) -> {object number: {feature: value}}`` from the run's Image.csv and Nuclei.csv."""
+    with open(cp_out / "Image.csv", newline="") as fh:
+        images = {row["ImageNumber"]: Path(row["FileName_DNA"]).stem.rsplit("__", 1) for row in csv.DictReader(fh)}
+    wanted = [f for family in FEATURES.values() for f in family]
+    out: Dict[Tuple[str, str], Dict[int, Dict[str, float]]] = {tuple(v): {} for v in images.values()}
+    with open(cp_out / "Nuclei.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            field, method = images[row["ImageNumber"]]
+            out[(field, method)][int(row["ObjectNumber"])] = {f: float(row[f]) for f in wanted if f in row}
+    return out
+
+
+def compare(fields: Sequence[str], cp_out: Path) -> List[dict]:
+    """One row per high-resolution nucleus and method: the matched nucleus's features beside the truth's."""
+    measured = read_measurements(cp_out)
+    rows = []
+    for field in fields:
+        truth_labels = tifffile.imread(cp_out / f"{field}__{TRUTH}_labels.tiff").astype(np.int64)
+        truth = measured.get((field, TRUTH), {})
+        for method in METHODS:
+            labels = tifffile.imread(cp_out / f"{field}__{method}_labels.tiff").astype(np.int64)
+            mine = measured.get((field, method), {})
+            matched = {a: (b, iou) for a, b, iou in match_objects(truth_labels, labels)}
+            for number, features in truth.items():
+                row = {"field": field, "method": method, "object": number}
+                if number in matched and matched[number][0] in mine:
+                    other, iou = matched[number]
+                    row.update(matched_object=other, iou=iou)
+                    for name, value in features.items():
+                        row[f"{name}"] = value
+                        row[f"{name}__{method}"] = mine[other].get(name, np.nan)
+                rows.append(row)
+    return rows
+
+
+def summarize(rows: List[dict]) -> List[dict]:
+    """Per method and feature: matched fraction, median |relative error|, bias, Pearson, Spearman."""
+    from scipy import stats
+
+    summary = []
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        matched = [r for r in mine if "matched_object" in r]
+        fraction = len(matched) / max(1, len(mine))
+        for family, names in FEATURES.items():
+            for name in names:
+                pairs = np.array([(r[name], r[f"{name}__{method}"]) for r in matched if name in r], np.float64)
+                pairs = pairs[np.all(np.isfinite(pairs), axis=1)] if len(pairs) else np.zeros((0, 2))
+                entry = {"method": method, "family": family, "feature": name, "objects": len(mine),
+                         "matched_fraction": fraction, "n": len(pairs)}
+                if len(pairs) >= 3:
+                    truth, test = pairs[:, 0], pairs[:, 1]
+                    nonzero = np.abs(truth) > 1e-12
+                    relative = (test[nonzero] - truth[nonzero]) / np.abs(truth[nonzero])
+                    entry.update(median_abs_rel_error=float(np.median(np.abs(relative))),
+                                 bias=float(np.median(relative)),
+                                 pearson=float(stats.pearsonr(truth, test)[0]) if np.std(test) > 0 else np.nan,
+                                 spearman=float(stats.spearmanr(truth, test)[0]) if np.std(test) > 0 else np.nan)
+                summary.append(entry)
+    return summary
+
+
+def verdicts(summary: List[dict]) -> List[str]:
+    """Plain sentences: each feature where msrgan's error is worse than bicubic's."""
+    by = {(e["method"], e["feature"]): e for e in summary}
+    lines = []
+    for family, names in FEATURES.items():
+        for name in names:
+            m, b = by.get(("msrgan", name), {}), by.get(("bicubic", name), {})
+            if "median_abs_rel_error" in m and "median_abs_rel_error" in b and m["median_abs_rel_error"] > b["median_abs_rel_error"]:
+                lines.append(f"{name} ({family}) is less accurate after msrgan than after bicubic: median error "
+                             f"{m['median_abs_rel_error']:.1%} against {b['median_abs_rel_error']:.1%}; do not trust it")
+    return lines
+
+
+def format_summary(summary: List[dict]) -> str:
+    def cell(e, key, fmt):
+        value = e.get(key)
+        return "-" if value is None or not np.isfinite(value) else format(value, fmt)
+
+    lines = [f"{'feature':<42} {'method':<8} {'matched':>7} {'med |err|':>9} {'bias':>7} {'Pearson':>7} {'Spearman':>8}"]
+    for e in sorted(summary, key=lambda e: (list(FEATURES).index(e["family"]), e["feature"], METHODS.index(e["method"]))):
+        lines.append(f"{e['feature']:<42} {e['method']:<8} {e['matched_fraction']:>7.1%} {cell(e, 'median_abs_rel_error', '.1%'):>9} "
+                     f"{cell(e, 'bias', '+.1%'):>7} {cell(e, 'pearson', '.3f'):>7} {cell(e, 'spearman', '.3f'):>8}")
+    return "\n".join(lines)
+
+
+def scatter_plot(rows: List[dict], destination: Path, title: str) -> Path:
+    """One panel per feature family (its first feature): upscaled value against high-resolution value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FEATURES), figsize=(4.2 * len(FEATURES), 4.2))
+    colors = {"msrgan": "tab:orange", "bicubic": "tab:blue"}
+    for ax, (family, names) in zip(axes, FEATURES.items()):
+        name = names[0]
+        everything = []
+        for method in METHODS:
+            pts = np.array([(r[name], r[f"{name}__{method}"]) for r in rows
+                            if r["method"] == method and name in r and f"{name}__{method}" in r], np.float64)
+            if len(pts):
+                ax.scatter(pts[:, 0], pts[:, 1], s=7, alpha=0.45, color=colors[method], label=method, linewidths=0)
+                everything.append(pts)
+        if everything:
+            both = np.concatenate(everything)
+            both = both[np.all(np.isfinite(both), axis=1)]
+            lo, hi = np.percentile(both, [0.5, 99.5]) if len(both) else (0, 1)
+            ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+        ax.set_title(f"{family}\n{name}", fontsize=9)
+        ax.set_xlabel("on the high-resolution image")
+        ax.set_ylabel("on the upscaled image")
+        ax.legend(loc="upper left", fontsize=8, markerscale=3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_write(destination) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return destination
+
+
+def write_rows(path: Path, rows: List[dict]) -> Path:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def evaluate_features(paths: Sequence[Path], upscaler, degradation: DegradationConfig, out_dir: Path, name: str,
+                      seed: int = 0, channel_axis: Optional[int] = None, progress: bool = True,
+                      cellprofiler: Optional[str] = None) -> FeatureReport:
+    """The whole evaluation: images, one CellProfiler run, matching, summary, CSVs and the scatter PNG."""
+    from .headless import run_pipeline
+
+    out_dir = Path(out_dir)
+    if not paths:
+        raise FeatureEvaluationError("no high-resolution images to measure")
+    fields = prepare_images(paths, upscaler, degradation, out_dir / "images", seed, channel_axis, progress)
+    cp_out = out_dir / "cellprofiler"
+    log.info("msrgan: measuring %d image(s) with CellProfiler (%s) ...", 3 * len(fields), PIPELINE)
+    run_pipeline(PIPELINE, out_dir / "images", cp_out, cellprofiler=cellprofiler)
+    rows = compare(fields, cp_out)
+    if not rows:
+        raise FeatureEvaluationError(f"CellProfiler found no nuclei on the high-resolution images in {out_dir / 'images'}")
+    summary = summarize(rows)
+    files = [write_rows(out_dir / "features_objects.csv", rows), write_rows(out_dir / "features_summary.csv", summary),
+             scatter_plot(rows, out_dir / "features_scatter.png", name)]
+    return FeatureReport(objects=rows, summary=summary, files=files)

@@ -1,0 +1,245 @@
+"""What a model file says about itself, read and checked without its weights (and without torch).
+
+A model file holds the generator's weights and, in the safetensors metadata under the key
+``msrgan``, a JSON document: the architecture, scale, channels, normalisation, how it runs by
+default, its measured influence radius, and where it came from (data, degradation, training,
+validation figures). :func:`read_card` validates all of it once into a :class:`ModelCard`, so a
+damaged or inconsistent file fails at load, before any image, and nothing re-parses it later.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .config import ConfigError, GeneratorConfig, NormalizationConfig
+from .errors import UserError
+from .options import DEFAULT_MODELS, ENSEMBLES
+
+FORMAT_VERSION = 1
+METADATA_KEY = "msrgan"
+
+
+class ModelFileError(UserError, ValueError):
+    """A model file is missing, damaged, foreign or does not match the code."""
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """How a model runs unless the caller says otherwise: its file's ``inference`` metadata.
+
+    ``ensemble``: orientations averaged (1, 2, 4 or 8); ``match_bins``: shift each output block
+    so that binning the output gives the input back. See :class:`msrgan_core.inference.Upscaler`.
+    Files without the entry run once, as the network outputs.
+    """
+
+    ensemble: int = 1
+    match_bins: bool = False
+
+    @classmethod
+    def from_metadata(cls, meta: Dict[str, Any], source: "str | Path") -> "InferenceDefaults":
+        entry = meta.get("inference", {})
+        defaults = cls(**entry) if isinstance(entry, dict) and set(entry) <= {"ensemble", "match_bins"} else None
+        if defaults is None or defaults.ensemble not in ENSEMBLES or not isinstance(defaults.match_bins, bool):
+            raise ModelFileError(f"{source}: its inference metadata {entry!r} is not "
+                                 f"{{'ensemble': one of {ENSEMBLES}, 'match_bins': true or false}}")
+        return defaults
+
+    def describe(self) -> str:
+        return (f"{self.ensemble} orientation(s) averaged, output bins "
+                f"{'matched to the input' if self.match_bins else 'as the network outputs them'}")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model file's metadata, validated.
+
+    Attributes
+    ----------
+    generator : GeneratorConfig
+        The architecture, scale and channels.
+    normalization : NormalizationConfig
+        The percentiles an image is normalised by before the network sees it.
+    inference : InferenceDefaults
+        How it runs by default.
+    influence_radius : int or None
+        Input pixels of context a tile needs (measured when the file was written); None in files
+        older than the measurement.
+    metadata : dict
+        The whole record, provenance included (``msrgan info --all``).
+    source : str
+        The file.
+    """
+
+    generator: GeneratorConfig
+    normalization: NormalizationConfig
+    inference: InferenceDefaults
+    influence_radius: Optional[int]
+    metadata: Dict[str, Any]
+    source: str
+
+    @property
+    def scale(self) -> int:
+        return self.generator.scale
+
+    @classmethod
+    def from_metadata(cls, meta: Any, source: "str | Path") -> "ModelCard":
+        """Check every entry a model needs to load and run; a :class:`ModelFileError` names the bad one."""
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{source}: its msrgan metadata is a JSON {type(meta).__name__}, not an object")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            from . import __version__
+
+            raise ModelFileError(
+                f"{source} has model format version {version!r}; this msrgan ({__version__}) reads version {FORMAT_VERSION}"
+            )
+        try:
+            generator = GeneratorConfig(**meta["generator"])
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise ModelFileError(f"{source}: its architecture metadata is invalid ({exc})") from None
+        for key in ("scale", "in_channels", "out_channels"):
+            if key in meta and meta[key] != getattr(generator, key):
+                raise ModelFileError(f"{source}: its metadata's {key} {meta[key]!r} and its generator's "
+                                     f"{getattr(generator, key)!r} do not match: the file was edited or damaged")
+        try:
+            normalization = NormalizationConfig(**meta.get("normalization", {}))
+        except (TypeError, ConfigError) as exc:
+            raise ModelFileError(f"{source}: its normalization metadata {meta.get('normalization')!r} is invalid ({exc})") from None
+        radius = meta.get("influence_radius")
+        if radius is not None and (not isinstance(radius, int) or isinstance(radius, bool) or radius < 0):
+            raise ModelFileError(f"{source}: its influence_radius {radius!r} is not a whole number of pixels >= 0")
+        return cls(generator=generator, normalization=normalization, inference=InferenceDefaults.from_metadata(meta, source),
+                   influence_radius=radius, metadata=meta, source=str(source))
+
+    def provenance(self) -> Dict[str, Any]:
+        """Where this model came from, in a few fields: what a model trained or blended from it records."""
+        trained = self.metadata.get("training", {})
+        return {"model": Path(self.source).name, "name": self.metadata.get("name"), "steps": trained.get("steps"),
+                "created": self.metadata.get("created"), "hardware": trained.get("hardware"), "init": trained.get("init")}
+
+    def summary(self) -> str:
+        """A plain account for ``msrgan info``: what images it is for, how it runs, its figures."""
+        meta, g = self.metadata, self.generator
+        trained = meta.get("training", {})
+        lines = [f"{Path(self.source).name}: msrgan model {meta.get('name', '(unnamed)')!r}, {g.scale}x, "
+                 f"{g.in_channels} channel(s) in and out"]
+        if meta.get("description"):
+            lines.append(f"  what: {meta['description']}")
+        if trained.get("data"):
+            lines.append(f"  trained on: {trained['data']}")
+        degradation = meta.get("degradation")
+        if isinstance(degradation, dict):
+            lines.append(f"  for inputs like: {describe_degradation(degradation)}")
+        lines.append(f"  network: {g.architecture}, {g.n_blocks} x {g.n_features} features"
+                     + (f"; tiles need {self.influence_radius} pixels of context" if self.influence_radius is not None else ""))
+        lines.append(f"  runs by default with: {self.inference.describe()}")
+        if trained:
+            lines.append(f"  training: {trained.get('steps')} steps, batch {trained.get('batch_size')} of "
+                         f"{trained.get('patch_size')}-pixel patches, on {trained.get('hardware')}; "
+                         f"split by {trained.get('split_by')} ({trained.get('val_files')} held out)")
+        if meta.get("blend"):
+            blend = meta["blend"]
+            lines.append(f"  a blend: {blend.get('weight')} x {blend.get('a', {}).get('model')} + "
+                         f"{1 - float(blend.get('weight', 0)):g} x {blend.get('b', {}).get('model')}")
+        figures = meta.get("validation") or {}
+        if "val_psnr" in figures:
+            lines.append(f"  validation (training's own held-out pairs): PSNR {figures['val_psnr']:.2f} dB, "
+                         f"bicubic {figures.get('bicubic_psnr', float('nan')):.2f} dB")
+        if meta.get("created"):
+            lines.append(f"  created: {meta['created']} with msrgan {meta.get('msrgan_version')}")
+        return "\n".join(lines)
+
+
+def describe_degradation(d: Dict[str, Any]) -> str:
+    """A degradation record in words: ``4 x 4 binning after a blur of 0-2.5 px, 30-100000 photons ...``."""
+    def span(values, unit=""):
+        low, high = values
+        return f"{low:g}{unit}" if low == high else f"{low:g}-{high:g}{unit}"
+
+    parts = [f"{d.get('scale')} x {d.get('scale')} {'binning' if d.get('method') == 'bin' else 'bicubic downsampling'}"]
+    if d.get("blur_sigma") and max(d["blur_sigma"]) > 0:
+        parts.append(f"blur sigma {span(d['blur_sigma'], ' px')}")
+    if d.get("poisson_peak") and max(d["poisson_peak"]) > 0:
+        parts.append(f"{span(d['poisson_peak'])} photons at the 99.8th percentile")
+    share = d.get("degraded_fraction", 1.0)
+    if share < 1:
+        parts.append(f"on {100 * share:g}% of patches, the rest plainly binned")
+    return ", ".join(parts)
+
+
+def packaged_model_path(name: str) -> Path:
+    """Path of a model shipped inside ``msrgan_core/weights``."""
+    return Path(str(resources.files("msrgan_core") / "weights" / f"{name}.safetensors"))
+
+
+def resolve_model(name_or_path: "str | Path | None") -> Path:
+    """A packaged model's name (``fidelity``, ``perceptual``; ``None`` = ``fidelity``) or a path.
+
+    A path that does not exist is an error: a custom model is never replaced by a packaged one.
+    """
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODELS[0]
+    if str(name_or_path) in DEFAULT_MODELS:
+        path = packaged_model_path(str(name_or_path))
+        if not path.is_file():
+            raise ModelFileError(f"the packaged model {name_or_path!r} is missing from {path.parent}: reinstall msrgan")
+        return path
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(
+            f"model file {path} does not exist (packaged models: {', '.join(DEFAULT_MODELS)})"
+        )
+    return path
+
+
+def read_metadata(path: "str | Path") -> Dict[str, Any]:
+    """The JSON metadata of a model file, without reading its weights (checked: :func:`read_card`)."""
+    return read_card(path).metadata
+
+
+def read_card(name_or_path: "str | Path | None") -> ModelCard:
+    """The validated card of a packaged model (by name) or a model file (by path)."""
+    from safetensors import safe_open
+
+    path = resolve_model(name_or_path)
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            raw = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own and OS errors for damaged files
+        raise ModelFileError(
+            f"{path} is not a readable safetensors model file (truncated or damaged?): {exc}"
+        ) from None
+    if METADATA_KEY not in raw:
+        raise ModelFileError(f"{path} is a safetensors file but not an msrgan model (no '{METADATA_KEY}' metadata)")
+    try:
+        meta = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: its msrgan metadata is not valid JSON ({exc})") from None
+    return ModelCard.from_metadata(meta, path)
+
+
+def describe(meta: Dict[str, Any]) -> str:
+    """Every entry of a model's metadata, one ``key.sub: value`` line each, for ``msrgan info --all``."""
+    lines = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value):
+                walk(f"{prefix}.{key}" if prefix else key, value[key])
+        else:
+            lines.append(f"{prefix}: {value}")
+
+    walk("", meta)
+    return "\n".join(lines)
+
+
+def generator_metadata(config: GeneratorConfig) -> Dict[str, Any]:
+    """The entries a generator writes about itself into its model file."""
+    from . import __version__
+
+    return {"format_version": FORMAT_VERSION, "msrgan_version": __version__, "generator": dataclasses.asdict(config),
+            "scale": config.scale, "in_channels": config.in_channels, "out_channels": config.out_channels}

@@ -1,0 +1,282 @@
+"""The mSRGAN networks: two generators (SRResNet, and a compact one) and SRGAN's VGG-style discriminator."""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DiscriminatorConfig, GeneratorConfig
+
+
+class ResidualBlock(nn.Module):
+    """conv3 - (BN) - PReLU - conv3 - (BN), plus the identity."""
+
+    def __init__(self, n_features: int, batch_norm: bool) -> None:
+        super().__init__()
+        layers = [nn.Conv2d(n_features, n_features, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(n_features))
+        layers += [nn.PReLU(n_features), nn.Conv2d(n_features, n_features, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(n_features))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Generator(nn.Module):
+    """SRResNet (``architecture = "srresnet"``): head conv, residual blocks with a global skip,
+    sub-pixel upsampling, tail conv.
+
+    Input ``(N, in_channels, H, W)`` normalised intensities; output
+    ``(N, out_channels, H * scale, W * scale)`` on the same scale.
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        f = config.n_features
+        self.head = nn.Sequential(nn.Conv2d(config.in_channels, f, 9, padding=4), nn.PReLU(f))
+        body = [ResidualBlock(f, config.batch_norm) for _ in range(config.n_blocks)]
+        body.append(nn.Conv2d(f, f, 3, padding=1))
+        if config.batch_norm:
+            body.append(nn.BatchNorm2d(f))
+        self.body = nn.Sequential(*body)
+        upsample = []
+        for _ in range(int(math.log2(config.scale))):
+            upsample += [nn.Conv2d(f, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(f)]
+        self.upsample = nn.Sequential(*upsample)
+        self.tail = nn.Conv2d(f, config.out_channels, 9, padding=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.head(x)
+        *stages, conv, shuffle, prelu = self.upsample
+        # The last stage's shuffle and PReLU and the tail (9 x 9 to few channels at output
+        # resolution, slow on the CPU) run as one equivalent convolution on the unshuffled
+        # features and a shuffle of its few output channels: the same function and parameters,
+        # twice as fast. oneDNN prefers channels-last input; without autograd the contiguous
+        # copy is freed once converted. (Upscaler keeps all weights channels-last.)
+        s = shuffle.upscale_factor
+        hidden = features + self.body(features)
+        for layer in stages:
+            hidden = layer(hidden)
+        unshuffled = F.prelu(conv(hidden), prelu.weight.repeat_interleave(s * s))
+        unshuffled = unshuffled.contiguous(memory_format=torch.channels_last)
+        kernel = fold_tail(self.tail.weight, s)
+        out = F.conv2d(unshuffled, kernel, self.tail.bias.repeat_interleave(s * s), padding=kernel.shape[-1] // 2)
+        out = F.pixel_shuffle(out.contiguous(), s)
+        if self.config.input_skip:
+            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return out
+
+
+@functools.lru_cache(maxsize=None)
+def _fold_index(k: int, s: int, device: torch.device) -> torch.Tensor:
+    """Where each tap of the folded kernel (see :func:`fold_tail`) reads the k x k kernel; k * k = zero.
+
+    Cached per device, so a forward pass (once per tile) copies nothing to the device.
+    """
+    r = k // 2
+    n = 2 * ((r + s - 1) // s) + 1
+    index = torch.full((s, s, s, s, n, n), k * k, dtype=torch.long)  # i j p q u v
+    for i, j, p, q, u, v in itertools.product(range(s), range(s), range(s), range(s), range(n), range(n)):
+        dy, dx = s * (u - n // 2) + p - i, s * (v - n // 2) + q - j
+        if abs(dy) <= r and abs(dx) <= r:
+            index[i, j, p, q, u, v] = (dy + r) * k + dx + r
+    return index.to(device)
+
+
+def fold_tail(weight: torch.Tensor, s: int) -> torch.Tensor:
+    """A k x k convolution after a pixel shuffle by ``s``, as a convolution before it.
+
+    ``weight`` ``(O, C, k, k)`` (k odd, zero padding k // 2) acts on ``pixel_shuffle(x, s)``.
+    The returned ``(O * s * s, C * s * s, n, n)`` kernel (padding n // 2) acts on ``x`` itself;
+    shuffling its output by ``s`` gives the same result. Output sub-pixel (i, j) of input pixel
+    (Y, X) reads sub-pixel (p, q) of input pixel (Y + u, X + v) at offset ``s * u + p - i``.
+    Differentiable, so training updates ``weight`` as it is.
+    """
+    o, c, k, _ = weight.shape
+    index = _fold_index(k, s, weight.device)
+    padded = torch.cat([weight.flatten(2), weight.new_zeros(o, c, 1)], dim=2)
+    folded = padded[:, :, index]  # o c i j p q u v
+    return folded.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(o * s * s, c * s * s, *folded.shape[-2:])
+
+
+class CompactGenerator(nn.Module):
+    """``architecture = "compact"``: every convolution at input resolution.
+
+    ``n_blocks`` 3 x 3 convolutions of ``n_features`` with PReLU, a 3 x 3 tail to
+    ``out_channels * scale**2`` channels and a pixel shuffle (ESPCN's sub-pixel tail), plus the
+    bicubic upsampling of the input (:func:`bicubic_kernel`, itself a convolution at input
+    resolution). It costs about ``9 * n_blocks * n_features**2`` multiply-adds per input pixel:
+    for 12 x 48, 0.24 M, against SRResNet 16 x 64's 2 M, half of which run at 2x and 4x resolution.
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        f, s = config.n_features, config.scale
+        layers = [nn.Conv2d(config.in_channels, f, 3, padding=1), nn.PReLU(f)]
+        for _ in range(config.n_blocks - 1):
+            layers += [nn.Conv2d(f, f, 3, padding=1), nn.PReLU(f)]
+        self.body = nn.Sequential(*layers)
+        self.tail = nn.Conv2d(f, config.out_channels * s * s, 3, padding=1)
+        if config.input_skip:  # derived from the scale, so not part of the weights (persistent=False)
+            self.register_buffer("skip_kernel", bicubic_kernel(s).repeat(config.in_channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.tail(self.body(x))
+        if self.config.input_skip:
+            r = self.skip_kernel.shape[-1] // 2  # replicate padding: torch's bicubic clamps at the border too
+            out = out + F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), self.skip_kernel, groups=x.shape[1])
+        return F.pixel_shuffle(out, self.config.scale)
+
+
+@functools.lru_cache(maxsize=None)
+def _bicubic_kernel(scale: int) -> torch.Tensor:
+    r = 2  # bicubic reads 4 input pixels per axis: 2 on either side of an output sub-pixel's input pixel
+    n = 2 * r + 1
+    impulse = torch.zeros(1, 1, 4 * n, 4 * n, dtype=torch.float64)
+    c = 2 * n  # far from the borders, so clamping plays no part
+    impulse[0, 0, c, c] = 1.0
+    up = F.interpolate(impulse, scale_factor=scale, mode="bicubic", align_corners=False)[0, 0]
+    kernel = torch.zeros(scale * scale, 1, n, n, dtype=torch.float64)
+    for ky, kx, dy, dx in itertools.product(range(scale), range(scale), range(-r, r + 1), range(-r, r + 1)):
+        # output sub-pixel (ky, kx) of input pixel (c - dy, c - dx) reads the impulse at offset (dy, dx)
+        kernel[ky * scale + kx, 0, dy + r, dx + r] = up[(c - dy) * scale + ky, (c - dx) * scale + kx]
+    return kernel.float()
+
+
+def bicubic_kernel(scale: int) -> torch.Tensor:
+    """torch's bicubic upsampling by ``scale`` as a ``(scale**2, 1, 5, 5)`` convolution kernel.
+
+    Convolving a replicate-padded ``(N, 1, H, W)`` image with it and pixel-shuffling the result
+    by ``scale`` equals ``F.interpolate(x, scale_factor=scale, mode="bicubic")``.
+    """
+    return _bicubic_kernel(int(scale)).clone()
+
+
+def build_generator(config: GeneratorConfig) -> nn.Module:
+    """The generator that ``config.architecture`` names."""
+    return CompactGenerator(config) if config.architecture == "compact" else Generator(config)
+
+
+def receptive_radius(config: GeneratorConfig) -> int:
+    """How far (in input pixels) an output pixel can see: an upper bound of the context it needs.
+
+    SRResNet: head 9x9 (4), two 3x3 per residual block, the body conv (1), one 3x3 per
+    upsampling stage at rising resolution (< 2 in all), the tail 9x9 at output resolution
+    (4 / scale), and the bicubic input skip (2). Compact: one pixel per 3x3 layer and the tail
+    (the skip's 2 lie within them). Rounded up, with one pixel to spare.
+    """
+    if config.architecture == "compact":
+        return config.n_blocks + 1 + 1
+    return 4 + 2 * config.n_blocks + 1 + 2 + math.ceil(4 / config.scale) + 2 + 1
+
+
+def forward_bytes_per_pixel(config: GeneratorConfig) -> int:
+    """About how many bytes of activations a forward pass without autograd holds per input pixel.
+
+    What sizes an inference tile to a memory budget. Compact: a layer's input, its convolution's
+    output and the PReLU's, of ``n_features`` each, and the tail's ``scale**2`` channels twice.
+    SRResNet: the last upsampling stage, 4 x ``n_features`` channels at ``scale / 2`` times the
+    resolution, about three copies of it.
+    """
+    f, s = config.n_features, config.scale
+    if config.architecture == "compact":
+        return 4 * (3 * f + 2 * s * s * config.out_channels)
+    return 4 * f * (3 + 3 * s * s)
+
+
+#: an input change that moves no output by more than this (on the normalised 0..1 scale) is ignored
+INFLUENCE_THRESHOLD = 1e-4
+
+
+@torch.no_grad()
+def influence_radius(generator: nn.Module, threshold: float = INFLUENCE_THRESHOLD, seeds: int = 3) -> int:
+    """The context (input pixels) beyond which the input changes an output pixel by < ``threshold``.
+
+    Measured, not bounded: on test images of blobs and noise (normalised intensities, 0..1), the
+    output of the central pixel is computed once from the whole image and once with everything
+    farther than ``r`` pixels (in every direction, the worst case of a tile's corner) set to zero,
+    as beyond a tile's border. The result is the smallest ``r`` at which the two differ by less
+    than ``threshold`` for every test image; :func:`receptive_radius` bounds the search. A 3 x 3
+    network's influence fades long before its receptive field ends, so tiles need far less overlap.
+    """
+    config = generator.config
+    bound = receptive_radius(config)
+    n = 2 * bound + 1
+    s, c = config.scale, bound
+    param = next(generator.parameters())
+    images = []
+    for seed in range(seeds):
+        rng = torch.Generator().manual_seed(seed)
+        white = torch.rand((1, config.in_channels, n, n), generator=rng)
+        blobs = F.avg_pool2d(F.pad(white, (3, 3, 3, 3), mode="reflect"), 7, stride=1)
+        images.append((blobs - blobs.min()) / (blobs.max() - blobs.min()) * 0.7 + 0.3 * white)
+    x = torch.cat(images).to(param.device, param.dtype)
+    was_training = generator.training
+    generator.eval()
+    try:
+        def centre(image: torch.Tensor) -> torch.Tensor:
+            return generator(image)[:, :, c * s:(c + 1) * s, c * s:(c + 1) * s]
+
+        full = centre(x)
+        yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        distance = torch.maximum((yy - c).abs(), (xx - c).abs()).to(param.device)
+
+        def moved(r: int) -> float:
+            return float((centre(x * (distance <= r)) - full).abs().max())
+
+        low, high = 0, bound  # moved(bound) is 0: nothing beyond the receptive field matters
+        while low < high:  # smallest r with moved(r) < threshold (the change shrinks as r grows)
+            mid = (low + high) // 2
+            if moved(mid) < threshold:
+                high = mid
+            else:
+                low = mid + 1
+        return low
+    finally:
+        generator.train(was_training)
+
+
+class Discriminator(nn.Module):
+    """SRGAN's discriminator: eight 3x3 convolutions (stride 2 every second), then a classifier.
+
+    Global average pooling before the dense layers lets it take any patch size.
+    """
+
+    def __init__(self, config: DiscriminatorConfig) -> None:
+        super().__init__()
+        f = config.n_features
+        widths = [f, f, 2 * f, 2 * f, 4 * f, 4 * f, 8 * f, 8 * f]
+        layers = []
+        in_ch = config.in_channels
+        for i, width in enumerate(widths):
+            stride = 2 if i % 2 == 1 else 1
+            layers.append(nn.Conv2d(in_ch, width, 3, stride=stride, padding=1))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(in_ch, 16 * f),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(16 * f, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of "real", shape ``(N,)``."""
+        return self.classifier(self.features(x)).squeeze(1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

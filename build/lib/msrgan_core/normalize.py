@@ -1,0 +1,84 @@
+"""Per-image percentile normalisation, undone with the very same statistics.
+
+Statistics are taken on the whole image (never per tile) and per channel, so a tiled result
+and an untiled one see the same mapping, and the output lands on the input's intensity scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import NormalizationConfig
+
+#: the pixel types an output can be cast to, and their torch counterparts
+TORCH_DTYPES = {np.dtype(k): v for k, v in (
+    (np.uint8, torch.uint8), (np.uint16, torch.uint16), (np.int8, torch.int8), (np.int16, torch.int16),
+    (np.int32, torch.int32), (np.float32, torch.float32), (np.float64, torch.float64))}
+#: at most this many pixels per channel are used to estimate the percentiles of a large image
+PERCENTILE_SAMPLE = 4_000_000
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-channel intensities mapped to 0 and 1: arrays of shape ``(C,)``."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def span(self) -> np.ndarray:
+        return self.high - self.low
+
+
+def percentile_stats(image: np.ndarray, config: NormalizationConfig = NormalizationConfig()) -> Stats:
+    """Low and high percentiles of each channel of a ``(C, Y, X)`` image.
+
+    A flat channel (high == low) gets a span of 1 so that it maps to a constant, not NaN.
+    """
+    flat = image.reshape(image.shape[0], -1)
+    step = max(1, flat.shape[1] // PERCENTILE_SAMPLE)
+    sample = flat[:, ::step].astype(np.float64)
+    low, high = np.percentile(sample, [config.low, config.high], axis=1)
+    high = np.where(high > low, high, low + 1.0)
+    return Stats(low=low, high=high)
+
+
+def normalize(image: np.ndarray, stats: Stats) -> np.ndarray:
+    """Map a ``(C, Y, X)`` image to float32 with the channels' low/high percentiles at 0/1."""
+    out = image.astype(np.float32, copy=True)
+    out -= stats.low.astype(np.float32)[:, None, None]
+    out /= stats.span.astype(np.float32)[:, None, None]
+    return out
+
+
+def denormalize(normalized, stats, dtype):
+    """Undo :func:`normalize` and cast to ``dtype``.
+
+    ``normalized`` is a ``(C, Y, X)`` NumPy array, with ``stats`` a :class:`Stats` and ``dtype``
+    a NumPy dtype; or a torch tensor on any device, with ``stats`` a ``(low, span)`` pair of
+    ``(C,)`` tensors on that device and ``dtype`` a torch dtype, and the work stays on that
+    device. Integer outputs are rounded; values beyond what ``dtype`` can hold (below 0 for
+    unsigned types, above 255 or 65535) are clipped. Nothing is rescaled: a 12-bit image stays
+    12-bit.
+
+    Returns
+    -------
+    image : ``(C, Y, X)`` of ``dtype``
+    clipped : float (NumPy: the fraction of pixels) or 0-d tensor (torch: their count)
+        Pixels beyond ``dtype``'s range by more than rounding would have moved them.
+    """
+    if isinstance(normalized, np.ndarray):
+        low = torch.as_tensor(stats.low, dtype=torch.float32)
+        span = torch.as_tensor(stats.span, dtype=torch.float32)
+        image, clipped = denormalize(torch.from_numpy(normalized.astype(np.float32, copy=False)), (low, span),
+                                     TORCH_DTYPES[np.dtype(dtype)])
+        return image.numpy(), float(clipped) / max(1, normalized.size)
+    low, span = stats
+    out = normalized * span[:, None, None] + low[:, None, None]
+    if dtype.is_floating_point:
+        return out.to(dtype), torch.zeros((), dtype=torch.int64, device=out.device)
+    info = torch.iinfo(dtype)
+    clipped = ((out < info.min - 0.5) | (out > info.max + 0.5)).sum()
+    return out.clamp_(info.min, info.max).round_().to(dtype), clipped

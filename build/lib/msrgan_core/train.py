@@ -1,0 +1,740 @@
+"""The training loop, written out: SRResNet pretraining, then adversarial mSRGAN training.
+
+Phase 1 (``pretrain_steps``) minimises the pixel loss; phase 2 (``gan_steps``) continues from
+it with the perceptual loss. The same code runs on CUDA (bf16 mixed precision) and on the CPU,
+and data-parallel across processes when started by ``torchrun`` (NCCL on GPUs, gloo on CPUs).
+
+A run directory holds:
+
+- ``checkpoint.pt``: resume state (weights, optimisers, step), written atomically;
+- ``checkpoint_pretrained.pt``: the same at the end of pretraining;
+- ``metrics.csv``: validation PSNR/SSIM (and the bicubic baseline) per evaluation;
+- ``fidelity.safetensors``: the phase-1 generator with the best validation PSNR;
+- ``perceptual.safetensors``: the phase-2 generator at the end of training;
+- ``samples/step_NNNNNNN.png``: low resolution | output | truth, for each evaluation;
+- ``split.json`` and ``config.json``: what was trained on and how.
+
+With ``train.ema_decay`` > 0, the saved and scored generator is the moving average of its weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import ExperimentConfig, TrainConfig
+from .data import Split, load_images, sample_batch, split_files, validation_pairs
+from .device import Distributed, describe_device, setup_distributed
+from .errors import UserError
+from .features import make_feature_extractor
+from .io import atomic_write, find_images
+from .losses import discriminator_loss, perceptual_loss, pixel_loss
+from .metrics import image_metrics, upscale_bicubic
+from .modelfile import ModelFileError, load_model, save_model
+from .models import Discriminator, build_generator, count_parameters
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger("msrgan")
+
+CHECKPOINT = "checkpoint.pt"
+PRETRAINED_CHECKPOINT = "checkpoint_pretrained.pt"
+METRICS = "metrics.csv"
+LOSS_READ_EVERY = 20  # steps between reads of the training loss on CUDA (each read waits for the GPU)
+METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim", "seconds"]
+
+
+class TrainingError(UserError, RuntimeError):
+    """A run that cannot start or continue as asked."""
+
+
+def spread(items: list, count: int) -> list:
+    """At most ``count`` items, evenly spaced through ``items`` (so every source is represented)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def learning_rate(step: int, config: ExperimentConfig) -> float:
+    """Cosine decay from the phase's rate (``lr``, then ``gan_lr`` or ``lr``) to ``lr_min_fraction`` of it."""
+    t = config.train
+    if step < t.pretrain_steps:
+        progress, length, top = step, t.pretrain_steps, t.lr
+    else:
+        progress, length, top = step - t.pretrain_steps, t.gan_steps, t.gan_lr or t.lr
+    floor = top * t.lr_min_fraction
+    return floor + (top - floor) * 0.5 * (1 + math.cos(math.pi * progress / max(1, length)))
+
+
+class WeightAverage:
+    """Exponential moving average of a generator's weights, restarted at the start of each phase.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` over the ``n`` updates since the
+    restart, so early on the average follows the fast-moving weights instead of holding on to
+    where the phase began.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(module).requires_grad_(False)
+        self.updates = 0
+
+    def restart(self, module: nn.Module) -> None:
+        self.module.load_state_dict(module.state_dict())
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for mine, theirs in zip(self.module.parameters(), module.parameters()):
+            mine.lerp_(theirs.detach(), 1 - decay)
+        for mine, theirs in zip(self.module.buffers(), module.buffers()):
+            mine.copy_(theirs)
+        self.updates += 1
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is the batch of step ``start + i``, drawn from (seed, step, rank) alone.
+
+    So a batch is the same whether the training process draws it or a worker does, and a
+    resumed run draws the batches it would have drawn without the stop.
+    """
+
+    def __init__(self, images: List[np.ndarray], config: ExperimentConfig, rank: int, start: int, stop: int) -> None:
+        self.images, self.config, self.rank = images, config, rank
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, index: int) -> "tuple[torch.Tensor, torch.Tensor]":
+        t = self.config.train
+        rng = np.random.default_rng([t.seed, self.start + index, self.rank])
+        lr, hr = sample_batch(self.images, t.batch_size, t.patch_size, self.config.degradation, rng)
+        return torch.from_numpy(lr), torch.from_numpy(hr)
+
+
+def batch_stream(batches: StepBatches, workers: int, pin_memory: bool):
+    """The batches in step order: drawn here (``workers`` = 0) or ahead by worker processes."""
+    if workers == 0 or len(batches) == 0:  # no processes started for a run that has no steps left
+        return (batches[i] for i in range(len(batches)))
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=4, pin_memory=pin_memory))
+
+
+def initial_weights(config: ExperimentConfig) -> "tuple[Optional[dict], Optional[dict]]":
+    """The generator weights named by ``train.init`` and a note of where they came from (or None)."""
+    if not config.train.init:
+        return None, None
+    try:
+        model = load_model(config.train.init)
+    except ModelFileError as exc:
+        raise TrainingError(f"train.init: {exc}") from None
+    if model.config != config.generator:
+        raise TrainingError(f"train.init: {model.source} is a {model.config} but [generator] asks for {config.generator}")
+    if model.normalization != config.normalization:
+        raise TrainingError(f"train.init: {model.source} was trained on {model.normalization} "
+                            f"but [normalization] says {config.normalization}")
+    return model.generator.state_dict(), model.card.provenance()  # the whole chain: provenance holds its own init
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"{path} cannot be read as an msrgan checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def bicubic_scores(pairs) -> Dict[str, float]:
+    """Mean PSNR/SSIM of bicubic upscaling on the validation pairs: the baseline, computed once."""
+    scores = [image_metrics(hr, upscale_bicubic(lr, hr.shape[-1] // lr.shape[-1])) for lr, hr in pairs]
+    return {"bicubic_psnr": float(np.mean([m["psnr"] for m in scores])),
+            "bicubic_ssim": float(np.mean([m["ssim"] for m in scores]))}
+
+
+@torch.no_grad()
+def evaluate(generator: nn.Module, pairs, device: torch.device) -> "tuple[Dict[str, float], np.ndarray]":
+    """Mean PSNR/SSIM of the generator on the validation pairs, and its output for the first pair."""
+    generator.eval()
+    outputs = [generator(torch.from_numpy(lr)[None].to(device)).float()[0].cpu().numpy() for lr, _ in pairs]
+    generator.train()
+    scores = [image_metrics(hr, sr) for (_, hr), sr in zip(pairs, outputs)]
+    return ({"val_psnr": float(np.mean([m["psnr"] for m in scores])),
+             "val_ssim": float(np.mean([m["ssim"] for m in scores]))}, outputs[0])
+
+
+def save_sample(path: Path, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray) -> None:
+    """PNG of nearest-upscaled input | output | truth (first channel, shared 8-bit scaling)."""
+    import imageio.v3 as iio
+
+    scale = hr.shape[-1] // lr.shape[-1]
+    near = np.repeat(np.repeat(lr[0], scale, axis=0), scale, axis=1)
+    row = np.concatenate([near, sr[0], hr[0]], axis=1)
+    low, high = np.percentile(hr[0], [0.5, 99.8])
+    row8 = np.clip((row - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
+    with atomic_write(path) as tmp:
+        iio.imwrite(tmp, row8, extension=".png")
+
+
+def model_metadata(config: ExperimentConfig, split, name: str, step: int, metrics: Dict[str, float],
+                   device: torch.device, world_size: int, init: Optional[dict] = None) -> dict:
+    """What a model file says about its training: for its users, who have neither the run folder
+    nor the data folders (so names, not paths)."""
+    return {
+        "name": name,
+        "normalization": dataclasses.asdict(config.normalization),
+        "degradation": dataclasses.asdict(config.degradation),
+        "loss": dataclasses.asdict(config.loss) if name == "perceptual" else {"pixel": config.train.pixel_loss},
+        "training": {
+            "data": config.data.description or ", ".join(Path(p).name for p in config.data.train),
+            "train_files": len(split.train),
+            "val_files": len(split.val),
+            "split_by": split.by,
+            "well_regex": config.data.well_regex,
+            "val_fraction": config.data.val_fraction,
+            "steps": step,
+            "pretrain_steps": config.train.pretrain_steps,
+            "gan_steps": config.train.gan_steps if name == "perceptual" else 0,
+            "batch_size": config.train.batch_size,
+            "patch_size": config.train.patch_size,
+            "seed": config.train.seed,
+            "init": init,
+            "hardware": f"{describe_device(device)} x {world_size}, {platform.machine()}",
+            "torch": torch.__version__,
+        },
+        "validation": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "msrgan_version": __version__,
+    }
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run: what its set-up made, and the state its steps change.
+
+    Attributes
+    ----------
+    config : ExperimentConfig
+        The experiment being trained.
+    out_dir : Path
+        The run folder.
+    dist : Distributed
+        This process's place in a ``torchrun`` job.
+    device : torch.device
+        Where this process trains.
+    split : Split
+        Which files train and which validate.
+    train_images : list of np.ndarray, each (C, Y, X)
+        The normalised training images.
+    val_pairs : list of (np.ndarray, np.ndarray)
+        The fixed validation pairs, low resolution (C, y, x) and truth (C, Y, X).
+    baseline : dict of str to float
+        Bicubic PSNR/SSIM on ``val_pairs`` (empty without validation pairs).
+    init_note : dict or None
+        Where the starting weights came from (``train.init``), for the model files.
+    generator, discriminator : nn.Module
+        The networks, wrapped in ``DistributedDataParallel`` when ``dist.world_size`` > 1.
+    opt_g, opt_d : torch.optim.Optimizer
+        Their optimisers.
+    features : callable
+        The content-loss feature extractor, ``(N, C, H, W) -> features``.
+    average : WeightAverage or None
+        The moving average of the generator's weights (with ``train.ema_decay`` > 0).
+    step : int
+        Steps done.
+    best_psnr : float
+        The best validation PSNR of the pretraining phase so far.
+    """
+
+    config: ExperimentConfig
+    out_dir: Path
+    dist: Distributed
+    device: torch.device
+    split: Split
+    train_images: List[np.ndarray]
+    val_pairs: List[Tuple[np.ndarray, np.ndarray]]
+    baseline: Dict[str, float]
+    init_note: Optional[dict]
+    generator: nn.Module
+    discriminator: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    features: Callable[[torch.Tensor], torch.Tensor]
+    average: Optional[WeightAverage]
+    step: int = 0
+    best_psnr: float = -math.inf
+
+    @property
+    def served(self) -> nn.Module:
+        """The generator that is scored and saved: the weight average if there is one."""
+        return self.average.module if self.average is not None else unwrap(self.generator)
+
+
+def train(
+    config: ExperimentConfig,
+    out_dir: "str | Path",
+    resume: bool = False,
+    progress: bool = True,
+    until_step: Optional[int] = None,
+) -> Path:
+    """Train (or resume) a run in ``out_dir``; returns ``out_dir``.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        What to train, on which data, and how.
+    out_dir : str or Path
+        The run folder (created if need be).
+    resume : bool
+        Continue the run that ``out_dir`` holds.
+    progress : bool
+        Show progress bars (on the main process).
+    until_step : int, optional
+        Stop early at that step, with a checkpoint, e.g. to fit a cluster job's time limit;
+        ``resume`` then continues exactly as if there had been no stop.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Raises
+    ------
+    TrainingError
+        ``out_dir`` already holds a run and ``resume`` is off, or ``resume`` is on and it holds
+        none; ``train.init`` names an unusable model; the loss became non-finite.
+    """
+    run = set_up_run(config, Path(out_dir), resume, progress)
+    tc, dist, device = config.train, run.dist, run.device
+    if dist.is_main:
+        _prepare_metrics_csv(run.out_dir / METRICS, run.step)
+    writer = _tensorboard(run.out_dir) if tc.tensorboard and dist.is_main else None
+    autocast = autocast_for(tc, device)
+    total = tc.pretrain_steps + tc.gan_steps
+    bar = tqdm(total=total, initial=run.step, desc="training", unit="step", disable=not (progress and dist.is_main))
+    started, loss_value = time.time(), float("nan")
+    stop = total if until_step is None else min(total, int(until_step))
+    if resume:
+        for stale in run.out_dir.glob(f".{CHECKPOINT}.*.part"):  # left by a kill during a write
+            stale.unlink()
+    stream = batch_stream(StepBatches(run.train_images, config, dist.rank, run.step, stop), tc.workers,
+                          pin_memory=device.type == "cuda")
+    while run.step < stop:
+        pretraining = run.step < tc.pretrain_steps
+        phase = "pretrain" if pretraining else "gan"
+        adversarial_starts = run.step == tc.pretrain_steps and run.step > 0
+        if run.average is not None and adversarial_starts:
+            run.average.restart(unwrap(run.generator))  # the adversarial phase averages only its own weights
+        lr_now = learning_rate(run.step, config)
+        set_learning_rate((run.opt_g, run.opt_d), lr_now)
+        lr_t, hr_t = (t.to(device, non_blocking=True) for t in next(stream))
+        if pretraining:
+            loss, terms = pretrain_step(run, lr_t, hr_t, autocast)
+        else:
+            loss, terms = adversarial_step(run, lr_t, hr_t, autocast)
+        if run.average is not None:
+            run.average.update(unwrap(run.generator))
+        run.step += 1
+
+        step = run.step
+        training_ends = step == total
+        phase_ends = step == tc.pretrain_steps or training_ends
+        pretrain_ends = step == tc.pretrain_steps and tc.gan_steps > 0
+        run_stops = step == stop
+        eval_due = step % tc.eval_every == 0 or phase_ends
+        checkpoint_due = step % tc.checkpoint_every == 0 or run_stops or pretrain_ends
+        # Reading the loss waits for the GPU; on CUDA it is read every few steps, so that the
+        # next steps queue up meanwhile. A non-finite loss stays non-finite, so it is still caught.
+        if device.type != "cuda" or step % LOSS_READ_EVERY == 0 or eval_due or run_stops:
+            loss_value = finite_loss(loss, step)
+            bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}")
+        bar.update(1)
+        if writer is not None:
+            for name, value in terms.items():
+                writer.add_scalar(f"train/{name}", float(value.detach()), step)
+
+        if dist.is_main and eval_due:
+            row = {"step": step, "phase": phase, "lr": lr_now, "train_loss": loss_value,
+                   "seconds": round(time.time() - started, 1)}
+            psnr_now = evaluate_and_save(run, row, writer, training_ends)
+            bar.set_postfix(phase=phase, loss=f"{loss_value:.4g}", val_psnr=f"{psnr_now:.2f}")
+        if dist.is_main and checkpoint_due:
+            save_run_state(run, pretrain_ends)
+        if dist.world_size > 1 and (eval_due or checkpoint_due):
+            torch.distributed.barrier()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if dist.world_size > 1:
+        torch.distributed.destroy_process_group()
+    if dist.is_main:
+        log.info("msrgan: at step %d of %d; generator %d parameters; outputs in %s",
+                 run.step, total, count_parameters(unwrap(run.generator)), run.out_dir)
+    return run.out_dir
+
+
+def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: bool) -> Run:
+    """Devices, data, split, validation pairs and their bicubic baseline, networks, optimisers,
+    feature extractor and weight average; on ``resume``, the state of the last checkpoint.
+
+    The parameters are `train`'s; ``progress`` shows a bar while the training images load.
+    Writes ``split.json`` and ``config.json`` into ``out_dir``.
+
+    Raises
+    ------
+    TrainingError
+        ``out_dir`` already holds a run and ``resume`` is off, or ``resume`` is on and it holds
+        none; ``train.init`` names an unusable model.
+    """
+    tc = config.train
+    dist, device = setup_distributed(tc.device)
+    checkpoint_path = out_dir / CHECKPOINT
+    if checkpoint_path.exists() and not resume:
+        raise TrainingError(f"{out_dir} already holds a training run: pass --resume to continue it, or use a new folder")
+    if resume and not checkpoint_path.exists():
+        raise TrainingError(f"--resume: {out_dir} holds no {CHECKPOINT} to continue from")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        log.info("msrgan: training on %s (%d process%s)", describe_device(device), dist.world_size,
+                 "es" if dist.world_size > 1 else "")
+
+    split, train_images, val_pairs = load_data(config, progress and dist.is_main)
+    baseline = bicubic_scores(val_pairs) if val_pairs else {}
+    if dist.is_main:
+        write_run_description(out_dir, config, split)
+    generator, discriminator = build_networks(config, device)
+    init_state, init_note = initial_weights(config)
+    if init_state is not None:
+        generator.load_state_dict(init_state)
+    run = Run(config, out_dir, dist, device, split, train_images, val_pairs, baseline, init_note,
+              generator, discriminator,
+              opt_g=torch.optim.Adam(generator.parameters(), lr=tc.lr, betas=(0.9, 0.999)),
+              opt_d=torch.optim.Adam(discriminator.parameters(), lr=tc.lr, betas=(0.9, 0.999)),
+              features=feature_extractor(config, discriminator, device),
+              average=WeightAverage(generator, tc.ema_decay) if tc.ema_decay > 0 else None)
+    if resume:
+        restore_checkpoint(run, load_checkpoint(checkpoint_path))
+    if dist.world_size > 1:
+        run.generator = nn.parallel.DistributedDataParallel(run.generator)
+        run.discriminator = nn.parallel.DistributedDataParallel(run.discriminator)
+    return run
+
+
+def load_data(config: ExperimentConfig, progress: bool
+              ) -> "tuple[Split, List[np.ndarray], List[Tuple[np.ndarray, np.ndarray]]]":
+    """The split of ``data.train``, its training images and its fixed validation pairs.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        Its ``data``, ``normalization``, ``degradation`` and ``generator`` say what to load and how.
+    progress : bool
+        Show a progress bar while loading the training images.
+
+    Returns
+    -------
+    split : Split
+        Which files train and which validate.
+    train_images : list of np.ndarray, each (C, Y, X)
+        The normalised training images.
+    val_pairs : list of (np.ndarray, np.ndarray)
+        Low resolution (C, y, x) and truth (C, Y, X) for at most ``data.max_val_images`` images.
+    """
+    tc, g_cfg = config.train, config.generator
+    files = find_images(config.data.train)
+    split = split_files(files, config.data.well_regex, config.data.val_fraction, tc.seed)
+    train_images = load_images(split.train, config.normalization, g_cfg.in_channels, tc.patch_size,
+                               config.data.channel_axis, progress=progress)
+    val_images = load_images(spread(split.val, config.data.max_val_images), config.normalization, g_cfg.in_channels,
+                             g_cfg.scale * 8, config.data.channel_axis) if split.val else []
+    return split, train_images, validation_pairs(val_images, config.degradation, tc.seed)
+
+
+def write_run_description(out_dir: Path, config: ExperimentConfig, split: Split) -> None:
+    """Write ``split.json`` (which files train and which validate) and ``config.json`` into ``out_dir``."""
+    (out_dir / "split.json").write_text(json.dumps(
+        {"by": split.by, "val_groups": split.val_groups,
+         "train": [str(p) for p in split.train], "val": [str(p) for p in split.val]}, indent=1))
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+
+def build_networks(config: ExperimentConfig, device: torch.device) -> "tuple[nn.Module, Discriminator]":
+    """The generator and discriminator on ``device``, their weights drawn from ``train.seed``.
+
+    The global random generator is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        generator = build_generator(config.generator).to(device)
+        discriminator = Discriminator(config.discriminator).to(device)
+    return generator, discriminator
+
+
+def feature_extractor(config: ExperimentConfig, discriminator: Discriminator,
+                      device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The content-loss feature extractor of ``loss.feature_extractor``, on ``device``.
+
+    One that is part of ``discriminator`` is already there, and stays shared with it.
+    """
+    features = make_feature_extractor(config.loss, discriminator)
+    if isinstance(features, nn.Module) and features is not discriminator.features:
+        features = features.to(device)
+    return features
+
+
+def autocast_for(train_config: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context for forward passes: bf16 autocast on CUDA with ``train.mixed_precision``, else none.
+
+    On CUDA it also lets cuDNN time its kernels for the fixed patch shapes and keep the fastest.
+    """
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+    if train_config.mixed_precision and on_cuda:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def set_learning_rate(optimizers: "tuple[torch.optim.Optimizer, ...]", lr: float) -> None:
+    """Set every parameter group of ``optimizers`` to the learning rate ``lr``."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def pretrain_step(run: Run, lr_t: torch.Tensor, hr_t: torch.Tensor,
+                  autocast: Callable[[], contextlib.AbstractContextManager]
+                  ) -> "tuple[torch.Tensor, Dict[str, torch.Tensor]]":
+    """One step of the generator on the pixel loss.
+
+    Parameters
+    ----------
+    run : Run
+        Its generator and ``opt_g`` take the step.
+    lr_t, hr_t : torch.Tensor, shapes (N, C, y, x) and (N, C, Y, X)
+        The batch: low-resolution patches and their truth, on ``run.device``.
+    autocast : callable
+        The context for forward passes (see `autocast_for`).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        The pixel loss, a scalar.
+    terms : dict of str to torch.Tensor
+        The same as ``{"pixel": loss}``.
+    """
+    with autocast():
+        sr = run.generator(lr_t)
+    loss = pixel_loss(sr.float(), hr_t, run.config.train.pixel_loss)
+    run.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt_g.step()
+    return loss, {"pixel": loss}
+
+
+def adversarial_step(run: Run, lr_t: torch.Tensor, hr_t: torch.Tensor,
+                     autocast: Callable[[], contextlib.AbstractContextManager]
+                     ) -> "tuple[torch.Tensor, Dict[str, torch.Tensor]]":
+    """One adversarial step: the generator on the perceptual loss, then the discriminator.
+
+    The discriminator is frozen while the generator's loss is built from its named terms and
+    the generator steps; then the discriminator steps on the detached output.
+
+    Parameters
+    ----------
+    run : Run
+        Its networks and optimisers take the step.
+    lr_t, hr_t : torch.Tensor, shapes (N, C, y, x) and (N, C, Y, X)
+        The batch: low-resolution patches and their truth, on ``run.device``.
+    autocast : callable
+        The context for forward passes (see `autocast_for`).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        The generator's total loss, a scalar.
+    terms : dict of str to torch.Tensor
+        The generator's named terms and ``total`` (see `perceptual_loss`), and ``discriminator``.
+    """
+    tc, raw_d = run.config.train, unwrap(run.discriminator)
+    raw_d.requires_grad_(False)
+    with autocast():
+        sr = run.generator(lr_t)
+        fake_logits = raw_d(sr)
+    terms = perceptual_loss(sr.float(), hr_t, fake_logits.float(), run.features, run.config.loss, tc.pixel_loss)
+    run.opt_g.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    run.opt_g.step()
+
+    raw_d.requires_grad_(True)
+    with autocast():
+        real_logits = run.discriminator(hr_t)
+        fake_logits = run.discriminator(sr.detach())
+    d_loss = discriminator_loss(real_logits.float(), fake_logits.float())
+    run.opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    run.opt_d.step()
+    terms["discriminator"] = d_loss
+    return terms["total"], terms
+
+
+def finite_loss(loss: torch.Tensor, steps_done: int) -> float:
+    """The value of ``loss``, read from the device.
+
+    Raises
+    ------
+    TrainingError
+        The loss is not finite (by step ``steps_done - 1``).
+    """
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingError(f"the loss became {value} by step {steps_done - 1}; lower train.lr or check the data")
+    return value
+
+
+def evaluate_and_save(run: Run, row: dict, writer: "Optional[SummaryWriter]", training_ends: bool) -> float:
+    """Score the served generator, log the metrics row, save a sample and the model file this step earns.
+
+    In the pretraining phase, ``fidelity.safetensors`` is saved on the best validation PSNR so
+    far (on each evaluation, without validation pairs); in the adversarial phase,
+    ``perceptual.safetensors`` is saved when training ends.
+
+    Parameters
+    ----------
+    run : Run
+        The run, at the step just done; its ``best_psnr`` is updated.
+    row : dict
+        The metrics row so far: ``step``, ``phase``, ``lr``, ``train_loss`` and ``seconds``.
+    writer : SummaryWriter or None
+        Where the validation scores also go (``train.tensorboard``).
+    training_ends : bool
+        This is the last step of training.
+
+    Returns
+    -------
+    float
+        The validation PSNR (-inf without validation pairs).
+    """
+    served = run.served
+    scores: Dict[str, float] = {}
+    if run.val_pairs:
+        scores, sample = evaluate(served, run.val_pairs, run.device)
+        scores.update(run.baseline)
+        low, truth = run.val_pairs[0]
+        save_sample(run.out_dir / "samples" / f"step_{run.step:07d}.png", low, sample, truth)
+    _append_metrics(run.out_dir / METRICS, {**row, **scores})
+    if writer is not None:
+        for name, value in scores.items():
+            writer.add_scalar(f"val/{name}", value, run.step)
+    psnr_now = scores.get("val_psnr", -math.inf)
+    pretraining = row["phase"] == "pretrain"
+    best_yet = psnr_now > run.best_psnr or not run.val_pairs or run.best_psnr == -math.inf
+    if pretraining and best_yet:
+        run.best_psnr = max(run.best_psnr, psnr_now)
+        save_generator(run, "fidelity", served, scores)
+    if not pretraining and training_ends:
+        save_generator(run, "perceptual", served, scores)
+    return psnr_now
+
+
+def save_generator(run: Run, name: str, generator: nn.Module, scores: Dict[str, float]) -> None:
+    """Save ``generator`` as ``<name>.safetensors`` in the run folder, with its `model_metadata`."""
+    save_model(run.out_dir / f"{name}.safetensors", generator,
+               model_metadata(run.config, run.split, name, run.step, scores, run.device, run.dist.world_size,
+                              run.init_note))
+
+
+def checkpoint_state(run: Run) -> dict:
+    """The resume state of ``run``: step, best PSNR, weights, optimisers and weight average."""
+    state = {
+        "step": run.step, "best_psnr": run.best_psnr,
+        "generator": unwrap(run.generator).state_dict(), "discriminator": unwrap(run.discriminator).state_dict(),
+        "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
+    }
+    if run.average is not None:
+        state.update(generator_average=run.average.module.state_dict(), average_updates=run.average.updates)
+    return state
+
+
+def restore_checkpoint(run: Run, state: dict) -> None:
+    """Put ``run`` in the ``state`` of `checkpoint_state`.
+
+    A checkpoint from a run without the weight average starts the average from its generator.
+    """
+    try:
+        unwrap(run.generator).load_state_dict(state["generator"])
+        unwrap(run.discriminator).load_state_dict(state["discriminator"])
+    except (RuntimeError, KeyError) as exc:
+        raise TrainingError(f"--resume: the checkpoint in {run.out_dir} holds other networks than the config's "
+                            f"[generator] and [discriminator] ({' '.join(str(exc).split())[:200]}): resume with the "
+                            "config the run started with, or use a new folder") from None
+    run.opt_g.load_state_dict(state["opt_g"])
+    run.opt_d.load_state_dict(state["opt_d"])
+    run.step, run.best_psnr = int(state["step"]), float(state["best_psnr"])
+    if run.average is not None and "generator_average" in state:
+        run.average.module.load_state_dict(state["generator_average"])
+        run.average.updates = int(state["average_updates"])
+    elif run.average is not None:
+        run.average.restart(unwrap(run.generator))
+    if run.dist.is_main:
+        log.info("msrgan: resuming %s at step %d", run.out_dir, run.step)
+
+
+def save_run_state(run: Run, pretrain_ends: bool) -> None:
+    """Write ``checkpoint.pt``; at the end of pretraining also ``checkpoint_pretrained.pt``.
+
+    The second lets the adversarial phase be rerun (or tuned) without pretraining again.
+    """
+    state = checkpoint_state(run)
+    save_checkpoint(run.out_dir / CHECKPOINT, state)
+    if pretrain_ends:
+        save_checkpoint(run.out_dir / PRETRAINED_CHECKPOINT, state)
+
+
+def _prepare_metrics_csv(path: Path, resume_step: int) -> None:
+    """Create the CSV, or on resume drop rows past the checkpoint (they will be logged again)."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=METRICS_FIELDS, extrasaction="ignore").writerow(row)
+
+
+def _tensorboard(out_dir: Path) -> "SummaryWriter":
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainingError("train.tensorboard = true needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out_dir / "tensorboard"))
