@@ -41,13 +41,14 @@ from tqdm.auto import tqdm
 from msrgan_core.binning import crop_to_multiple
 from msrgan_core.cli import add_inference_options
 from msrgan_core.data import split_files
-from msrgan_core.evaluate import QUALITY_GRID, grid_degradation, image_seed, low_resolution
+from msrgan_core.evaluate import grid_degradation, image_seed, low_resolution
 from msrgan_core.inference import Upscaler
 from msrgan_core.io import find_images, read_image
 from msrgan_core.metrics import (
     BASELINES, CLASSICAL, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
 from msrgan_core.modelfile import load_model
+from msrgan_core.options import QUALITY_GRID
 
 SCALE = 4
 DATASETS = {"BBBC039": "bbbc039/images", "DSB2018": "dsb2018_fluorescence"}

@@ -25,7 +25,7 @@ from scipy import ndimage, stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import read_mask, read_pair, validation_files  # noqa: E402 - the quality benchmark's split and pairs
 
-from msrgan_core.evaluate import QUALITY_GRID  # noqa: E402
+from msrgan_core.options import QUALITY_GRID  # noqa: E402
 from msrgan_core.inference import Upscaler  # noqa: E402
 from msrgan_core.modelfile import load_model  # noqa: E402
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .options import AS_THE_MODEL_SAYS, DEFAULT_MODELS, DEVICES, ENSEMBLES, PRECISIONS
+from .options import AS_THE_MODEL_SAYS, CALIBRATION_CELLS, DEFAULT_MODELS, DEVICES, ENSEMBLES, PRECISIONS, QUALITY_GRID
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -78,6 +78,20 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     model = with_inference_defaults(model, ensemble, match_bins)
     save_model(args.out, model.generator, model.metadata)
     print(f"msrgan: {args.out} = {args.model}, run by default with {model.inference.describe()}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate
+    from .io import find_images
+    from .modelfile import save_model
+
+    files = find_images(args.hr)
+    upscaler = make_upscaler(args)
+    found = calibrate(upscaler, files, args.cells, channel_axis=args.channel_axis, progress=not args.quiet)
+    save_model(args.out, upscaler.model.generator, dict(upscaler.model.metadata, **found))
+    print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {len(files)} image(s): "
+          f"the error is {found['uncertainty_scale']:.2f} times the spread over orientations")
     return 0
 
 
@@ -256,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score the model against classical upscaling on high-resolution images")
     p.add_argument("--hr", nargs="+", required=True, help="high-resolution image files, folders or globs")
     add_device_options(p)
-    p.add_argument("--degradation", default="bin", metavar="ACQUISITION",
-                   help="how the low-resolution inputs are made: bin (default, 4 x 4 binning), bin+1000ph, bin+300ph, "
-                        "bin+100ph, blur1.5+bin, blur1.5+bin+1000ph, ... (benchmarks/quality.py's grid)")
+    p.add_argument("--degradation", default="bin", choices=list(QUALITY_GRID), metavar="ACQUISITION",
+                   help="how the low-resolution inputs are made, a cell of benchmarks/quality.py's grid: "
+                        f"{', '.join(QUALITY_GRID)} (default bin: 4 x 4 binning; +Nph: shot noise of N photons)")
     p.add_argument("--csv", default="msrgan_evaluation.csv", help="where to write per-image figures")
     p.add_argument("--features", action="store_true",
                    help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "
@@ -269,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="calibrate a model's uncertainty image on high-resolution images (writes a copy)")
+    p.add_argument("--hr", nargs="+", required=True, help="high-resolution image files, folders or globs (held out from training)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the calibrated model file to write")
+    add_device_options(p)
+    p.add_argument("--cells", nargs="+", default=list(CALIBRATION_CELLS), choices=list(QUALITY_GRID), metavar="ACQUISITION",
+                   help=f"the acquisitions to calibrate on (default: {' '.join(CALIBRATION_CELLS)})")
+    p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("blend", help="interpolate two models weight by weight (e.g. adversarial and fidelity)")
     p.add_argument("a", help="model file or packaged model name (e.g. perceptual)")

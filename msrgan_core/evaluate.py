@@ -16,18 +16,10 @@ from .inference import Upscaler
 from .io import atomic_write, read_image
 from .metrics import BASELINES, image_metrics
 from .normalize import denormalize, normalize, percentile_stats
+from .options import GRID_READ_NOISE, QUALITY_GRID
 
 METHOD_ORDER = ("nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan")
 
-#: read noise of the grid's noisy acquisitions, as a fraction of the normalised range
-GRID_READ_NOISE = 0.0015
-#: the acquisitions models are measured on (``benchmarks/quality.py``, ``msrgan evaluate --degradation``):
-#: name -> (blur sigma in high-resolution pixels, photons at the 99.8th percentile; 0 = no noise)
-QUALITY_GRID = {
-    f"{blur_name}{photon_name}": (blur, photons)
-    for blur_name, blur in (("bin", 0.0), ("blur1.5+bin", 1.5))
-    for photon_name, photons in (("", 0.0), ("+1000ph", 1000.0), ("+300ph", 300.0), ("+100ph", 100.0))
-}
 
 
 def grid_degradation(name: str, scale: int = 4, method: str = "bin") -> DegradationConfig:

@@ -282,9 +282,10 @@ class Upscaler:
         -------
         numpy.ndarray, or a pair of them with ``uncertainty``
             The upscaled image; with ``uncertainty``, also a float32 image of its shape: per
-            pixel, the standard deviation of the network's output over orientations of the
-            input, on the output's intensity scale. Where it is high, the network's answer
-            depends on how the structure happens to lie, and its error is high too.
+            pixel, an estimate of the output's absolute error on its intensity scale, the
+            standard deviation of the network's output over orientations of the input times
+            the model's calibration (``msrgan calibrate``). Where it is high, the network's
+            answer depends on how the structure happens to lie, and its error is high too.
         """
         two_d = image.ndim == 2
         cyx = self.check(image, source)
@@ -381,7 +382,8 @@ class Upscaler:
         core = results[0] if n == 1 else torch.stack(results[:n]).mean(dim=0)
         deviation = None
         if with_spread:
-            deviation = _to_host(torch.stack(results).std(dim=0, correction=0) * span[:, None, None])
+            deviation = torch.stack(results).std(dim=0, correction=0) * span[:, None, None]
+            deviation = _to_host(deviation * self.model.card.uncertainty_scale)
         if self.match_bins:
             lowres = image[:, tile.source[0], tile.source[1]][:, tile.core[0], tile.core[1]]
             core = match_bins(core, _to_device(lowres, self.device), s)

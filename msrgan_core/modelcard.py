@@ -68,6 +68,9 @@ class ModelCard:
     influence_radius : int or None
         Input pixels of context a tile needs (measured when the file was written); None in files
         older than the measurement.
+    uncertainty_scale : float
+        What the spread over orientations is multiplied by to estimate the error
+        (``msrgan calibrate``); 1 where the file was not calibrated.
     metadata : dict
         The whole record, provenance included (``msrgan info --all``).
     source : str
@@ -78,6 +81,7 @@ class ModelCard:
     normalization: NormalizationConfig
     inference: InferenceDefaults
     influence_radius: Optional[int]
+    uncertainty_scale: float
     metadata: Dict[str, Any]
     source: str
 
@@ -112,8 +116,11 @@ class ModelCard:
         radius = meta.get("influence_radius")
         if radius is not None and (not isinstance(radius, int) or isinstance(radius, bool) or radius < 0):
             raise ModelFileError(f"{source}: its influence_radius {radius!r} is not a whole number of pixels >= 0")
+        scale = meta.get("uncertainty_scale", 1.0)
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+            raise ModelFileError(f"{source}: its uncertainty_scale {scale!r} is not a number > 0")
         return cls(generator=generator, normalization=normalization, inference=InferenceDefaults.from_metadata(meta, source),
-                   influence_radius=radius, metadata=meta, source=str(source))
+                   influence_radius=radius, uncertainty_scale=float(scale), metadata=meta, source=str(source))
 
     def provenance(self) -> Dict[str, Any]:
         """Where this model came from, in a few fields: what a model trained or blended from it records."""
@@ -137,6 +144,10 @@ class ModelCard:
         lines.append(f"  network: {g.architecture}, {g.n_blocks} x {g.n_features} features"
                      + (f"; tiles need {self.influence_radius} pixels of context" if self.influence_radius is not None else ""))
         lines.append(f"  runs by default with: {self.inference.describe()}")
+        calibration = meta.get("uncertainty_calibration")
+        if calibration:
+            lines.append(f"  uncertainty image: the spread over orientations x {self.uncertainty_scale:.2f}, calibrated on "
+                         f"{calibration.get('images')} image(s) ({', '.join(calibration.get('degradations', []))})")
         if trained:
             lines.append(f"  training: {trained.get('steps')} steps, batch {trained.get('batch_size')} of "
                          f"{trained.get('patch_size')}-pixel patches, on {trained.get('hardware')}; "

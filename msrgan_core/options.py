@@ -13,3 +13,15 @@ ENSEMBLES = (1, 2, 4, 8)
 DEFAULT_MODELS = ("fidelity", "perceptual")
 #: what the command line and the module say of an option left unset
 AS_THE_MODEL_SAYS = "as the model file says (msrgan info MODEL)"
+
+#: the acquisitions models are measured on (``benchmarks/quality.py``, ``msrgan evaluate --degradation``):
+#: name -> (blur sigma in high-resolution pixels, photons at the 99.8th percentile; 0 = no noise)
+QUALITY_GRID = {
+    f"{blur_name}{photon_name}": (blur, photons)
+    for blur_name, blur in (("bin", 0.0), ("blur1.5+bin", 1.5))
+    for photon_name, photons in (("", 0.0), ("+1000ph", 1000.0), ("+300ph", 300.0), ("+100ph", 100.0))
+}
+#: read noise of the grid's noisy acquisitions, as a fraction of the normalised range
+GRID_READ_NOISE = 0.0015
+#: the acquisitions ``msrgan calibrate`` measures the uncertainty image's scale on by default
+CALIBRATION_CELLS = ("bin", "bin+1000ph", "bin+300ph", "blur1.5+bin+300ph")

@@ -404,3 +404,27 @@ def test_matched_bins_say_where_clipping_broke_them(model_x4, caplog):
     with caplog.at_level(logging.WARNING, logger="msrgan"):
         Upscaler(model_x4, device="cpu", match_bins=True).upscale(image, source="bright.tif")
     assert "bright.tif" in caplog.text and "no longer bin back exactly" in caplog.text
+
+
+def test_calibration_scales_the_uncertainty_to_the_mean_absolute_error(model_x4, tmp_path):
+    from msrgan_core.calibration import calibrate
+    from msrgan_core.evaluate import grid_degradation, image_seed, low_resolution
+    from msrgan_core.modelfile import load_model, save_model
+
+    paths = []
+    for seed in range(2):
+        paths.append(tmp_path / f"hr{seed}.tif")
+        tifffile.imwrite(paths[-1], smooth_image((48, 56), seed=50 + seed, low=100, high=3000).astype(np.float32))
+    found = calibrate(Upscaler(model_x4, device="cpu"), paths, cells=["bin"], progress=False)
+    k = found["uncertainty_scale"]
+    assert k > 0 and found["uncertainty_calibration"]["images"] == 2
+    calibrated = load_model(save_model(tmp_path / "c.safetensors", model_x4.generator, dict(model_x4.metadata, **found)))
+    assert calibrated.card.uncertainty_scale == k
+    errors, spreads = [], []
+    for path in paths:
+        hr = tifffile.imread(path)[None]
+        lr = low_resolution(hr, calibrated.normalization, grid_degradation("bin"), np.random.default_rng(image_seed(path)))
+        out, spread = Upscaler(calibrated, device="cpu").upscale(lr, uncertainty=True)
+        errors.append(np.abs(out - hr).sum())
+        spreads.append(spread.sum())
+    assert sum(spreads) == pytest.approx(sum(errors), rel=1e-3)  # the mean uncertainty is now the mean error

@@ -1,0 +1,46 @@
+"""Calibrating the uncertainty image: how many times the spread over orientations the error is.
+
+The spread of a network's output over mirrored and turned copies of its input ranks where its
+errors are (``benchmarks/uncertainty.py``), but it is smaller than them. :func:`calibrate`
+measures, on high-resolution images degraded as the quality grid degrades them, the ratio of the
+mean absolute error to the mean spread; the model file stores it as ``uncertainty_scale``, so the
+uncertainty image estimates the absolute error itself, on the output's intensity scale.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .binning import crop_to_multiple
+from .evaluate import grid_degradation, image_seed, low_resolution
+from .io import read_image
+from .options import CALIBRATION_CELLS
+
+
+def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATION_CELLS,
+              channel_axis: Optional[int] = None, progress: bool = True) -> Dict[str, object]:
+    """The uncertainty scale of ``upscaler``'s model on ``paths`` (high-resolution images).
+
+    Returns ``{"uncertainty_scale": float, "uncertainty_calibration": {...}}``: the ratio of the
+    mean absolute error to the mean (uncalibrated) spread, over every pixel of every image and
+    cell, and what it was measured on.
+    """
+    spread_total = error_total = 0.0
+    scale_now = upscaler.model.card.uncertainty_scale
+    for cell in cells:
+        degradation = grid_degradation(cell, scale=upscaler.scale)
+        for path in tqdm(paths, desc=f"calibrating {cell}", unit="image", disable=not progress, leave=False):
+            image, _ = read_image(path, channel_axis=channel_axis)
+            hr = crop_to_multiple(image.astype(np.float32), upscaler.scale)
+            lr = low_resolution(hr, upscaler.model.normalization, degradation, np.random.default_rng(image_seed(path)))
+            out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
+            spread_total += float(np.sum(spread, dtype=np.float64)) / scale_now
+            error_total += float(np.sum(np.abs(out.astype(np.float64) - hr)))
+    if spread_total <= 0:
+        raise ValueError("the model's output does not change with the orientation of these images: nothing to calibrate")
+    return {"uncertainty_scale": round(error_total / spread_total, 4),
+            "uncertainty_calibration": {"images": len(paths), "degradations": list(cells),
+                                        "orientations": len(upscaler.uncertainty_orientations())}}
