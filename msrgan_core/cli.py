@@ -209,7 +209,7 @@ def add_cellprofiler_commands(sub: "argparse._SubParsersAction") -> None:
         "plugin fails to load, a module fails, no image matches, or nothing is written.",
     )
     run.add_argument("pipeline", help="a .cppipe file, or a shipped pipeline: upscale_segment_measure, compare_with_bicubic, "
-                                      "measure_nuclei")
+                                      "flag_uncertain_nuclei, measure_nuclei")
     run.add_argument("-i", "--input", required=True, help="default input folder: the images (searched recursively)")
     run.add_argument("-o", "--output", required=True, help="default output folder (use one per cluster job)")
     run.add_argument("-f", "--first", type=int, help="first image set to run (1-based)")

@@ -27,7 +27,7 @@ from .errors import UserError
 #: the plugin's file; CellProfiler loads ``<plugins dir>/*.py`` whose class matches the file name
 PLUGIN_FILE = "upscalemsrgan.py"
 #: pipelines shipped in the source tree's ``pipelines/`` folder, selectable by name
-SHIPPED_PIPELINES = ("upscale_segment_measure", "compare_with_bicubic", "measure_nuclei")
+SHIPPED_PIPELINES = ("upscale_segment_measure", "compare_with_bicubic", "flag_uncertain_nuclei", "measure_nuclei")
 #: lines of CellProfiler's log quoted in an error
 LOG_TAIL_LINES = 40
 

@@ -34,8 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
 SCALE = 4
 #: objects per image that each pipeline segments, and the images it writes per input
-OBJECTS = {"upscale_segment_measure": ["Nuclei"], "compare_with_bicubic": ["NucleiMSRGAN", "NucleiBicubic"]}
-SUFFIXES = {"upscale_segment_measure": ["_msrgan"], "compare_with_bicubic": ["_msrgan", "_bicubic"]}
+OBJECTS = {"upscale_segment_measure": ["Nuclei"], "compare_with_bicubic": ["NucleiMSRGAN", "NucleiBicubic"],
+           "flag_uncertain_nuclei": ["Nuclei"]}
+SUFFIXES = {"upscale_segment_measure": ["_msrgan"], "compare_with_bicubic": ["_msrgan", "_bicubic"],
+            "flag_uncertain_nuclei": ["_msrgan"]}
+#: the shipped pipelines that upscale (measure_nuclei measures images that are upscaled already)
+UPSCALING = [p for p in SHIPPED_PIPELINES if p in OBJECTS]
 RUN_TIMEOUT_S = 300
 
 
@@ -123,6 +127,11 @@ def check_run(pipeline: str, dna: List[Path], folder: Path, out: Path) -> None:
         assert all(float(r["AreaShape_Area"]) >= np.pi * 12 ** 2 for r in rows), objects
         image = "UpscaledMSRGAN" if objects != "NucleiBicubic" else "UpscaledBicubic"
         assert all(0 < float(r[f"Intensity_MeanIntensity_{image}"]) <= 1 for r in rows)
+    if pipeline == "flag_uncertain_nuclei":  # every nucleus carries its estimated error; the trusted ones are a subset
+        nuclei = read_csv(out / "Nuclei.csv")
+        assert all(float(r["Math_RelativeError"]) > 0 for r in nuclei)
+        kept = sum(float(r["Math_RelativeError"]) <= 0.1 for r in nuclei)
+        assert sum(float(r["Count_TrustedNuclei"]) for r in images) == kept
     if pipeline == "compare_with_bicubic":
         for r in images:  # both branches see the same nuclei: counts side by side, and alike
             msrgan, bicubic = float(r["Count_NucleiMSRGAN"]), float(r["Count_NucleiBicubic"])
@@ -130,7 +139,7 @@ def check_run(pipeline: str, dna: List[Path], folder: Path, out: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", SHIPPED_PIPELINES)
+@pytest.mark.parametrize("pipeline", UPSCALING)
 def test_shipped_pipeline_on_example_fly(pipeline, fly_input, cellprofiler_command, tmp_path):
     out = tmp_path / "out"
     result = run_pipeline(PIPELINES / f"{pipeline}.cppipe", fly_input["folder"], out, timeout=RUN_TIMEOUT_S)
@@ -140,7 +149,7 @@ def test_shipped_pipeline_on_example_fly(pipeline, fly_input, cellprofiler_comma
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", SHIPPED_PIPELINES)
+@pytest.mark.parametrize("pipeline", UPSCALING)
 def test_shipped_pipeline_on_shared_data(pipeline, shared_input, cellprofiler_command, tmp_path):
     out = tmp_path / "out"
     result = run_pipeline(pipeline, shared_input["folder"], out, timeout=RUN_TIMEOUT_S)
