@@ -81,14 +81,18 @@ clean:
 
 # The packaged models' recipe, sized for CPUs (docs/training.md has the measured times): stage 1
 # trains the compact generator with the pixel loss (fidelity), stage 2 trains it on with the
-# adversarial loss (perceptual). An interrupted stage resumes from its checkpoint.
+# adversarial loss (perceptual); each model's uncertainty image is then calibrated on the
+# validation split that stage 1 held out. An interrupted stage resumes from its checkpoint.
 MSRGAN_DATA ?= ../shared/data
 export MSRGAN_DATA
 MODEL_STAGES = default_models default_models_adversarial
+HELD_OUT = $$($(BIN)/python -c 'import json; print(" ".join(json.load(open("runs/default_models/split.json"))["val"]))')
 models: $(STAMP)
 	for stage in $(MODEL_STAGES); do \
 		$(BIN)/msrgan train -q --config msrgan_core/configs/$$stage.toml --out runs/$$stage \
 			$$(test -f runs/$$stage/checkpoint.pt && echo --resume) || exit 1; \
 	done
-	cp runs/default_models/fidelity.safetensors msrgan_core/weights/fidelity.safetensors
-	cp runs/default_models_adversarial/perceptual.safetensors msrgan_core/weights/perceptual.safetensors
+	$(BIN)/msrgan calibrate runs/default_models/fidelity.safetensors --hr $(HELD_OUT) -q \
+		-o msrgan_core/weights/fidelity.safetensors
+	$(BIN)/msrgan calibrate runs/default_models_adversarial/perceptual.safetensors --hr $(HELD_OUT) -q \
+		-o msrgan_core/weights/perceptual.safetensors
