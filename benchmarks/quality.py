@@ -144,6 +144,24 @@ def format_table(table: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_grid(table: List[dict], models: List[str]) -> str:
+    """The grid at a glance: per dataset and cell, the best classical method, then each model's gain
+    over it, its worst image's gain over bicubic and its HF ratio."""
+    by = {(e["dataset"], e["cell"], e["method"]): e for e in table}
+    head = f"{'dataset':<8} {'cell':<18} {'best classical':>19}"
+    for model in models:
+        head += f" | {model[:10] + ' dB':>13} {'min bic':>7} {'HF':>5}"
+    lines = [head]
+    for dataset, cell in dict.fromkeys((e["dataset"], e["cell"]) for e in table):
+        best = by[(dataset, cell, "lanczos")]["best_classical"]
+        line = f"{dataset:<8} {cell:<18} {best:>12} {by[(dataset, cell, best)]['psnr']:6.2f}"
+        for model in models:
+            e = by[(dataset, cell, model)]
+            line += f" | {e['vs_best']:>+13.2f} {e['min_vs_bicubic']:>+7.2f} {e['hf_ratio']:>5.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
@@ -155,11 +173,12 @@ def main() -> None:
                         help="grid cells to run (default: all)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
     add_inference_options(parser)
     args = parser.parse_args()
 
     fidelity = load_model(args.fidelity)
-    options = dict(device="auto", ensemble=args.ensemble, match_bins=args.match_bins)
+    options = dict(device="auto", ensemble=args.ensemble, match_bins=args.match_bins, threads=args.threads)
     named = {"fidelity": fidelity, "perceptual": load_model(args.perceptual)}
     for item in args.previous:
         name, _, model = item.partition("=")
@@ -172,7 +191,10 @@ def main() -> None:
             rows += score(cell, dataset, paths[: args.limit] if args.limit else paths, models, args.data / "bbbc039" / "masks")
     print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
           + "; ".join(f"{name}: {up.options}" for name, up in models.items()))
-    print(format_table(summarize(rows)))
+    table = summarize(rows)
+    print(format_table(table))
+    print()
+    print(format_grid(table, list(models)))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["cell", "dataset", "image", "method", "psnr", "ssim", "hf_ratio",

@@ -180,9 +180,11 @@ def add_inference_options(p: argparse.ArgumentParser, default: str = AS_THE_MODE
                         f"when the input is a binned image, less when it carries noise the model would remove (default: {default})")
 
 
-def add_device_options(p: argparse.ArgumentParser) -> None:
-    """Where and how the network runs: model, device, precision, threads, tile."""
-    p.add_argument("--model", help=f"model file, or a packaged model: {', '.join(DEFAULT_MODELS)} (default {DEFAULT_MODELS[0]})")
+def add_device_options(p: argparse.ArgumentParser, model_option: bool = True) -> None:
+    """Where and how the network runs: model (``--model``, unless the command takes it first), device,
+    precision, threads, tile."""
+    if model_option:
+        p.add_argument("--model", help=f"model file, or a packaged model: {', '.join(DEFAULT_MODELS)} (default {DEFAULT_MODELS[0]})")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on GPUs that support it (a non-finite batch is redone in fp32), else fp32")
@@ -285,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="calibrate a model's uncertainty image on high-resolution images (writes a copy)")
+    p.add_argument("model", help="model file or packaged model name")
     p.add_argument("--hr", nargs="+", required=True, help="high-resolution image files, folders or globs (held out from training)")
     p.add_argument("-o", "--out", type=Path, required=True, help="the calibrated model file to write")
-    add_device_options(p)
+    add_device_options(p, model_option=False)
     p.add_argument("--cells", nargs="+", default=list(CALIBRATION_CELLS), choices=list(QUALITY_GRID), metavar="ACQUISITION",
                    help=f"the acquisitions to calibrate on (default: {' '.join(CALIBRATION_CELLS)})")
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])

@@ -116,3 +116,45 @@ def test_blend_writes_a_model_between_the_packaged_two(tmp_path):
     bad = msrgan("blend", "perceptual", "fidelity", "--weight", "2", "-o", tmp_path / "bad.safetensors", check=False)
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_batches_refuse_their_inputs_and_go_on_past_a_bad_file(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "a.tif", np.full((12, 12), 7, np.uint16))
+    (inputs / "b.tif").write_bytes(b"II*\x00garbage")
+    tifffile.imwrite(inputs / "c.tif", np.full((12, 12), 9, np.uint16))
+    before = (inputs / "a.tif").read_bytes()
+    own = msrgan("upscale", inputs / "a.tif", "-o", inputs, "--overwrite", check=False)
+    assert own.returncode == 2 and "is an input" in own.stderr and (inputs / "a.tif").read_bytes() == before
+    batch = msrgan("upscale", inputs, "-o", tmp_path / "out", "-q", check=False)
+    assert batch.returncode == 2 and "b.tif" in batch.stderr and "Traceback" not in batch.stderr
+    assert "2 image(s) written" in batch.stdout and "1 failed" in batch.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "c.tif"]
+
+
+def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
+    tifffile.imwrite(tmp_path / "x.tif", np.zeros((12, 12), np.uint16))
+    (tmp_path / "file").write_text("")
+    as_folder = msrgan("upscale", tmp_path / "x.tif", "-o", tmp_path / "file", check=False)
+    assert as_folder.returncode == 2 and "is a file" in as_folder.stderr and "Traceback" not in as_folder.stderr
+    bogus = msrgan("train", "--out", tmp_path / "run", "--set", "bogus.x=1", check=False)
+    assert bogus.returncode == 2 and "no [bogus] section" in bogus.stderr
+    features = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--features", check=False)
+    assert features.returncode == 2 and "--out" in features.stderr
+    cell = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--degradation", "bin+7ph", check=False)
+    assert cell.returncode == 2 and "bin+300ph" in cell.stderr  # the choices are listed
+
+
+def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_path):
+    summary = msrgan("info", "fidelity").stdout
+    assert "msrgan model 'fidelity', 4x" in summary and "runs by default with" in summary and "--all" in summary
+    fields = tmp_path / "hr"
+    fields.mkdir()
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        tifffile.imwrite(fields / f"f{seed}.tif", (rng.random((64, 64)) * 3000).astype(np.uint16))
+    out = tmp_path / "calibrated.safetensors"
+    result = msrgan("calibrate", "fidelity", "--hr", fields, "--cells", "bin", "-o", out, "-q")
+    assert "calibrated on 2 image(s)" in result.stdout
+    assert "uncertainty_scale:" in msrgan("info", out, "--all").stdout
