@@ -10,6 +10,8 @@ images (each mirrored out to the edge), in a temporary folder. Then, in this run
   reading, upscaling, writing atomically, everything), with its peak RSS.
 
 Prints both as output megapixels per second, and the end-to-end share of the model-only figure.
+With ``--processes 1 2`` it also runs the plate split among that many ``msrgan upscale``
+processes at once, each with its share of the threads, as several CellProfiler workers would.
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def main() -> None:
     parser.add_argument("--model", default="fidelity")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model-fields", type=int, default=4, help="fields timed for the model-only figure")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1],
+                        help="also run the plate split among N concurrent processes, threads shared (e.g. 1 2)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="msrgan-plate-") as tmp:
@@ -70,20 +74,28 @@ def main() -> None:
         plate.mkdir()
         paths = make_plate(args.data, plate, args.fields, args.edge)
         alone = model_only(paths, args.model, args.threads, args.model_fields)
-        msrgan = [sys.executable, "-m", "msrgan_core.cli", "upscale", str(plate), "-o", str(out), "--model", args.model,
-                  "--device", "cpu", "--threads", str(args.threads), "-q"]
-        start = time.perf_counter()
-        subprocess.run(msrgan, check=True, capture_output=True)
-        seconds = time.perf_counter() - start
-        written = sorted(out.glob("*.tif"))
-        assert len(written) == args.fields, f"{len(written)} of {args.fields} outputs written"
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    end_to_end = args.fields * args.edge ** 2 * 16 / seconds / 1e6
-    print(f"plate of {args.fields} uint16 fields of {args.edge} x {args.edge}, model {args.model}, {args.threads} threads")
-    print(f"model only:      {alone:7.3f} output MP/s ({args.model_fields} fields in memory)")
-    print(f"msrgan upscale:  {end_to_end:7.3f} output MP/s ({seconds:.0f} s for the plate, model loading and "
-          f"writing included; peak RSS {rss:.0f} MiB)")
-    print(f"end to end / model only: {end_to_end / alone:.0%}")
+        print(f"plate of {args.fields} uint16 fields of {args.edge} x {args.edge}, model {args.model}, {args.threads} threads")
+        print(f"model only:      {alone:7.3f} output MP/s ({args.model_fields} fields in memory)")
+        for count in args.processes:
+            seconds = run_split(paths, out / f"x{count}", args.model, count, args.threads)
+            assert len(list((out / f"x{count}").glob("*.tif"))) == args.fields, "an output is missing"
+            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            end_to_end = args.fields * args.edge ** 2 * 16 / seconds / 1e6
+            print(f"msrgan upscale x{count}: {end_to_end:7.3f} output MP/s ({seconds:.0f} s for the plate in {count} "
+                  f"process(es) of {max(1, args.threads // count)} thread(s), model loading and writing included; "
+                  f"end to end / model only {end_to_end / alone:.0%}; peak RSS of a process {rss:.0f} MiB)")
+
+
+def run_split(paths: list, out: Path, model: str, count: int, threads: int) -> float:
+    """Seconds for ``count`` concurrent ``msrgan upscale`` processes, each on every count-th field."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "msrgan_core.cli", "upscale", *map(str, paths[i::count]), "-o", str(out),
+                               "--model", model, "--device", "cpu", "--threads", str(max(1, threads // count)), "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(count)]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"plate.py: msrgan upscale failed: {proc.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -175,9 +175,11 @@ def add_inference_options(p: argparse.ArgumentParser, default: str = AS_THE_MODE
     """``--ensemble`` and ``--match-bins``: how each image runs; unset, each model file says."""
     p.add_argument("--ensemble", type=int, choices=ENSEMBLES,
                    help=f"upscale in this many orientations and average: as many times slower (default: {default})")
-    p.add_argument("--match-bins", action=argparse.BooleanOptionalAction,
+    p.add_argument("--match-bins", action="store_const", const=True, default=None,
                    help="shift each output block so that binning the output gives the input back: more accurate "
                         f"when the input is a binned image, less when it carries noise the model would remove (default: {default})")
+    p.add_argument("--no-match-bins", dest="match_bins", action="store_const", const=False,
+                   help="leave the output as the network gives it")
 
 
 def add_device_options(p: argparse.ArgumentParser, model_option: bool = True) -> None:

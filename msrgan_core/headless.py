@@ -97,9 +97,9 @@ def plugin_dir() -> Path:
 
 def pipelines_dir() -> Path:
     """The shipped pipelines' folder (``pipelines/`` in the source tree, ``msrgan_core/pipelines`` in a wheel)."""
-    from importlib import resources
+    from . import pipelines
 
-    return Path(str(resources.files("msrgan_core.pipelines")))
+    return Path(pipelines.__file__).resolve().parent
 
 
 def resolve_pipeline(name_or_path: "str | Path") -> Path:
@@ -213,7 +213,7 @@ def run_pipeline(
         raise HeadlessRunError(f"input folder {input_dir} does not exist or is not a folder")
     if not plugins.is_dir():
         raise HeadlessRunError(f"plugins folder {plugins} does not exist")
-    if output_dir.resolve().is_relative_to(input_dir.resolve()):
+    if input_dir.resolve() in (output_dir.resolve(), *output_dir.resolve().parents):
         raise HeadlessRunError(
             f"output folder {output_dir} is inside the input folder {input_dir}: CellProfiler reads every file "
             "under the input folder, so a later run would take this run's outputs as inputs; choose another one"

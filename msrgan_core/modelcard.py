@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -184,7 +183,7 @@ def describe_degradation(d: Dict[str, Any]) -> str:
 
 def packaged_model_path(name: str) -> Path:
     """Path of a model shipped inside ``msrgan_core/weights``."""
-    return Path(str(resources.files("msrgan_core") / "weights" / f"{name}.safetensors"))
+    return Path(__file__).resolve().parent / "weights" / f"{name}.safetensors"
 
 
 def resolve_model(name_or_path: "str | Path | None") -> Path:
