@@ -1,1 +1,0 @@
-"""CellProfiler plugin folder: point CellProfiler's plugins directory here."""
