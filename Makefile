@@ -81,8 +81,8 @@ clean:
 
 # The packaged models' recipe, sized for CPUs (docs/training.md has the measured times): stage 1
 # trains the compact generator with the pixel loss (fidelity), stage 2 trains it on with the
-# adversarial loss (perceptual); each model's uncertainty image is then calibrated on the
-# validation split that stage 1 held out. An interrupted stage resumes from its checkpoint.
+# adversarial loss (perceptual); each model's uncertainty image is then calibrated on 24 images
+# spread through the validation split that stage 1 held out. An interrupted stage resumes.
 MSRGAN_DATA ?= ../shared/data
 export MSRGAN_DATA
 MODEL_STAGES = default_models default_models_adversarial
@@ -92,7 +92,7 @@ models: $(STAMP)
 		$(BIN)/msrgan train -q --config msrgan_core/configs/$$stage.toml --out runs/$$stage \
 			$$(test -f runs/$$stage/checkpoint.pt && echo --resume) || exit 1; \
 	done
-	$(BIN)/msrgan calibrate runs/default_models/fidelity.safetensors --hr $(HELD_OUT) -q \
+	$(BIN)/msrgan calibrate runs/default_models/fidelity.safetensors --hr $(HELD_OUT) --sample 24 -q \
 		-o msrgan_core/weights/fidelity.safetensors
-	$(BIN)/msrgan calibrate runs/default_models_adversarial/perceptual.safetensors --hr $(HELD_OUT) -q \
+	$(BIN)/msrgan calibrate runs/default_models_adversarial/perceptual.safetensors --hr $(HELD_OUT) --sample 24 -q \
 		-o msrgan_core/weights/perceptual.safetensors

@@ -87,6 +87,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .modelfile import save_model
 
     files = find_images(args.hr)
+    if args.sample and len(files) > args.sample:  # evenly spread, so every source of the list is represented
+        files = [files[round(i * (len(files) - 1) / (args.sample - 1))] for i in range(args.sample)] if args.sample > 1 else files[:1]
     upscaler = make_upscaler(args)
     found = calibrate(upscaler, files, args.cells, channel_axis=args.channel_axis, progress=not args.quiet)
     save_model(args.out, upscaler.model.generator, dict(upscaler.model.metadata, **found))
@@ -293,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hr", nargs="+", required=True, help="high-resolution image files, folders or globs (held out from training)")
     p.add_argument("-o", "--out", type=Path, required=True, help="the calibrated model file to write")
     add_device_options(p, model_option=False)
+    p.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="calibrate on N of the images, evenly spread through the list (default: all)")
     p.add_argument("--cells", nargs="+", default=list(CALIBRATION_CELLS), choices=list(QUALITY_GRID), metavar="ACQUISITION",
                    help=f"the acquisitions to calibrate on (default: {' '.join(CALIBRATION_CELLS)})")
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
