@@ -32,9 +32,11 @@ A 2-D grayscale image, typically one fluorescence channel such as a DNA stain, 8
 or floating point. A color or multichannel image is upscaled one channel at a time with the
 default (one-channel) models. 3-D stacks are not supported: the module reports an error.
 
-The default models learned to undo what a camera with 4 times larger pixels loses (4 x 4
-binning), with mild defocus and camera noise, on widefield images of stained nuclei. They do
-best on similar images; for other stains or microscopes, train a custom model.
+The default models learned to undo what a low-magnification acquisition loses: a camera pixel
+4 times larger at the sample (4 x 4 binning), the extra blur of a lower-NA objective, and the
+shot noise of a short exposure (from about 30 photons at the brightest nuclei to noise-free), on
+widefield images of stained nuclei. They do best on similar images; for other stains or
+microscopes, fine-tune a custom model on a few of your own high-magnification fields.
 
 What do I get as output?
 ^^^^^^^^^^^^^^^^^^^^^^^^
@@ -77,9 +79,11 @@ Technical notes
 
 The model is loaded once per CellProfiler worker and reused for every image set. With
 *Automatic*, the GPU is used when PyTorch finds a CUDA GPU, otherwise the CPU; when *GPU* is
-chosen but no GPU is usable, the module warns and runs on the CPU. Large images are processed
-in overlapping tiles that are blended without seams; set a tile size when the GPU runs out of
-memory (the module already retries with smaller tiles, then on the CPU).
+chosen but no GPU is usable, the module warns and runs on the CPU. On the CPU, the cores are
+shared out among CellProfiler's analysis workers. Large images are processed in tiles, each
+with the context the network needs around it, so no seams show; set a tile size when the GPU
+runs out of memory (the module already retries with smaller tiles, then on the CPU). The log
+says which device, precision and how many threads ran.
 
 The module needs the ``msrgan`` Python package (and PyTorch) installed in the same Python
 environment as CellProfiler.
