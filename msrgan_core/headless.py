@@ -376,6 +376,8 @@ def diagnose(
         return f"no image set was run: the input has fewer than {first} image sets (first image set {first})"
     if returncode != 0 or done != "Complete":
         what = run_errors[0] if run_errors else f"exit status {returncode}, done file says {done or 'nothing'!r}"
+        if len(run_errors) > 1:
+            what = f"{len(run_errors)} module errors in the run; the first: {what}"
         cause = next((e for e in reversed(exceptions) if "MySQLdb" not in e), "")
         return what + (f": {cause}" if cause else "")
     return ""

@@ -310,3 +310,17 @@ def test_progress_lines_one_per_image_set_with_the_time_left():
     progress("some other line")
     assert [line.split(";")[0] for line in lines] == ["image set 1 (1 of 3)\n", "image set 2 (2 of 3)", "image set 3 (3 of 3)"]
     assert "1 done in" in lines[1] and "s left" in lines[2]
+
+
+def test_the_runner_counts_the_image_sets_a_module_failed_on(tmp_path):
+    from msrgan_core.headless import diagnose
+
+    log = "\n".join([
+        "Tue Dec 1 19:32:08 2026: Image # 1, module UpscaleMSRGAN # 5: CPU_time = 0.1 secs",
+        "Error detected during run of module UpscaleMSRGAN",
+        "ValueError: UpscaleMSRGAN cannot upscale 'DNA' with the model fidelity.safetensors: image 'DNA': 1 x 1 pixels",
+        "Tue Dec 1 19:32:09 2026: Image # 2, module UpscaleMSRGAN # 5: CPU_time = 0.1 secs",
+        "Error detected during run of module UpscaleMSRGAN",
+    ])
+    problem = diagnose(log, 1, "", ["UpscaleMSRGAN"], tmp_path, image_sets=2)
+    assert problem.startswith("2 module errors in the run") and "UpscaleMSRGAN" in problem and "1 x 1 pixels" in problem
