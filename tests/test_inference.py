@@ -110,11 +110,15 @@ def test_plan_margin_is_the_measured_influence_radius_plus_spare(compact_x4):
 def test_automatic_tile_fits_the_memory_budget(compact_x4, model_x4):
     from msrgan_core.models import forward_bytes_per_pixel
 
+    from msrgan_core.inference import MIN_CORE_MARGINS
+
     for model in (compact_x4, model_x4):
         upscaler = Upscaler(model, device="cpu")
         plan = upscaler.plan()
         assert plan.tile ** 2 * forward_bytes_per_pixel(model.config) <= upscaler.memory
         assert (plan.tile + 1) ** 2 * forward_bytes_per_pixel(model.config) > upscaler.memory
+        upscaler.memory = 1000  # a budget too small for any tile: the core stays a few margins wide
+        assert upscaler.plan().core == MIN_CORE_MARGINS * upscaler.plan().margin
 
 
 # --- tiled == untiled ---------------------------------------------------------------------
