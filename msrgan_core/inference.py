@@ -28,7 +28,7 @@ from .device import describe_device, resolve_device, set_threads
 from .errors import UserError
 from .io import ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel
-from .models import forward_bytes_per_pixel
+from .models import forward_bytes_per_pixel, receptive_radius
 from .options import ENSEMBLES, PRECISIONS
 from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
 
@@ -43,7 +43,8 @@ TILE_MEMORY = {"cpu": 96 * MIB, "cuda": 8192 * MIB}
 CUDA_MEMORY_SHARE = 0.5
 #: a tile's core is at least this many margins wide, whatever the budget: context stays a small cost
 MIN_CORE_MARGINS = 8
-#: context beyond the measured influence radius, for inputs brighter than the test images
+#: context beyond the measured influence radius, for inputs brighter than the test images (but never
+#: beyond the receptive radius)
 MARGIN_SPARE = 2
 #: the smallest tile core (input pixels) worth its margins
 MIN_CORE = 16
@@ -114,7 +115,7 @@ class TilePlan:
 
     @classmethod
     def for_generator(cls, config: GeneratorConfig, influence: int, tile: int = 0, memory: int = TILE_MEMORY["cpu"]) -> "TilePlan":
-        margin = int(influence) + MARGIN_SPARE
+        margin = min(int(influence) + MARGIN_SPARE, receptive_radius(config))  # nothing beyond the receptive field counts
         if tile <= 0:
             tile = max(int(math.sqrt(memory / forward_bytes_per_pixel(config))), (2 + MIN_CORE_MARGINS) * margin)
         return cls(tile=max(int(tile), 2 * margin + MIN_CORE), margin=margin)

@@ -102,8 +102,8 @@ def test_plan_margin_is_the_measured_influence_radius_plus_spare(compact_x4):
     from msrgan_core.models import influence_radius, receptive_radius
 
     plan = Upscaler(compact_x4, device="cpu", tile=60).plan()
-    assert plan.margin == influence_radius(compact_x4.generator) + MARGIN_SPARE == compact_x4.influence_radius + MARGIN_SPARE
-    assert plan.margin - MARGIN_SPARE <= receptive_radius(compact_x4.config)
+    assert compact_x4.influence_radius == influence_radius(compact_x4.generator)
+    assert plan.margin == min(compact_x4.influence_radius + MARGIN_SPARE, receptive_radius(compact_x4.config))
     assert len(plan.tiles((50, 60), 4)) == 1  # fits in one tile: no margins at all
 
 
