@@ -14,7 +14,7 @@ GUI_BIN := $(GUI_VENV)/bin
 GUI_STAMP := $(GUI_VENV)/.installed
 GUI_APT := xvfb python3-wxgtk4.0
 
-.PHONY: demo test test-fast venv clean models models-gpu gui-venv
+.PHONY: demo test test-fast venv clean models gui-venv
 
 # CellProfiler 4.2.8 calls scikit-image with its old `selem=` keyword, which scikit-image 0.20 (the
 # oldest with Python 3.11 wheels) renamed `footprint=`: MeasureGranularity fails without this.

@@ -19,7 +19,7 @@ from typing import Iterable, List, Optional, Tuple
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .io import find_images, read_image, same_name_tif, write_image
+from .io import find_images, read_header, read_image, same_name_tif, write_image
 
 log = logging.getLogger("msrgan")
 
@@ -122,6 +122,26 @@ def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool 
     return [job for job in jobs if job.destination not in skipped], skipped
 
 
+def check_headers(jobs: List[Job], channel_axis: Optional[int] = None,
+                  stop_on_error: bool = False) -> Tuple[List[Job], List[Tuple[Path, str]]]:
+    """Read each job's file header (no pixels), before any model loads.
+
+    Returns the jobs whose files msrgan can take, and ``(file, reason)`` for the others; with
+    ``stop_on_error`` the first bad file's error is raised instead.
+    """
+    good, failed = [], []
+    for job in jobs:
+        try:
+            read_header(job.source, channel_axis=channel_axis)
+            good.append(job)
+        except (UserError, OSError) as exc:
+            if stop_on_error:
+                raise
+            failed.append((job.source, str(exc)))
+            log.error("msrgan: failed: %s", exc)
+    return good, failed
+
+
 _DONE = object()
 
 
@@ -213,4 +233,4 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
     return report
 
 
-__all__ = ["UNCERTAINTY_SUFFIX", "BatchError", "BatchReport", "Job", "plan", "prepare_output_folder", "remove_stale_parts", "upscale_files"]
+__all__ = ["UNCERTAINTY_SUFFIX", "BatchError", "BatchReport", "Job", "check_headers", "plan", "prepare_output_folder", "remove_stale_parts", "upscale_files"]

@@ -27,15 +27,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from .batch import BatchReport, plan, upscale_files
+    from .batch import BatchReport, check_headers, plan, upscale_files
 
     jobs, skipped = plan(args.inputs, args.out, args.overwrite, args.uncertainty)  # before the model: fail at once
+    jobs, unreadable = check_headers(jobs, args.channel_axis, stop_on_error=args.stop_on_error)
     report = BatchReport()
     if jobs:
         upscaler = make_upscaler(args, progress=not args.quiet)
         report = upscale_files(upscaler, jobs, args.channel_axis, stop_on_error=args.stop_on_error,
                                progress=not args.quiet)
     report.skipped = skipped
+    report.failed[:0] = unreadable
     print(f"msrgan: into {args.out}: {report.summary()}")
     for source, reason in report.failed:
         print(f"msrgan: failed: {reason}", file=sys.stderr)

@@ -66,23 +66,60 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
     layout : ImageLayout
         How to write an output the same way.
     """
+    path = _check_name(path)
+    with _reading(path):
+        if path.suffix.lower() == ".png":
+            array, axes = _read_png(path), None
+        else:
+            array, axes = _read_tiff(path)
+    return to_cyx(array, path, axes=axes, channel_axis=channel_axis)
+
+
+def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple[tuple[int, int, int], ImageLayout]":
+    """The ``(C, Y, X)`` shape and layout :func:`read_image` would give, from the file's header.
+
+    Reads no pixels, so a batch can refuse what it cannot take before any model is loaded: the
+    same one-line errors as :func:`read_image` except for NaN pixels and damaged pixel data.
+    A PNG stored as RGB counts its three channels here even where they turn out to be equal.
+    """
+    path = _check_name(path)
+    with _reading(path):
+        if path.suffix.lower() == ".png":
+            import imageio.v3 as iio
+
+            props = iio.improps(path)
+            shape, dtype, axes = props.shape, props.dtype, None
+        else:
+            with tifffile.TiffFile(path) as tif:
+                series = _one_series(tif, path)
+                shape, dtype, axes = series.shape, series.dtype, series.axes
+    squeezed, layout = plane_layout(shape, dtype, path, axes, channel_axis)
+    if layout.channel_axis is None:
+        return (1, *squeezed), layout
+    plane = [n for i, n in enumerate(squeezed) if i != layout.channel_axis]
+    return (squeezed[layout.channel_axis], *plane), layout
+
+
+def _check_name(path: "str | Path") -> Path:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ImageError(f"{path}: unsupported file type {suffix!r}; msrgan reads {', '.join(IMAGE_SUFFIXES)}")
+    return path
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn the many exception types of tifffile/imageio on damaged files into one-line ImageErrors."""
     try:
-        if suffix == ".png":
-            array, axes = _read_png(path), None
-        else:
-            array, axes = _read_tiff(path)
+        yield
     except ImageError:
         raise
-    except Exception as exc:  # tifffile/imageio raise many types for damaged files
+    except Exception as exc:
         detail = " ".join(str(exc).split())  # one line, even for libraries' multi-line messages
         raise ImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {detail})") from None
-    return to_cyx(array, path, axes=axes, channel_axis=channel_axis)
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -100,15 +137,17 @@ def _read_png(path: Path) -> np.ndarray:
 
 def _read_tiff(path: Path) -> "tuple[np.ndarray, Optional[str]]":
     with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise ImageError(f"{path}: the TIFF holds no image")
-        if len(tif.series) > 1:
-            raise ImageError(f"{path}: holds {len(tif.series)} image series (positions or views of a multi-series "
-                             "file); msrgan upscales one image per file: save each series as its own file")
-        series = tif.series[0]
-        axes = series.axes
-        array = series.asarray()
-    return array, axes
+        series = _one_series(tif, path)
+        return series.asarray(), series.axes
+
+
+def _one_series(tif: "tifffile.TiffFile", path: Path) -> "tifffile.TiffPageSeries":
+    if not tif.series:
+        raise ImageError(f"{path}: the TIFF holds no image")
+    if len(tif.series) > 1:
+        raise ImageError(f"{path}: holds {len(tif.series)} image series (positions or views of a multi-series "
+                         "file); msrgan upscales one image per file: save each series as its own file")
+    return tif.series[0]
 
 
 def to_cyx(
@@ -136,59 +175,85 @@ def to_cyx(
     layout : ImageLayout
     """
     array = np.asarray(array)
-    if array.size == 0:
-        raise ImageError(f"{source}: the image is empty (shape {array.shape})")
-    if np.iscomplexobj(array):
-        raise ImageError(f"{source}: complex pixels ({array.dtype}) are not supported; save the magnitude instead")
-    if array.dtype == np.bool_ or array.dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
-        raise ImageError(f"{source}: pixel type {array.dtype} is not supported; msrgan takes {names}")
+    squeezed, layout = plane_layout(array.shape, array.dtype, source, axes, channel_axis)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ImageError(f"{source}: {bad} pixel(s) are NaN or infinite; fill or mask them before upscaling")
+    array = array.reshape(squeezed)
+    if layout.channel_axis is None:
+        return array[np.newaxis], layout
+    return np.ascontiguousarray(np.moveaxis(array, layout.channel_axis, 0)), layout
 
-    if axes is not None and len(axes) == array.ndim:
-        keep = [i for i, n in enumerate(array.shape) if n > 1 or axes[i] in "YX"]
+
+def plane_layout(
+    shape: "tuple[int, ...]",
+    dtype: np.dtype,
+    source: "str | Path" = "image",
+    axes: Optional[str] = None,
+    channel_axis: Optional[int] = None,
+) -> "tuple[tuple[int, ...], ImageLayout]":
+    """What :func:`to_cyx` makes of an array of this shape and dtype, from the shape alone.
+
+    Raises the same one-line :class:`ImageError` for empty, complex, unsupported, 3-D, time-series
+    and too-small images (not for NaN pixels, which only the pixels show).
+
+    Returns
+    -------
+    squeezed : tuple of int
+        The shape without its extra singleton axes (2-D, or 3-D with the channel axis).
+    layout : ImageLayout
+    """
+    dtype = np.dtype(dtype)
+    if int(np.prod(shape)) == 0:
+        raise ImageError(f"{source}: the image is empty (shape {tuple(shape)})")
+    if dtype.kind == "c":
+        raise ImageError(f"{source}: complex pixels ({dtype}) are not supported; save the magnitude instead")
+    if dtype == np.bool_ or dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
+        raise ImageError(f"{source}: pixel type {dtype} is not supported; msrgan takes {names}")
+
+    if axes is not None and len(axes) == len(shape):
+        keep = [i for i, n in enumerate(shape) if n > 1 or axes[i] in "YX"]
         axes = "".join(axes[i] for i in keep)
-        array = array.reshape([array.shape[i] for i in keep])
+        shape = tuple(shape[i] for i in keep)
         for letter, what in (("T", "a time series"), ("Z", "a 3-D stack")):
             if letter in axes:
                 raise ImageError(
-                    f"{source}: is {what} ({array.shape[axes.index(letter)]} planes along {letter}); "
+                    f"{source}: is {what} ({shape[axes.index(letter)]} planes along {letter}); "
                     "msrgan upscales single 2-D planes: save each plane as its own file"
                 )
         named = [i for i, a in enumerate(axes) if a in "CS"]
-        if len(named) == 1 and array.ndim == 3:
+        if len(named) == 1 and len(shape) == 3:
             if channel_axis is not None and channel_axis % 3 != named[0]:
                 raise ImageError(f"{source}: its axes are {axes}, channels on axis {named[0]}, but the channel axis "
                                  f"given is {channel_axis}: leave the channel axis out for files that name their axes")
             channel_axis = named[0]
     else:
-        array = array.reshape([n for n in array.shape if n > 1] or [1, 1])
+        shape = tuple(n for n in shape if n > 1) or (1, 1)
 
-    if array.ndim == 2:
-        return array[np.newaxis], ImageLayout(channel_axis=None, dtype=array.dtype)
-    if array.ndim != 3:
-        raise ImageError(
-            f"{source}: has {array.ndim} dimensions {array.shape}; msrgan takes 2-D images, grayscale or multi-channel"
-        )
+    if len(shape) == 2:
+        if min(shape) < 2:
+            raise ImageError(f"{source}: image plane {shape} is too small")
+        return shape, ImageLayout(channel_axis=None, dtype=dtype)
+    if len(shape) != 3:
+        raise ImageError(f"{source}: has {len(shape)} dimensions {shape}; msrgan takes 2-D images, grayscale or multi-channel")
     if channel_axis is None:
-        if array.shape[-1] <= MAX_UNNAMED_CHANNELS:
+        if shape[-1] <= MAX_UNNAMED_CHANNELS:
             channel_axis = 2
-        elif array.shape[0] <= MAX_UNNAMED_CHANNELS:
+        elif shape[0] <= MAX_UNNAMED_CHANNELS:
             channel_axis = 0
         else:
             raise ImageError(
-                f"{source}: looks like a 3-D stack of {array.shape[0]} planes {array.shape}; msrgan upscales "
+                f"{source}: looks like a 3-D stack of {shape[0]} planes {shape}; msrgan upscales "
                 "2-D images: save each plane as its own file, or give the channel axis if these are channels"
             )
     channel_axis = channel_axis % 3
     if channel_axis == 1:
-        raise ImageError(f"{source}: channel axis 1 of {array.shape} is not supported; channels go first or last")
-    cyx = np.moveaxis(array, channel_axis, 0)
-    if min(cyx.shape[1:]) < 2:
-        raise ImageError(f"{source}: image plane {cyx.shape[1:]} is too small")
-    return np.ascontiguousarray(cyx), ImageLayout(channel_axis=channel_axis, dtype=array.dtype)
+        raise ImageError(f"{source}: channel axis 1 of {shape} is not supported; channels go first or last")
+    plane = [n for i, n in enumerate(shape) if i != channel_axis]
+    if min(plane) < 2:
+        raise ImageError(f"{source}: image plane {tuple(plane)} is too small")
+    return shape, ImageLayout(channel_axis=channel_axis, dtype=dtype)
 
 
 def from_cyx(image: np.ndarray, layout: ImageLayout) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import tifffile
 
 from helpers import smooth_image, tiny_model
-from msrgan_core.batch import BatchError, plan, upscale_files
+from msrgan_core.batch import BatchError, check_headers, plan, upscale_files
 from msrgan_core.inference import Upscaler
 from msrgan_core.io import ImageError, read_image
 
@@ -42,6 +42,29 @@ def test_a_bad_file_is_reported_and_the_others_are_written(upscaler, tmp_path):
     assert not list((tmp_path / "out").glob(".*.part"))
     with pytest.raises(ImageError, match="f1.tif"):  # --stop-on-error: the first failure is the error
         upscale_files(upscaler, plan([inputs], tmp_path / "again")[0], stop_on_error=True, progress=False)
+
+
+def test_files_msrgan_cannot_take_are_refused_from_their_headers_before_the_model_loads(tmp_path, capsys):
+    from msrgan_core.cli import main
+
+    inputs = _plate(tmp_path / "in", count=2, bad=(1,))
+    tifffile.imwrite(inputs / "stack.tif", np.zeros((9, 20, 24), np.uint16))
+    tifffile.imwrite(inputs / "tiny.tif", np.zeros((1, 1), np.uint16))
+    tifffile.imwrite(inputs / "complex.tif", np.zeros((20, 24), np.complex64))
+    good, failed = check_headers(plan([inputs], tmp_path / "out")[0])
+    assert [job.source.name for job in good] == ["f0.tif"]
+    reasons = dict((path.name, reason) for path, reason in failed)
+    assert sorted(reasons) == ["complex.tif", "f1.tif", "stack.tif", "tiny.tif"]
+    assert "3-D stack of 9 planes" in reasons["stack.tif"] and "too small" in reasons["tiny.tif"]
+    assert "holds no image" in reasons["f1.tif"] and "complex" in reasons["complex.tif"]
+    with pytest.raises(ImageError, match="complex.tif"):
+        check_headers(plan([inputs], tmp_path / "out")[0], stop_on_error=True)
+    # the model is never loaded when no file can be taken: its absence is not what the user hears
+    missing_model = tmp_path / "no_such_model.safetensors"
+    assert main(["upscale", str(inputs / "stack.tif"), str(inputs / "tiny.tif"), "-o", str(tmp_path / "out"),
+                 "--model", str(missing_model), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "stack.tif" in err and "tiny.tif" in err and "no_such_model" not in err
 
 
 def test_an_output_that_is_an_input_is_refused_before_any_work(upscaler, tmp_path):

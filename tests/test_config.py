@@ -160,8 +160,7 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
 
     monkeypatch.setenv("MSRGAN_DATA", "/data/screens")
     recipes = sorted((Path(__file__).parents[1] / "msrgan_core" / "configs").glob("*.toml"))
-    assert [p.name for p in recipes] == ["default_models.toml", "default_models_adversarial.toml", "default_models_gpu.toml",
-                                         "default_models_gpu_adversarial.toml", "default_models_gpu_refine.toml"]
+    assert [p.name for p in recipes] == ["default_models.toml", "default_models_adversarial.toml"]
     for recipe in recipes:
         config = load_config(recipe)
         assert config.data.train == ["/data/screens/bbbc039/images", "/data/screens/dsb2018_fluorescence"]
@@ -169,18 +168,10 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
         assert config.loss.feature_extractor == "discriminator"
     # stage 2 trains stage 1's output on: same network, normalisation, degradation, data and seed
     # (so the same held-out split), and it reads the file that `make models` writes in stage 1
-    # The GPU recipe's two second stages likewise read the file its stage 1 writes (Makefile, models-gpu).
     configs = {p.stem: load_config(p) for p in recipes}
-    for first, second, first_out in [
-        ("default_models", "default_models_adversarial", "runs/default_models"),
-        ("default_models_gpu", "default_models_gpu_refine", "runs/gpu_models"),
-        ("default_models_gpu", "default_models_gpu_adversarial", "runs/gpu_models"),
-    ]:
-        stage1, stage2 = configs[first], configs[second]
-        assert stage2.train.init == f"{first_out}/fidelity.safetensors" and stage1.train.init == ""
-        assert (stage2.generator, stage2.normalization, stage2.degradation, stage2.data) == \
-            (stage1.generator, stage1.normalization, stage1.degradation, stage1.data)
-        assert stage2.train.seed == stage1.train.seed
-    assert configs["default_models_gpu"].train.gan_steps == 0 and configs["default_models_gpu_refine"].train.gan_steps == 0
-    assert configs["default_models_gpu_adversarial"].train.pretrain_steps == 0
+    stage1, stage2 = configs["default_models"], configs["default_models_adversarial"]
+    assert stage2.train.init == "runs/default_models/fidelity.safetensors" and stage1.train.init == ""
+    assert (stage2.generator, stage2.normalization, stage2.degradation, stage2.data) == \
+        (stage1.generator, stage1.normalization, stage1.degradation, stage1.data)
+    assert stage2.train.seed == stage1.train.seed
     assert configs["default_models"].train.gan_steps == 0 and configs["default_models_adversarial"].train.pretrain_steps == 0

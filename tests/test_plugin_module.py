@@ -109,9 +109,9 @@ def test_output_is_4x_larger_on_the_input_scale_without_mask_or_crop(upscale_mod
     assert out.pixel_data.mean() == pytest.approx(fly_dna.mean(), rel=0.03)
     for q in (5, 50, 95):
         assert np.percentile(out.pixel_data, q) == pytest.approx(np.percentile(fly_dna, q), abs=0.03)
-    # the packaged model itself, as msrgan_core gives it by default (two orientations, bins
-    # matched: the model file's own choice), is what the module returns
-    expected = Upscaler(load_model("fidelity"), device="cpu", ensemble=2, match_bins=True).upscale(fly_dna)
+    # the packaged model itself, as msrgan_core gives it by default (the model file's own
+    # choice of orientations and bin matching), is what the module returns
+    expected = Upscaler(load_model("fidelity"), device="cpu").upscale(fly_dna)
     np.testing.assert_allclose(out.pixel_data, np.clip(expected, 0, 1), atol=1e-6)
 
 
@@ -125,18 +125,30 @@ def test_orientations_and_matched_bins_are_the_librarys(upscale_module_class, fl
     assert np.max(np.abs(got - np.clip(by_default, 0, 1))) > 1e-3
 
 
-@pytest.mark.parametrize("choice,ensemble,match_bins", [("Default: fidelity", 2, True), ("Default: perceptual", 1, False)])
-def test_model_default_runs_each_packaged_model_as_its_file_says(upscale_module_class, fly_dna, choice, ensemble, match_bins):
+@pytest.mark.parametrize("choice", ["Default: fidelity", "Default: perceptual"])
+def test_model_default_runs_each_packaged_model_as_its_file_says(upscale_module_class, fly_dna, choice):
     crop = fly_dna[:40, :48]
     harness = Harness(upscale_module_class, device="CPU", model_choice=choice)
     assert harness.module.orientations.value == harness.module.match_bins.value == "Model's default"
     got = harness.run(cp_image(crop)).image_set.get_image("Upscaled").pixel_data
     model = load_model(choice.split(": ")[1])
-    expected = Upscaler(model, device="cpu", ensemble=ensemble, match_bins=match_bins).upscale(crop)
+    said = model.inference
+    expected = Upscaler(model, device="cpu", ensemble=said.ensemble, match_bins=said.match_bins).upscale(crop)
     np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-6)
-    if ensemble > 1:
-        once = Upscaler(model, device="cpu", ensemble=1, match_bins=False).upscale(crop)
-        assert np.max(np.abs(got - np.clip(once, 0, 1))) > 1e-3
+
+
+def test_model_default_follows_a_custom_file_that_asks_for_more(upscale_module_class, fly_dna, tmp_path):
+    path = save_model(tmp_path / "asks.safetensors", tiny_generator(), {
+        "normalization": {"low": 1.0, "high": 99.8}, "inference": {"ensemble": 2, "match_bins": True}})
+    crop = fly_dna[:40, :48]
+    harness = Harness(upscale_module_class, device="CPU")
+    use_custom(harness, path)
+    got = harness.run(cp_image(crop)).image_set.get_image("Upscaled").pixel_data
+    model = load_model(path)
+    expected = Upscaler(model, device="cpu", ensemble=2, match_bins=True).upscale(crop)
+    once = Upscaler(model, device="cpu", ensemble=1, match_bins=False).upscale(crop)
+    np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-6)
+    assert np.max(np.abs(got - np.clip(once, 0, 1))) > 1e-4
 
 
 def test_dim_12_bit_image_is_not_stretched(upscale_module_class, fly_dna):
