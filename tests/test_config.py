@@ -1,6 +1,7 @@
 """Configuration: validated dataclasses whose errors quote the bad value; TOML files with unknown keys rejected."""
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -175,3 +176,33 @@ def test_the_checked_in_recipes_load_and_read_their_data_folder_from_msrgan_data
         (stage1.generator, stage1.normalization, stage1.degradation, stage1.data)
     assert stage2.train.seed == stage1.train.seed
     assert configs["default_models"].train.gan_steps == 0 and configs["default_models_adversarial"].train.pretrain_steps == 0
+
+
+@pytest.mark.parametrize("recipe,model", [("default_models", "fidelity"), ("default_models_adversarial", "perceptual")])
+def test_each_packaged_model_says_what_its_recipe_trains(recipe, model):
+    """The packaged files come out of `make models`: their metadata is the recipe's, times and hardware aside."""
+    import dataclasses
+    from pathlib import Path
+
+    from msrgan_core.config import load_config
+    from msrgan_core.modelcard import read_metadata
+
+    root = Path(__file__).parents[1] / "msrgan_core"
+    config = load_config(root / "configs" / f"{recipe}.toml")
+    meta = read_metadata(root / "weights" / f"{model}.safetensors")
+    assert meta["name"] == model
+    assert meta["generator"] == dataclasses.asdict(config.generator)
+    assert meta["normalization"] == dataclasses.asdict(config.normalization)
+    assert meta["degradation"] == json.loads(json.dumps(dataclasses.asdict(config.degradation)))  # tuples as lists
+    trained = meta["training"]
+    assert trained["data"] == config.data.description and trained["seed"] == config.train.seed
+    assert trained["steps"] == config.train.pretrain_steps + config.train.gan_steps
+    assert (trained["batch_size"], trained["patch_size"]) == (config.train.batch_size, config.train.patch_size)
+    if model == "perceptual":
+        assert meta["loss"] == dataclasses.asdict(config.loss)
+        assert trained["init"]["name"] == "fidelity" and config.train.init.endswith("fidelity.safetensors")
+    else:
+        assert meta["loss"] == {"pixel": config.train.pixel_loss} and trained["init"] is None
+    assert set(meta) - {"uncertainty_scale", "uncertainty_calibration"} == {
+        "name", "generator", "normalization", "degradation", "loss", "training", "validation", "created",
+        "msrgan_version", "format_version", "scale", "in_channels", "out_channels", "influence_radius"}
