@@ -86,7 +86,12 @@ runs out of memory (the module already retries with smaller tiles, then on the C
 says which device, precision and how many threads ran.
 
 The module needs the ``msrgan`` Python package (and PyTorch) installed in the same Python
-environment as CellProfiler.
+environment as CellProfiler, or, with *Run msrgan in* set to *Another Python environment*, in
+any other Python environment on the same computer: CellProfiler's official app bundles cannot
+import PyTorch. The module then writes each image to a temporary file, runs that
+environment's ``msrgan upscale`` on it with the same settings and reads the result back, the
+same numbers as when it runs in CellProfiler's environment; this starts one process and loads
+the model once per image set.
 
 References
 ^^^^^^^^^^
@@ -104,30 +109,32 @@ References
    (`link <https://doi.org/10.1038/s41592-019-0612-7>`__)
 """
 
+import functools
+import logging
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import threading
 from collections import OrderedDict
 
 import numpy
+import tifffile
 from cellprofiler_core.image import Image
 from cellprofiler_core.module import ImageProcessing
 from cellprofiler_core.constants.measurement import COLTYPE_INTEGER, COLTYPE_VARCHAR_FILE_NAME, IMAGE
 from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
-from cellprofiler_core.setting.text import Directory, Filename, ImageName, Integer
+from cellprofiler_core.setting.text import Directory, Filename, ImageName, Integer, Pathname
 
+# Loading the plugin imports neither PyTorch nor msrgan's inference code: the functions that run
+# the network import them when they first run, so that a CellProfiler without them (the official
+# app bundles) still loads the module and can run msrgan in another Python environment.
 try:
-    from msrgan_core.device import available_cores, describe_device, resolve_device
-    from msrgan_core.errors import UserError
-    from msrgan_core.inference import Upscaler
-    from msrgan_core.modelfile import ModelFileError, load_model, resolve_model
     from msrgan_core.options import ENSEMBLES
-
-    IMPORT_ERROR = None
-except (ImportError, OSError) as exc:  # still load, and say in validate_module what to install
-    IMPORT_ERROR = exc
-    ENSEMBLES = ()
+except ImportError:  # no msrgan in CellProfiler's environment: the same values, checked by tests/test_plugin_module.py
+    ENSEMBLES = (1, 2, 4, 8)
 
 MODEL_FIDELITY = "Default: fidelity"
 MODEL_PERCEPTUAL = "Default: perceptual"
@@ -146,16 +153,29 @@ DEVICE_GPU = "GPU"
 DEVICE_ALL = [DEVICE_AUTOMATIC, DEVICE_CPU, DEVICE_GPU]
 TORCH_DEVICE = {DEVICE_AUTOMATIC: "auto", DEVICE_CPU: "cpu", DEVICE_GPU: "cuda"}
 
+ENVIRONMENT_HERE = "This Python environment"
+ENVIRONMENT_OTHER = "Another Python environment"
+ENVIRONMENT_ALL = [ENVIRONMENT_HERE, ENVIRONMENT_OTHER]
+
 INSTALL_HINT = (
     "UpscaleMSRGAN needs the msrgan package and PyTorch in the Python environment that runs "
-    "CellProfiler: run 'pip install msrgan' with that environment's pip, then restart CellProfiler"
+    "CellProfiler: run 'pip install msrgan' with that environment's pip, then restart CellProfiler; "
+    "or install msrgan in another Python environment and choose '{}' in 'Run msrgan in'".format(ENVIRONMENT_OTHER)
 )
+#: where msrgan's own command line says which model file it loaded (``msrgan info``)
+INFO_FILE_LINE = re.compile(r"^file: (.+)$", re.MULTILINE)
+#: where ``msrgan upscale``'s log says where the network ran
+UPSCALE_DEVICE_LINE = re.compile(r"^msrgan: model \S+ on (.+?), \S+ precision", re.MULTILINE)
+#: the other environment's messages go to CellProfiler's log under msrgan's own logger
+log = logging.getLogger("msrgan")
 
 #: upscalers kept per process (one CellProfiler worker): model, device, tile, orientations, bins -> Upscaler
 MAX_CACHED_UPSCALERS = 2
 _UPSCALERS = OrderedDict()
 #: model files already checked by validate_module: (path, mtime, size) -> error message or None
 _CHECKED_MODELS = {}
+#: models another environment's msrgan has read: (its executable's key, model, the model file's key) -> file name
+_MODELS_ELSEWHERE = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -164,12 +184,24 @@ def _file_key(path):
     return str(path), stat.st_mtime_ns, stat.st_size
 
 
+@functools.lru_cache(maxsize=None)
+def library_problem():
+    """None when msrgan's inference code and PyTorch import here; else the ImportError or OSError."""
+    try:
+        import msrgan_core.inference  # noqa: F401 (it brings PyTorch)
+    except (ImportError, OSError) as exc:
+        return exc
+    return None
+
+
 def check_model_file(path):
     """Load a model file once to prove it is usable; return None or the reason it is not.
 
     The answer is cached per file version, so validating the pipeline in the GUI after every
     edit does not reread the weights.
     """
+    from msrgan_core.modelfile import ModelFileError, load_model
+
     key = _file_key(path)
     with _CACHE_LOCK:
         if key in _CHECKED_MODELS:
@@ -184,11 +216,23 @@ def check_model_file(path):
     return problem
 
 
+def available_cores():
+    """The CPU cores this process may run on (its affinity, e.g. a cluster job's share).
+
+    Counted as :func:`msrgan_core.device.available_cores` counts them, here because CellProfiler's
+    own environment may have neither msrgan nor PyTorch.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def worker_threads(setting):
     """CPU threads for this process: the setting, or (0) the cores shared out among analysis workers.
 
     CellProfiler starts each analysis worker with ``--work-announce``; a headless run has none
-    and takes every core the process may use (None: :func:`msrgan_core.device.available_cores`).
+    and takes every core the process may use (None: :func:`available_cores`).
     """
     if setting > 0:
         return int(setting)
@@ -217,6 +261,9 @@ def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=Non
     threads : int or None
         CPU threads; None: every core the process may use.
     """
+    from msrgan_core.inference import Upscaler
+    from msrgan_core.modelfile import load_model
+
     key = _file_key(path) + (device, int(tile), ensemble, match_bins, threads)
     with _CACHE_LOCK:
         if key in _UPSCALERS:
@@ -230,14 +277,22 @@ def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=Non
         return upscaler
 
 
+def clip_to_input_range(upscaled, pixels):
+    """Clip ``upscaled`` in place to CellProfiler's 0..1 range, or to ``pixels``' own range where it goes beyond.
+
+    A network, like bicubic interpolation, can overshoot near bright edges.
+    """
+    low = min(0.0, float(pixels.min()))
+    high = max(1.0, float(pixels.max()))
+    numpy.clip(upscaled, low, high, out=upscaled)
+
+
 def upscale_pixels(upscaler, pixels, source, uncertainty=False):
     """Upscale CellProfiler pixel data: ``(Y, X)`` or ``(Y, X, C)`` floats, usually within 0..1.
 
     Returns pixels of the same dtype, ``scale`` times larger in Y and X, with the same channels,
-    clipped to CellProfiler's 0..1 range (or to the input's own range where it already goes beyond
-    it): a network, like bicubic interpolation, can overshoot near bright edges. With
-    ``uncertainty``, returns the upscaled pixels and the uncertainty image (same shape, on the
-    same scale).
+    clipped by :func:`clip_to_input_range`. With ``uncertainty``, returns the upscaled pixels and
+    the uncertainty image (same shape, on the same scale).
     """
     pixels = numpy.asarray(pixels)
     if pixels.ndim == 3:
@@ -246,16 +301,184 @@ def upscale_pixels(upscaler, pixels, source, uncertainty=False):
     else:
         results = upscaler.upscale(pixels, source=source, uncertainty=uncertainty)
         results = list(results) if uncertainty else [results]
-    low = min(0.0, float(pixels.min()))
-    high = max(1.0, float(pixels.max()))
-    numpy.clip(results[0], low, high, out=results[0])
+    clip_to_input_range(results[0], pixels)
     return tuple(results) if uncertainty else results[0]
+
+
+# --- msrgan in another Python environment ------------------------------------------------------
+
+class OtherEnvironmentError(Exception):
+    """msrgan in the other Python environment could not start or failed; the message says which and why."""
+
+
+def check_executable(path):
+    """None when ``path`` is a file this process may run; else what is wrong with it, and what to do."""
+    what = "the path of msrgan (or python) in the Python environment where msrgan is installed"
+    if not path.strip():
+        return "Enter {}: in that environment, 'which msrgan' (Windows: 'where msrgan') prints it".format(what)
+    if not os.path.exists(path):
+        return "{} does not exist: enter {}".format(path, what)
+    if os.path.isdir(path):
+        return "{} is a folder: enter the msrgan (or python) program itself, in the environment's bin folder " \
+               "(Windows: Scripts)".format(path)
+    if not os.access(path, os.X_OK):
+        return "{} is not executable: enter {}".format(path, what)
+    return None
+
+
+def external_command(path):
+    """The command that runs msrgan's command line in another environment, from its ``msrgan`` or its ``python``."""
+    if os.path.basename(path).lower().startswith("python"):
+        return [path, "-m", "msrgan_core.cli"]
+    return [path]
+
+
+def child_environment():
+    """CellProfiler's environment variables, less those that would point another Python at CellProfiler's libraries.
+
+    A frozen CellProfiler (PyInstaller) also sets the library path to its own bundle and keeps
+    the user's in ``<NAME>_ORIG``: the other environment gets the user's back.
+    """
+    env = dict(os.environ)
+    for name in ("PYTHONHOME", "PYTHONPATH"):
+        env.pop(name, None)
+    if getattr(sys, "frozen", False):
+        for name in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
+            original = env.pop(name + "_ORIG", None)
+            if original is None:
+                env.pop(name, None)
+            else:
+                env[name] = original
+    return env
+
+
+def run_elsewhere(command, arguments):
+    """Run msrgan's command line ``command + arguments`` in the other environment; returns the finished process.
+
+    Its log (stderr) is passed on to this process's ``msrgan`` logger, so that CellProfiler's
+    log says where and how the network ran, as when it runs here. Raises OtherEnvironmentError,
+    with the last line of that log, when it cannot start or fails.
+    """
+    what = "msrgan {} (with {})".format(arguments[0], command[0])
+    try:
+        proc = subprocess.run(
+            command + list(arguments), stdin=subprocess.DEVNULL, capture_output=True, encoding="utf-8",
+            errors="replace", env=child_environment(), creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+        )
+    except OSError as exc:
+        raise OtherEnvironmentError("{} could not start ({})".format(what, exc.strerror or exc)) from None
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    for line in lines:
+        log.info("%s", line)
+    if proc.returncode < 0:
+        raise OtherEnvironmentError("{} was killed by signal {}".format(what, -proc.returncode))
+    if proc.returncode != 0:
+        raise OtherEnvironmentError("{} failed with exit status {}: {}".format(
+            what, proc.returncode, lines[-1] if lines else "it printed no error message"))
+    return proc
+
+
+def model_file_elsewhere(command, model):
+    """The file name of ``model`` (a packaged model's name or a model file) in the other environment.
+
+    Runs ``msrgan info`` there once per executable and model file version: it proves that
+    ``command`` runs msrgan and can read the model, and names the file as the module's
+    ``Upscale_Model`` measurement does in CellProfiler's own environment.
+    """
+    key = (_file_key(command[0]), model, _file_key(model) if os.path.isfile(model) else None)
+    with _CACHE_LOCK:
+        if key in _MODELS_ELSEWHERE:
+            return _MODELS_ELSEWHERE[key]
+    proc = run_elsewhere(command, ["info", model])
+    found = INFO_FILE_LINE.search(proc.stdout)
+    if found is None:
+        raise OtherEnvironmentError("'{}' did not say which model file it read: is {} msrgan, or the python of an "
+                                    "environment with msrgan installed?".format(" ".join(command + ["info", model]),
+                                                                                command[0]))
+    name = os.path.basename(found.group(1).strip())
+    with _CACHE_LOCK:
+        _MODELS_ELSEWHERE[key] = name
+    return name
+
+
+def upscale_elsewhere(command, pixels, name, model, device, tile, ensemble=None, match_bins=None, threads=None,
+                      uncertainty=False):
+    """Upscale CellProfiler pixel data with ``msrgan upscale`` in another Python environment.
+
+    The pixels go to a temporary TIFF as they are (the numbers :func:`upscale_pixels` gives the
+    library), channels first; the outputs are read back and clipped alike, so the result is
+    :func:`upscale_pixels`' within the rounding of a different thread count. The temporary files
+    are removed whatever happens.
+
+    Parameters
+    ----------
+    command : list of str
+        :func:`external_command`.
+    pixels : numpy.ndarray
+        ``(Y, X)`` or ``(Y, X, C)``.
+    name : str
+        The image's name in CellProfiler (the temporary file's, which msrgan's messages quote).
+    model : str
+        A packaged model's name or a model file's path.
+    device, tile, ensemble, match_bins, threads
+        As :func:`get_upscaler`'s; None leaves the option to the model file or to msrgan.
+    uncertainty : bool
+        Also return the uncertainty image.
+
+    Returns
+    -------
+    results : list of numpy.ndarray
+        The upscaled pixels, then (with ``uncertainty``) the uncertainty image, each ``(Y * s, X * s)``
+        or ``(Y * s, X * s, C)``.
+    device : str
+        Where the network ran, as the other environment's log says (``cpu (4 threads)``).
+    """
+    pixels = numpy.asarray(pixels)
+    arguments = ["--model", model, "--device", device, "--tile", str(int(tile)), "--stop-on-error", "-q"]
+    if ensemble is not None:
+        arguments += ["--ensemble", str(ensemble)]
+    if match_bins is not None:
+        arguments += ["--match-bins" if match_bins else "--no-match-bins"]
+    if threads is not None:
+        arguments += ["--threads", str(threads)]
+    if uncertainty:
+        arguments += ["--uncertainty"]
+    with tempfile.TemporaryDirectory(prefix="upscalemsrgan-") as folder:
+        source = os.path.join(folder, name + ".tif")
+        if pixels.ndim == 3:
+            tifffile.imwrite(source, numpy.ascontiguousarray(numpy.moveaxis(pixels, -1, 0)), photometric="minisblack",
+                             metadata={"axes": "CYX"})
+        else:
+            tifffile.imwrite(source, pixels, photometric="minisblack", metadata={"axes": "YX"})
+        out = os.path.join(folder, "upscaled")
+        proc = run_elsewhere(command, ["upscale", source, "-o", out] + arguments)
+        suffixes = [".tif", ".uncertainty.tif"] if uncertainty else [".tif"]
+        try:
+            results = [tifffile.imread(os.path.join(out, name + suffix)) for suffix in suffixes]
+        except (OSError, ValueError) as exc:
+            raise OtherEnvironmentError("msrgan upscale (with {}) exited without error but its output cannot be read "
+                                        "({}): install in that environment the msrgan this plugin came with".format(
+                                            command[0], exc)) from None
+    if pixels.ndim == 3:  # one channel comes back as a plane
+        results = [numpy.moveaxis(r if r.ndim == 3 else r[numpy.newaxis], 0, -1) for r in results]
+    clip_to_input_range(results[0], pixels)
+    ran = UPSCALE_DEVICE_LINE.search(proc.stderr)
+    return results, ran.group(1) if ran else "another Python environment"
+
+
+class ExecutablePath(Pathname):
+    """A path setting (with CellProfiler's browse button) that must name a program this process may run."""
+
+    def test_valid(self, pipeline):
+        problem = check_executable(self.value)
+        if problem is not None:
+            raise ValidationError(problem, self)
 
 
 class UpscaleMSRGAN(ImageProcessing):
     module_name = "UpscaleMSRGAN"
 
-    variable_revision_number = 4
+    variable_revision_number = 5
 
     def create_settings(self):
         super(UpscaleMSRGAN, self).create_settings()
@@ -396,6 +619,41 @@ with **MeasureObjectIntensity** on your nuclei and, for example, filter out with
 trusted. See the shipped pipeline ``flag_uncertain_nuclei.cppipe``.""",
         )
 
+        self.environment = Choice(
+            "Run msrgan in",
+            ENVIRONMENT_ALL,
+            value=ENVIRONMENT_HERE,
+            doc="""\
+Choose the Python environment that runs the network:
+
+-  *{ENVIRONMENT_HERE}:* the one running CellProfiler, into which msrgan and PyTorch were
+   installed (the default, and the fastest).
+-  *{ENVIRONMENT_OTHER}:* a separate Python environment (virtual environment or conda
+   environment, Python 3.9 or later) on the same computer, in which ``pip install msrgan`` was
+   run. Use it with CellProfiler's official app bundles, or wherever PyTorch cannot be installed
+   beside CellProfiler. CellProfiler then needs neither msrgan nor PyTorch: for each image set,
+   the module writes the image to a temporary file, runs that environment's ``msrgan upscale``
+   on it with the settings above and reads the result back (the same numbers, at the cost of
+   starting msrgan and loading the model for every image set).""".format(
+                **{"ENVIRONMENT_HERE": ENVIRONMENT_HERE, "ENVIRONMENT_OTHER": ENVIRONMENT_OTHER}
+            ),
+        )
+
+        self.msrgan_path = ExecutablePath(
+            "Path to msrgan (or python) in that environment",
+            "",
+            doc="""\
+*(Used only with "{ENVIRONMENT_OTHER}")*
+
+The ``msrgan`` program of the environment where msrgan is installed: in that environment,
+``which msrgan`` (Windows: ``where msrgan``) prints its path, for example
+``/home/me/msrgan-env/bin/msrgan`` or ``C:\\Users\\me\\msrgan-env\\Scripts\\msrgan.exe``. The
+environment's ``python`` works too (it runs ``python -m msrgan_core.cli``). The environment
+need not be activated.""".format(
+                **{"ENVIRONMENT_OTHER": ENVIRONMENT_OTHER}
+            ),
+        )
+
         self.uncertainty_name = ImageName(
             "Name the uncertainty image",
             "UpscaleUncertainty",
@@ -428,6 +686,8 @@ workers do not fight over the same cores. The threads used are written to the lo
             self.threads,
             self.wants_uncertainty,
             self.uncertainty_name,
+            self.environment,
+            self.msrgan_path,
         ]
 
     def visible_settings(self):
@@ -438,7 +698,8 @@ workers do not fight over the same cores. The threads used are written to the lo
         if self.device.value != DEVICE_GPU:
             result += [self.threads]
         result += [self.tile_size, self.orientations, self.match_bins, self.wants_uncertainty]
-        return result + ([self.uncertainty_name] if self.wants_uncertainty.value else [])
+        result += [self.uncertainty_name] if self.wants_uncertainty.value else []
+        return result + [self.environment] + ([self.msrgan_path] if self.runs_elsewhere() else [])
 
     def help_settings(self):
         return super(UpscaleMSRGAN, self).help_settings() + [
@@ -452,6 +713,8 @@ workers do not fight over the same cores. The threads used are written to the lo
             self.threads,
             self.wants_uncertainty,
             self.uncertainty_name,
+            self.environment,
+            self.msrgan_path,
         ]
 
     def volumetric(self):
@@ -476,17 +739,11 @@ workers do not fight over the same cores. The threads used are written to the lo
 
     # --- the model ----------------------------------------------------------------------
 
-    def model_path(self):
-        """Path of the chosen model file; raises ValidationError when there is none."""
-        if IMPORT_ERROR is not None:
-            raise ValidationError(
-                "{} ({}: {})".format(INSTALL_HINT, type(IMPORT_ERROR).__name__, IMPORT_ERROR), self.model_choice
-            )
-        if self.model_choice.value in PACKAGED_MODEL:
-            try:
-                return str(resolve_model(PACKAGED_MODEL[self.model_choice.value]))
-            except ModelFileError as exc:
-                raise ValidationError(str(exc), self.model_choice)
+    def runs_elsewhere(self):
+        return self.environment.value == ENVIRONMENT_OTHER
+
+    def custom_model_path(self):
+        """Path of the custom model file; raises ValidationError when there is none."""
         directory = self.custom_model_directory.get_absolute_path()
         path = os.path.join(directory, self.custom_model_file.value)
         if not self.custom_model_file.value.strip():
@@ -498,7 +755,41 @@ workers do not fight over the same cores. The threads used are written to the lo
             )
         return path
 
+    def model_path(self):
+        """Path of the chosen model file in this environment; raises ValidationError when there is none."""
+        problem = library_problem()
+        if problem is not None:
+            raise ValidationError("{} ({}: {})".format(INSTALL_HINT, type(problem).__name__, problem),
+                                  self.model_choice)
+        from msrgan_core.modelfile import ModelFileError, resolve_model
+
+        if self.model_choice.value in PACKAGED_MODEL:
+            try:
+                return str(resolve_model(PACKAGED_MODEL[self.model_choice.value]))
+            except ModelFileError as exc:
+                raise ValidationError(str(exc), self.model_choice)
+        return self.custom_model_path()
+
+    def model_elsewhere(self):
+        """The command that runs msrgan in the other environment, the model it is given (a packaged
+        model's name or the custom file's path), and that model's file name there.
+
+        Raises ValidationError (on the setting to mend) when the path, the model file or that
+        environment's msrgan cannot be used.
+        """
+        self.msrgan_path.test_valid(None)
+        model = PACKAGED_MODEL.get(self.model_choice.value) or self.custom_model_path()
+        command = external_command(self.msrgan_path.value)
+        try:
+            return command, model, model_file_elsewhere(command, model)
+        except OtherEnvironmentError as exc:
+            custom = self.model_choice.value == MODEL_CUSTOM and model in str(exc)
+            raise ValidationError(str(exc), self.custom_model_file if custom else self.msrgan_path)
+
     def validate_module(self, pipeline):
+        if self.runs_elsewhere():
+            self.model_elsewhere()
+            return
         path = self.model_path()
         problem = check_model_file(path)
         if problem is not None:
@@ -506,7 +797,11 @@ workers do not fight over the same cores. The threads used are written to the lo
             raise ValidationError("The model file cannot be used: {}".format(problem), setting)
 
     def validate_module_warnings(self, pipeline):
-        if IMPORT_ERROR is None and self.device.value == DEVICE_GPU and resolve_device("auto").type != "cuda":
+        if self.runs_elsewhere() or self.device.value != DEVICE_GPU or library_problem() is not None:
+            return  # the other environment's msrgan warns in the log
+        from msrgan_core.device import resolve_device
+
+        if resolve_device("auto").type != "cuda":
             raise ValidationError(
                 "No CUDA GPU is usable by PyTorch in this environment: the module will run on the CPU "
                 "(install a CUDA build of PyTorch to use the GPU)",
@@ -530,31 +825,15 @@ workers do not fight over the same cores. The threads used are written to the lo
                 "UpscaleMSRGAN upscales 2-D images, but '{}' is a 3-D image {}: process the planes "
                 "as 2-D images instead".format(x_name, x.pixel_data.shape)
             )
-        try:
-            path = self.model_path()
-        except ValidationError as exc:
-            raise ValueError("UpscaleMSRGAN: {}".format(exc.message)) from None
-        try:
-            upscaler = get_upscaler(
-                path,
-                TORCH_DEVICE[self.device.value],
-                self.tile_size.value,
-                None if self.orientations.value == MODEL_DEFAULT else int(self.orientations.value),
-                None if self.match_bins.value == MODEL_DEFAULT else self.match_bins.value == "Yes",
-                worker_threads(self.threads.value),
-            )
-            y_data = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(x_name),
-                                    uncertainty=self.wants_uncertainty.value)
-        except UserError as exc:
-            raise ValueError(
-                "UpscaleMSRGAN cannot upscale '{}' with the model {}: {}".format(x_name, os.path.basename(path), exc)
-            ) from exc
+        upscale = self.upscale_in_other_environment if self.runs_elsewhere() else self.upscale_here
+        results, model_name, device = upscale(x, self.inference_options())
+        y_data = results[0]
 
         if self.wants_uncertainty.value:
-            y_data, spread = y_data
-            images.add(self.uncertainty_name.value, Image(spread, convert=False, dimensions=x.dimensions))
-        workspace.measurements.add_image_measurement("Upscale_ScaleFactor_{}".format(y_name), upscaler.scale)
-        workspace.measurements.add_image_measurement("Upscale_Model_{}".format(y_name), os.path.basename(path))
+            images.add(self.uncertainty_name.value, Image(results[1], convert=False, dimensions=x.dimensions))
+        workspace.measurements.add_image_measurement("Upscale_ScaleFactor_{}".format(y_name),
+                                                     y_data.shape[0] // x.pixel_data.shape[0])
+        workspace.measurements.add_image_measurement("Upscale_Model_{}".format(y_name), model_name)
         # No parent image: the output must not inherit the input's mask or cropping, whose
         # shape no longer matches.
         y = Image(
@@ -572,8 +851,51 @@ workers do not fight over the same cores. The threads used are written to the lo
             workspace.display_data.y_data = y_data
             workspace.display_data.dimensions = x.dimensions
             workspace.display_data.multichannel = x.multichannel
-            workspace.display_data.model_name = os.path.basename(path)
-            workspace.display_data.device = describe_device(upscaler.device)
+            workspace.display_data.model_name = model_name
+            workspace.display_data.device = device
+
+    def inference_options(self):
+        """The settings for how each image runs, as :func:`get_upscaler` and :func:`upscale_elsewhere` take them."""
+        return {
+            "device": TORCH_DEVICE[self.device.value],
+            "tile": self.tile_size.value,
+            "ensemble": None if self.orientations.value == MODEL_DEFAULT else int(self.orientations.value),
+            "match_bins": None if self.match_bins.value == MODEL_DEFAULT else self.match_bins.value == "Yes",
+            "threads": worker_threads(self.threads.value),
+        }
+
+    def upscale_here(self, x, options):
+        """Upscale the image ``x`` here: the results (upscaled, uncertainty), the model's file name, the device."""
+        try:
+            path = self.model_path()  # says what to install when msrgan or PyTorch is missing here
+        except ValidationError as exc:
+            raise ValueError("UpscaleMSRGAN: {}".format(exc.message)) from None
+        from msrgan_core.device import describe_device
+        from msrgan_core.errors import UserError
+
+        try:
+            upscaler = get_upscaler(path, **options)
+            results = upscale_pixels(upscaler, x.pixel_data, source="image '{}'".format(self.x_name.value),
+                                     uncertainty=self.wants_uncertainty.value)
+        except UserError as exc:
+            raise ValueError("UpscaleMSRGAN cannot upscale '{}' with the model {}: {}".format(
+                self.x_name.value, os.path.basename(path), exc)) from exc
+        results = list(results) if self.wants_uncertainty.value else [results]
+        return results, os.path.basename(path), describe_device(upscaler.device)
+
+    def upscale_in_other_environment(self, x, options):
+        """Upscale the image ``x`` with msrgan in the other environment; returns as :meth:`upscale_here`."""
+        try:
+            command, model, model_name = self.model_elsewhere()
+        except ValidationError as exc:
+            raise ValueError("UpscaleMSRGAN: {}".format(exc.message)) from None
+        try:
+            results, device = upscale_elsewhere(command, x.pixel_data, self.x_name.value, model,
+                                                uncertainty=self.wants_uncertainty.value, **options)
+        except OtherEnvironmentError as exc:
+            raise ValueError("UpscaleMSRGAN cannot upscale '{}' with the model {} in another Python environment: "
+                             "{}".format(self.x_name.value, model_name, exc)) from None
+        return results, model_name, device
 
     def display(self, workspace, figure):
         data = workspace.display_data
@@ -605,9 +927,12 @@ workers do not fight over the same cores. The threads used are written to the lo
         if variable_revision_number == 1:
             setting_values = setting_values + ["1", "No"]
             variable_revision_number = 2
-        if variable_revision_number == 2:
-            variable_revision_number = 4
+        if variable_revision_number == 2:  # revision 3 adds only a choice to two settings
+            variable_revision_number = 3
         if variable_revision_number == 3:  # revision 4 adds the CPU threads (0, automatic) and no uncertainty image
             setting_values = setting_values + ["0", "No", "UpscaleUncertainty"]
             variable_revision_number = 4
+        if variable_revision_number == 4:  # revision 5 adds where msrgan runs: here, as before
+            setting_values = setting_values + [ENVIRONMENT_HERE, ""]
+            variable_revision_number = 5
         return setting_values, variable_revision_number

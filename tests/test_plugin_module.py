@@ -251,13 +251,15 @@ def test_custom_model_file_is_the_one_used(upscale_module_class, fly_dna, tmp_pa
 
 
 def test_model_is_loaded_once_and_reused_across_image_sets(upscale_module_class, plugin, fly_dna, monkeypatch):
+    import msrgan_core.modelfile
+
     calls = []
 
     def counting_load(path):
         calls.append(path)
         return load_model(path)
 
-    monkeypatch.setattr(plugin, "load_model", counting_load)
+    monkeypatch.setattr(msrgan_core.modelfile, "load_model", counting_load)  # the plugin imports it when it runs
     monkeypatch.setattr(plugin, "_UPSCALERS", type(plugin._UPSCALERS)())
     harness = Harness(upscale_module_class, tile_size=64)
     for number in range(3):
@@ -269,7 +271,9 @@ def test_model_is_loaded_once_and_reused_across_image_sets(upscale_module_class,
 def test_gpu_requested_without_cuda_warns_and_runs_on_cpu(upscale_module_class, plugin, fly_dna, caplog):
     from cellprofiler_core.setting import ValidationError
 
-    if plugin.resolve_device("auto").type == "cuda":
+    from msrgan_core.device import resolve_device
+
+    if resolve_device("auto").type == "cuda":
         pytest.skip("a CUDA GPU is present: nothing to warn about")
     harness = Harness(upscale_module_class, device="GPU")
     with pytest.raises(ValidationError, match="No CUDA GPU") as caught:
@@ -282,16 +286,16 @@ def test_gpu_requested_without_cuda_warns_and_runs_on_cpu(upscale_module_class, 
     assert "GPU was requested" in caplog.text
 
 
-@pytest.mark.parametrize("missing", ["msrgan_core", "torch"])
-def test_plugin_loads_without_msrgan_and_says_what_to_install(missing):
-    """In a CellProfiler without msrgan (or torch) the module still loads, and validation says so."""
-    script = textwrap.dedent(
+def without(*missing: str) -> str:
+    """Python code that makes importing the packages ``missing`` fail, as in a CellProfiler that lacks them,
+    then imports the plugin file as CellProfiler does (``upscalemsrgan``), headless."""
+    return textwrap.dedent(
         f"""
         import importlib.abc, sys
 
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
-                if name == {missing!r} or name.startswith({missing!r} + "."):
+                if name.split(".")[0] in {missing!r}:
                     raise ImportError("No module named " + repr(name))
                 return None
 
@@ -299,9 +303,18 @@ def test_plugin_loads_without_msrgan_and_says_what_to_install(missing):
         sys.path.insert(0, {str(ROOT / "cellprofiler_plugin")!r})
         import cellprofiler_core.preferences as preferences
         preferences.set_headless()
+        import upscalemsrgan
+        """
+    )
+
+
+@pytest.mark.parametrize("missing", ["msrgan_core", "torch"])
+def test_plugin_loads_without_msrgan_and_says_what_to_install(missing):
+    """In a CellProfiler without msrgan (or torch) the module still loads, and validation says so."""
+    script = without(missing) + textwrap.dedent(
+        """
         from cellprofiler_core.pipeline import Pipeline
         from cellprofiler_core.setting import ValidationError
-        import upscalemsrgan
 
         module = upscalemsrgan.UpscaleMSRGAN()
         try:
@@ -349,7 +362,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     assert loaded.module_name == "UpscaleMSRGAN"
     assert [s.value_text for s in loaded.settings()] == [s.value_text for s in module.settings()]
     assert loaded.tile_size.value == 192 and loaded.custom_model_directory.custom_path == str(tmp_path)
-    assert loaded.orientations.value == "4" and loaded.match_bins.value == "Yes" and loaded.variable_revision_number == 4
+    assert loaded.orientations.value == "4" and loaded.match_bins.value == "Yes" and loaded.variable_revision_number == 5
 
 
 def test_load_v1(upscale_module_class):
@@ -369,7 +382,7 @@ def test_load_v1(upscale_module_class):
     # revision 2's settings: revision-1 pipelines upscale once and leave the output as it is, as they did
     for module in (first, second):
         assert module.orientations.value == "1" and module.match_bins.value == "No"
-        assert module.variable_revision_number == 4
+        assert module.variable_revision_number == 5
 
 
 def test_load_v2(upscale_module_class):
@@ -381,6 +394,9 @@ def test_load_v2(upscale_module_class):
     assert (first.orientations.value, first.match_bins.value) == ("4", "Yes")
     assert second.model_choice.value == "Default: perceptual" and second.device.value == "GPU"
     assert (second.orientations.value, second.match_bins.value) == ("1", "No")
+    for module in (first, second):  # each later revision's settings at their defaults, none shifted
+        assert module.threads.value == 0 and module.wants_uncertainty.value is False
+        assert module.environment.value == "This Python environment" and module.msrgan_path.value == ""
 
 
 def test_load_v3(upscale_module_class):
@@ -391,14 +407,28 @@ def test_load_v3(upscale_module_class):
     assert (first.orientations.value, first.match_bins.value, first.tile_size.value) == ("4", "Yes", 128)
     assert (second.orientations.value, second.match_bins.value) == ("Model's default", "Model's default")
     for module in (first, second):
-        assert module.threads.value == 0 and module.variable_revision_number == 4
+        assert module.threads.value == 0 and module.variable_revision_number == 5
         assert module.wants_uncertainty.value is False and module.uncertainty_name.value == "UpscaleUncertainty"
+
+
+def test_load_v4(upscale_module_class):
+    """Revision-4 pipelines keep their settings and run msrgan in CellProfiler's own environment, as they did."""
+    pipeline, errors = load_pipeline((DATA / "upscalemsrgan_v4.cppipe").read_text())
+    assert not errors, [e.error for e in errors]
+    first, second = pipeline.modules()
+    assert (first.orientations.value, first.match_bins.value, first.tile_size.value) == ("4", "Yes", 128)
+    assert first.threads.value == 3 and first.wants_uncertainty.value is False
+    assert second.wants_uncertainty.value is True and second.uncertainty_name.value == "RedDoubt"
+    assert (second.model_choice.value, second.device.value) == ("Default: perceptual", "GPU")
+    for module in (first, second):
+        assert module.environment.value == "This Python environment" and module.msrgan_path.value == ""
+        assert module.variable_revision_number == 5
 
 
 def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
     text = (DATA / "upscalemsrgan_v1.cppipe").read_text().replace("variable_revision_number:1|", "variable_revision_number:7|")
     _, errors = load_pipeline(text)
-    assert errors and "revision 7, newer than this plugin's revision 4" in str(errors[0].error)
+    assert errors and "revision 7, newer than this plugin's revision 5" in str(errors[0].error)
 
 
 # --- threads, the uncertainty image, the measurements --------------------------------------
@@ -434,3 +464,154 @@ def test_uncertainty_image_and_the_scale_and_model_measurements(upscale_module_c
     assert columns == {"Upscale_ScaleFactor_Upscaled", "Upscale_Model_Upscaled"}
     plain = Harness(upscale_module_class, device="CPU").run(cp_image(crop))  # off by default: no second image
     assert "Doubt" not in plain.image_set.names and "UpscaleUncertainty" not in plain.image_set.names
+
+
+# --- msrgan in another Python environment ----------------------------------------------------
+
+OTHER = "Another Python environment"
+#: this environment's own msrgan stands in for the other environment's
+MSRGAN = Path(sys.executable).with_name("msrgan")
+
+
+def fake_msrgan(path: Path, body: str) -> Path:
+    """A shell script standing in for another environment's msrgan."""
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return path
+
+
+def upscaled_images(workspace) -> dict:
+    return {name: workspace.image_set.get_image(name).pixel_data for name in workspace.image_set.names if name != "DNA"}
+
+
+def measured(workspace) -> list:
+    m = workspace.measurements
+    return [m.get_current_image_measurement(f"Upscale_{what}_Upscaled") for what in ("ScaleFactor", "Model")]
+
+
+@pytest.mark.parametrize("case", ["packaged model, uncertainty", "custom model, every option set, colour"])
+def test_another_environment_gives_the_same_images_and_measurements(upscale_module_class, fly_dna, tmp_path, case):
+    assert MSRGAN.is_file(), f"{MSRGAN} is missing: install msrgan in this environment (pip install -e .)"
+    custom = case.startswith("custom")
+    crop = fly_dna[:40, :56]
+    settings = dict(device="CPU", wants_uncertainty=True, uncertainty_name="Doubt")
+    if custom:  # each option away from its default, so that one not passed on shows
+        crop = np.stack([crop, crop[::-1], 0.5 * crop], axis=-1)
+        settings = dict(device="CPU", orientations="2", match_bins="Yes", tile_size=32, threads=1)
+    here = Harness(upscale_module_class, **settings)
+    there = Harness(upscale_module_class, environment=OTHER, msrgan_path=str(MSRGAN), **settings)
+    for harness in (here, there):
+        harness.module.show_window = True
+        if custom:
+            use_custom(harness, custom_model(tmp_path / "mine.safetensors"))
+    there.module.validate_module(there.pipeline)
+    expected, got = here.run(cp_image(crop)), there.run(cp_image(crop))
+
+    want, have = upscaled_images(expected), upscaled_images(got)
+    assert have.keys() == want.keys() == ({"Upscaled"} if custom else {"Upscaled", "Doubt"})
+    for name, pixels in want.items():
+        assert have[name].shape == pixels.shape and have[name].dtype == pixels.dtype
+        np.testing.assert_allclose(have[name], pixels, atol=1e-5)
+    assert measured(got) == measured(expected) == [4, "mine.safetensors" if custom else "fidelity.safetensors"]
+    # where it ran, as the other environment's log says: with the threads asked for
+    assert got.display_data.device == expected.display_data.device
+    assert got.display_data.device == "cpu (1 threads)" or not custom
+
+
+@pytest.mark.parametrize("problem", ["empty", "missing", "folder", "not executable", "not msrgan", "missing model"])
+def test_another_environment_that_cannot_be_used_fails_validation(upscale_module_class, tmp_path, problem):
+    from cellprofiler_core.setting import ValidationError
+
+    path = {
+        "empty": "",
+        "missing": str(tmp_path / "env" / "bin" / "msrgan"),
+        "folder": str(tmp_path),
+        "not executable": str(tmp_path / "msrgan.txt"),
+        "not msrgan": str(fake_msrgan(tmp_path / "python3", 'echo "No module named msrgan_core" >&2\nexit 1\n')),
+        "missing model": str(MSRGAN),
+    }[problem]
+    (tmp_path / "msrgan.txt").write_text("not a program")
+    harness = Harness(upscale_module_class, environment=OTHER, msrgan_path=path)
+    if problem == "missing model":
+        use_custom(harness, tmp_path / "gone.safetensors")
+    with pytest.raises(ValidationError) as caught:
+        harness.module.validate_module(harness.pipeline)
+    setting = harness.module.custom_model_file if problem == "missing model" else harness.module.msrgan_path
+    assert caught.value.setting is setting
+    message = caught.value.message
+    said = {"empty": "which msrgan", "missing": "does not exist", "folder": "is a folder",
+            "not executable": "is not executable", "not msrgan": "No module named msrgan_core",
+            "missing model": "gone.safetensors does not exist"}
+    assert said[problem] in message
+    assert path in message or problem in ("empty", "missing model")
+    with pytest.raises(ValidationError):  # a headless run (which does not validate) stops before any image set
+        harness.module.prepare_run(harness.workspace(cp_image(np.zeros((8, 8), np.float32))))
+
+
+def test_a_failing_other_environment_is_one_clear_error_and_leaves_no_files(upscale_module_class, fly_dna, tmp_path):
+    script = fake_msrgan(tmp_path / "msrgan", f"""\
+        if [ "$1" = info ]; then echo "file: /elsewhere/fidelity.safetensors"; exit 0; fi
+        echo "$2" > {tmp_path / "input.txt"}
+        echo "Traceback (most recent call last):" >&2
+        echo "RuntimeError: the other environment ran out of memory" >&2
+        exit 2
+        """)
+    harness = Harness(upscale_module_class, environment=OTHER, msrgan_path=str(script))
+    harness.module.validate_module(harness.pipeline)
+    with pytest.raises(ValueError) as caught:
+        harness.run(cp_image(fly_dna))
+    message = str(caught.value)
+    assert message.startswith("UpscaleMSRGAN cannot upscale 'DNA' with the model fidelity.safetensors in another "
+                              f"Python environment: msrgan upscale (with {script}) failed with exit status 2")
+    assert message.endswith("RuntimeError: the other environment ran out of memory") and "Traceback" not in message
+    handed = Path((tmp_path / "input.txt").read_text().strip())
+    assert handed.name == "DNA.tif" and not handed.parent.exists()  # the temporary folder is gone
+
+
+def test_loading_the_plugin_imports_no_torch():
+    script = without() + "print('imported:', sorted(m for m in ('torch', 'msrgan_core.inference') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "imported: []" in proc.stdout
+
+
+def test_a_cellprofiler_without_torch_or_msrgan_runs_msrgan_in_another_environment(plugin, fly_dna, tmp_path):
+    """As in CellProfiler's app bundles: no torch and no msrgan import here; the other environment's python upscales."""
+    crop = fly_dna[:40, :48]
+    np.save(tmp_path / "crop.npy", crop)
+    script = without("torch", "msrgan_core") + textwrap.dedent(
+        f"""
+        import numpy as np
+        from cellprofiler_core.image import Image, ImageSetList
+        from cellprofiler_core.measurement import Measurements
+        from cellprofiler_core.object import ObjectSet
+        from cellprofiler_core.pipeline import Pipeline
+        from cellprofiler_core.workspace import Workspace
+
+        pipeline, module = Pipeline(), upscalemsrgan.UpscaleMSRGAN()
+        module.set_module_num(1)
+        module.x_name.value, module.y_name.value = "DNA", "Upscaled"
+        module.environment.value = {OTHER!r}
+        module.msrgan_path.value = {sys.executable!r}  # its python: python -m msrgan_core.cli
+        module.device.value = "CPU"
+        pipeline.add_module(module)
+        image_set_list = ImageSetList()
+        image_set = image_set_list.get_image_set(0)
+        image_set.add("DNA", Image(np.load({str(tmp_path / "crop.npy")!r})))
+        workspace = Workspace(pipeline, module, image_set, ObjectSet(), Measurements(), image_set_list)
+        module.prepare_run(workspace)
+        module.run(workspace)
+        np.save({str(tmp_path / "out.npy")!r}, image_set.get_image("Upscaled").pixel_data)
+        print("orientations:", upscalemsrgan.ORIENTATIONS_ALL, "cores:", upscalemsrgan.available_cores())
+        print("model:", workspace.measurements.get_current_image_measurement("Upscale_Model_Upscaled"))
+        print("imported:", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "msrgan_core")))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from msrgan_core.device import available_cores
+
+    assert f"orientations: {plugin.ORIENTATIONS_ALL} cores: {available_cores()}" in proc.stdout  # its fallbacks agree
+    assert "model: fidelity.safetensors" in proc.stdout and "imported: []" in proc.stdout
+    expected = Upscaler(load_model("fidelity"), device="cpu").upscale(crop)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.clip(expected, 0, 1), atol=1e-5)
