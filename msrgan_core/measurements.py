@@ -210,7 +210,8 @@ def scatter_plot(rows: List[dict], destination: Path, title: str) -> Path:
             pts = np.array([(r[name], r[f"{name}__{method}"]) for r in rows
                             if r["method"] == method and name in r and f"{name}__{method}" in r], np.float64)
             if len(pts):
-                ax.scatter(pts[:, 0], pts[:, 1], s=7, alpha=0.45, color=colors[method], label=method, linewidths=0)
+                ax.scatter(pts[:, 0], pts[:, 1], s=7, alpha=0.45, color=colors[method], label=method, linewidths=0,
+                           zorder=3 if method == "msrgan" else 2)  # msrgan's points on top: they are the question
                 everything.append(pts)
         if everything:
             both = np.concatenate(everything)
