@@ -110,3 +110,40 @@ def test_uncertainty_images_are_written_beside_the_outputs(upscaler, tmp_path):
         out, spread = tifffile.imread(job.destination), tifffile.imread(job.uncertainty)
         assert job.uncertainty.name == job.source.stem + ".uncertainty.tif"
         assert spread.shape == out.shape and spread.dtype == np.float32 and out.dtype == np.uint16
+
+
+def test_a_read_only_output_folder_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import errno
+
+    import msrgan_core.batch as batch
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(batch.tempfile, "TemporaryFile", read_only)  # root ignores chmod: say it as the kernel would
+    with pytest.raises(BatchError, match=r"cannot be written \(Read-only file system\): choose another with -o"):
+        plan([_plate(tmp_path / "in", count=1)], tmp_path / "out")
+
+
+def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing_half_written(upscaler, tmp_path, monkeypatch):
+    import errno
+
+    import msrgan_core.io as io
+
+    real_imwrite = io.tifffile.imwrite
+
+    def disk_full(path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"II*\x00partial")  # some bytes reach the temporary file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    inputs = _plate(tmp_path / "in", count=3)
+    jobs, _ = plan([inputs], tmp_path / "out")
+    monkeypatch.setattr(io.tifffile, "imwrite", disk_full)
+    report = upscale_files(upscaler, jobs, progress=False)
+    assert not report.written and len(report.failed) == 3
+    for (source, reason), job in zip(report.failed, jobs):
+        assert reason == f"{job.destination}: cannot be written (No space left on device)"
+    assert not list((tmp_path / "out").iterdir())  # no output, no .part
+    monkeypatch.setattr(io.tifffile, "imwrite", real_imwrite)  # space again: the rerun writes them all
+    assert len(upscale_files(upscaler, plan([inputs], tmp_path / "out")[0], progress=False).written) == 3
