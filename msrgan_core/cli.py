@@ -132,6 +132,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_destination, export_bioimageio, require_extra
+
+    check_destination(args.bioimageio, args.overwrite)  # before the model loads: these fail at once
+    require_extra()
+    from .io import read_image
+    from .modelfile import load_model
+
+    sample = read_image(args.sample)[0] if args.sample else None
+    result = export_bioimageio(load_model(args.model), args.bioimageio, sample=sample, overwrite=args.overwrite)
+    print(f"msrgan: {result.path}: bioimage.io model package (TorchScript and ONNX), bioimageio.core test "
+          f"{result.status}; ONNX and PyTorch differ by at most {result.onnx_max_error:.1e} of the output's range")
+    return 0
+
+
 def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
     from .headless import HeadlessRunError, ImageSetProgress, run_pipeline
 
@@ -323,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model file or packaged model name")
     p.add_argument("--all", action="store_true", help="the full record, every entry of the metadata")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="write a model as a bioimage.io model package (needs msrgan[bioimageio])",
+                       description="Write MODEL as a bioimage.io model package (spec 0.5: TorchScript and ONNX weights, "
+                                   "test tensors, README), for ilastik, deepImageJ and bioimageio.core. The package "
+                                   "is validated and tested first; OUT is written only when it passes. "
+                                   "Needs: pip install 'msrgan[bioimageio]'. See docs/bioimageio.md.")
+    p.add_argument("model", help="model file or packaged model name")
+    p.add_argument("--bioimageio", type=Path, required=True, metavar="OUT.zip", help="the package to write")
+    p.add_argument("--sample", type=Path, metavar="IMAGE",
+                   help="a low-resolution single-channel image for the package's test input and cover (its "
+                        "central pixels; default: a synthetic field of nuclei, binned as the model's inputs are)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_export)
 
     add_cellprofiler_commands(sub)
     return parser

@@ -14,7 +14,7 @@ from .errors import UserError
 
 try:  # Python >= 3.11
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.9/3.10
+except ModuleNotFoundError:  # pragma: no cover - Python 3.8 to 3.10
     import tomli as tomllib
 
 

@@ -48,8 +48,6 @@ MIN_CORE_MARGINS = 8
 MARGIN_SPARE = 2
 #: the smallest tile core (input pixels) worth its margins
 MIN_CORE = 16
-#: the smallest image edge (input pixels) an upscaler takes
-MIN_EDGE = 2
 #: an output may take at most this share of the memory available when its image arrives
 MEMORY_SHARE = 0.8
 #: at most this many halvings of the tile after CUDA out-of-memory, then the CPU takes over
@@ -256,9 +254,6 @@ class Upscaler:
             raise InferenceError(
                 f"{source}: has {channels} channel(s) but the model {Path(self.model.source).name} takes {want}"
             )
-        if min(image.shape[1:]) < MIN_EDGE:
-            raise InferenceError(f"{source}: the image is {image.shape[1]} x {image.shape[2]} pixels; msrgan needs at "
-                                 f"least {MIN_EDGE} x {MIN_EDGE}")
         return image
 
     def check_memory(self, image: np.ndarray, source: str, uncertainty: bool = False) -> None:

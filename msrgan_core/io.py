@@ -25,6 +25,8 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.float32, np.float64)
 #: more channels than this on an axis that the file does not name means "a stack", not channels
 MAX_UNNAMED_CHANNELS = 4
+#: the smallest image edge msrgan takes, in pixels
+MIN_EDGE = 2
 
 
 class ImageError(UserError, ValueError):
@@ -232,8 +234,7 @@ def plane_layout(
         shape = tuple(n for n in shape if n > 1) or (1, 1)
 
     if len(shape) == 2:
-        if min(shape) < 2:
-            raise ImageError(f"{source}: image plane {shape} is too small")
+        _check_plane(shape, source)
         return shape, ImageLayout(channel_axis=None, dtype=dtype)
     if len(shape) != 3:
         raise ImageError(f"{source}: has {len(shape)} dimensions {shape}; msrgan takes 2-D images, grayscale or multi-channel")
@@ -250,10 +251,13 @@ def plane_layout(
     channel_axis = channel_axis % 3
     if channel_axis == 1:
         raise ImageError(f"{source}: channel axis 1 of {shape} is not supported; channels go first or last")
-    plane = [n for i, n in enumerate(shape) if i != channel_axis]
-    if min(plane) < 2:
-        raise ImageError(f"{source}: image plane {tuple(plane)} is too small")
+    _check_plane(tuple(n for i, n in enumerate(shape) if i != channel_axis), source)
     return shape, ImageLayout(channel_axis=channel_axis, dtype=dtype)
+
+
+def _check_plane(plane: "tuple[int, int]", source: "str | Path") -> None:
+    if min(plane) < MIN_EDGE:
+        raise ImageError(f"{source}: the image is {plane[0]} x {plane[1]} pixels; msrgan needs at least {MIN_EDGE} x {MIN_EDGE}")
 
 
 def from_cyx(image: np.ndarray, layout: ImageLayout) -> np.ndarray:

@@ -69,6 +69,18 @@ def example_fly_images() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cp38_env() -> Path:
+    """``.venv-cp38``: CellProfiler 4.2.8 on Python 3.8 with msrgan pip-installed (``make cp38-venv``).
+
+    Skipped when it has not been built, a failure under CI=true (``make test`` builds it).
+    """
+    env = REPO / ".venv-cp38"
+    if not (env / ".installed").is_file():
+        _cellprofiler_missing(f"{env} is not built (make cp38-venv)")
+    return env
+
+
+@pytest.fixture(scope="session")
 def cellprofiler_command() -> "list[str]":
     """The command that starts headless CellProfiler (skips, or fails under CI, without one or Java)."""
     import shutil
