@@ -185,7 +185,8 @@ def broken_plugins(tmp_path) -> Path:
     folder = tmp_path / "plugins"
     folder.mkdir()
     text = (plugin_dir() / PLUGIN_FILE).read_text()
-    (folder / PLUGIN_FILE).write_text(text[: len(text) // 2] + "\n    def broken(:\n")
+    cut = text.index("\nclass UpscaleMSRGAN(")  # cut off at the module's class, mid-file, and a line garbled
+    (folder / PLUGIN_FILE).write_text(text[:cut] + "\ndef broken(:\n")
     return folder
 
 
