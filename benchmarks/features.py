@@ -13,35 +13,26 @@ plot there.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import validation_files  # noqa: E402 - the quality benchmark's held-out split
+from quality import add_held_out_arguments, held_out_bbbc039  # noqa: E402 - the quality benchmark's held-out split
 
 from msrgan_core.evaluate import grid_degradation  # noqa: E402
-from msrgan_core.inference import Upscaler  # noqa: E402
 from msrgan_core.measurements import evaluate_features, format_summary, verdicts  # noqa: E402
-from msrgan_core.modelfile import load_model  # noqa: E402
-from msrgan_core.options import QUALITY_GRID  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
-    parser.add_argument("--model", default="fidelity")
-    parser.add_argument("--cells", nargs="+", default=["bin", "bin+300ph"], choices=list(QUALITY_GRID))
+    add_held_out_arguments(parser, ["bin", "bin+300ph"])
     parser.add_argument("--out", type=Path, default=Path("runs/features"))
     parser.add_argument("--figure", type=Path, help="copy the first cell's scatter plot here")
-    parser.add_argument("--limit", type=int, default=0, help="at most this many fields (0 = all)")
     args = parser.parse_args()
 
-    model = load_model(args.model)
-    upscaler = Upscaler(model, device="auto")
-    paths = validation_files(args.data, model.metadata)["BBBC039"]
-    paths = paths[: args.limit] if args.limit else paths
+    upscaler, paths = held_out_bbbc039(args)
+    model = upscaler.model
     for index, cell in enumerate(args.cells):
         report = evaluate_features(paths, upscaler, grid_degradation(cell, scale=upscaler.scale), args.out / cell,
                                    name=f"{Path(model.source).name} and bicubic against the truth: {len(paths)} held-out "

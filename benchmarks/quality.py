@@ -38,12 +38,11 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from msrgan_core.binning import crop_to_multiple
 from msrgan_core.cli import add_inference_options
 from msrgan_core.data import split_files
-from msrgan_core.evaluate import grid_degradation, image_seed, low_resolution
+from msrgan_core.evaluate import degraded_pair, grid_degradation
 from msrgan_core.inference import Upscaler
-from msrgan_core.io import find_images, read_image
+from msrgan_core.io import find_images
 from msrgan_core.metrics import (
     BASELINES, CLASSICAL, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
@@ -75,11 +74,24 @@ def validation_files(data: Path, model_meta: dict) -> Dict[str, List[Path]]:
     return {name: [p for p in files if p in held_out and folder.split("/")[0] in str(p)] for name, folder in DATASETS.items()}
 
 
+def add_held_out_arguments(parser: argparse.ArgumentParser, cells: List[str]) -> None:
+    """The options of the benchmarks that run one model on the held-out BBBC039 fields."""
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
+    parser.add_argument("--model", default="fidelity")
+    parser.add_argument("--cells", nargs="+", default=cells, choices=list(QUALITY_GRID))
+    parser.add_argument("--limit", type=int, default=0, help="at most this many fields (0 = all)")
+
+
+def held_out_bbbc039(args: argparse.Namespace) -> Tuple[Upscaler, List[Path]]:
+    """The model of :func:`add_held_out_arguments`' options, as it runs by default, and its held-out BBBC039 fields."""
+    model = load_model(args.model)
+    paths = validation_files(args.data, model.metadata)["BBBC039"]
+    return Upscaler(model, device="auto"), paths[: args.limit] if args.limit else paths
+
+
 def read_pair(path: Path, cell: str, normalization) -> Tuple[np.ndarray, np.ndarray, float]:
     """A held-out image as ``(hr (Y, X), lr (1, Y/4, X/4), data range of hr)`` for one grid cell."""
-    image, _ = read_image(path)
-    hr = crop_to_multiple(image.astype(np.float32), SCALE)
-    lr = low_resolution(hr, normalization, grid_degradation(cell, SCALE), np.random.default_rng(image_seed(path)))
+    hr, lr, _ = degraded_pair(path, normalization, grid_degradation(cell, SCALE))
     return hr[0], lr, float(hr.max() - hr.min())
 
 

@@ -14,7 +14,6 @@ degraded and upscaled with ``Upscaler.upscale(..., uncertainty=True)``; then:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,25 +22,16 @@ import numpy as np
 from scipy import ndimage, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import read_mask, read_pair, validation_files  # noqa: E402 - the quality benchmark's split and pairs
-
-from msrgan_core.options import QUALITY_GRID  # noqa: E402
-from msrgan_core.inference import Upscaler  # noqa: E402
-from msrgan_core.modelfile import load_model  # noqa: E402
+from quality import add_held_out_arguments, held_out_bbbc039, read_mask, read_pair  # noqa: E402 - the quality benchmark's split and pairs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
-    parser.add_argument("--model", default="fidelity")
-    parser.add_argument("--cells", nargs="+", default=["bin", "bin+300ph"], choices=list(QUALITY_GRID))
-    parser.add_argument("--limit", type=int, default=0, help="at most this many fields (0 = all)")
+    add_held_out_arguments(parser, ["bin", "bin+300ph"])
     args = parser.parse_args()
 
-    model = load_model(args.model)
-    upscaler = Upscaler(model, device="auto")
-    paths = validation_files(args.data, model.metadata)["BBBC039"]
-    paths = paths[: args.limit] if args.limit else paths
+    upscaler, paths = held_out_bbbc039(args)
+    model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "
           f"orientations; {len(paths)} held-out BBBC039 fields")
     print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'top-decile MSE ratio':>21} {'time ratio':>10}")

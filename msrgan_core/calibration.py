@@ -14,9 +14,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .binning import crop_to_multiple
-from .evaluate import grid_degradation, image_seed, low_resolution
-from .io import read_image
+from .evaluate import degraded_pair, grid_degradation
 from .options import CALIBRATION_CELLS
 
 
@@ -33,9 +31,7 @@ def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATIO
     for cell in cells:
         degradation = grid_degradation(cell, scale=upscaler.scale)
         for path in tqdm(paths, desc=f"calibrating {cell}", unit="image", disable=not progress, leave=False):
-            image, _ = read_image(path, channel_axis=channel_axis)
-            hr = crop_to_multiple(image.astype(np.float32), upscaler.scale)
-            lr = low_resolution(hr, upscaler.model.normalization, degradation, np.random.default_rng(image_seed(path)))
+            hr, lr, _ = degraded_pair(path, upscaler.model.normalization, degradation, channel_axis=channel_axis)
             out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
             spread_total += float(np.sum(spread, dtype=np.float64)) / scale_now
             error_total += float(np.sum(np.abs(out.astype(np.float64) - hr)))

@@ -48,6 +48,22 @@ def low_resolution(hr: np.ndarray, normalization: NormalizationConfig, degradati
     return denormalize(lr, stats, np.float32)[0]
 
 
+def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degradation: DegradationConfig,
+                  seed: int = 0, channel_axis: Optional[int] = None,
+                  first_channel: bool = False) -> "tuple[np.ndarray, np.ndarray, np.dtype]":
+    """A high-resolution image file and its degraded counterpart, as every evaluation makes them.
+
+    Returns ``(hr, lr, dtype)``: the image cropped to a multiple of the degradation's scale as
+    float32 ``(C, Y, X)`` (only its first channel with ``first_channel``), its
+    :func:`low_resolution` with noise drawn from the file's name (:func:`image_seed`), and the
+    file's dtype.
+    """
+    image, _ = read_image(path, channel_axis=channel_axis)
+    hr = crop_to_multiple(image[:1] if first_channel else image, degradation.scale).astype(np.float32)
+    lr = low_resolution(hr, normalization, degradation, np.random.default_rng(image_seed(path, seed)))
+    return hr, lr, image.dtype
+
+
 def evaluate_images(
     paths: Sequence[Path],
     upscaler: Upscaler,
@@ -59,9 +75,7 @@ def evaluate_images(
     """Per-image, per-method PSNR, SSIM and NRMSE against the high-resolution images."""
     rows = []
     for path in tqdm(paths, desc="evaluating", unit="image", disable=not progress):
-        image, _ = read_image(path, channel_axis=channel_axis)
-        hr = crop_to_multiple(image.astype(np.float32), degradation.scale)
-        lr = low_resolution(hr, upscaler.model.normalization, degradation, np.random.default_rng(image_seed(path, seed)))
+        hr, lr, _ = degraded_pair(path, upscaler.model.normalization, degradation, seed, channel_axis)
         outputs = {name: fn(lr, degradation.scale) for name, fn in BASELINES.items()}
         outputs["msrgan"] = upscaler.upscale(lr, source=str(path))
         for method in METHOD_ORDER:

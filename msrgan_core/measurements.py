@@ -21,10 +21,9 @@ import numpy as np
 import tifffile
 from tqdm.auto import tqdm
 
-from .binning import crop_to_multiple
 from .config import DegradationConfig
 from .errors import UserError
-from .io import atomic_write, read_image
+from .io import atomic_write
 
 log = logging.getLogger("msrgan")
 
@@ -87,21 +86,19 @@ def prepare_images(paths: Sequence[Path], upscaler, degradation: DegradationConf
 
     Returns the field names. The first channel of a multi-channel image is used.
     """
-    from .evaluate import image_seed, low_resolution
+    from .evaluate import degraded_pair
     from .metrics import upscale_bicubic
 
     folder.mkdir(parents=True, exist_ok=True)
     fields = []
     for path in tqdm(paths, desc="upscaling", unit="image", disable=not progress):
-        image, _ = read_image(path, channel_axis=channel_axis)
-        hr = crop_to_multiple(image[:1], degradation.scale)
-        lr = low_resolution(hr.astype(np.float32), upscaler.model.normalization, degradation,
-                            np.random.default_rng(image_seed(path, seed)))
+        hr, lr, dtype = degraded_pair(path, upscaler.model.normalization, degradation, seed, channel_axis,
+                                      first_channel=True)
         field = Path(path).stem
-        outputs = {TRUTH: hr.astype(np.float32), "msrgan": upscaler.upscale(lr, source=str(path)),
+        outputs = {TRUTH: hr, "msrgan": upscaler.upscale(lr, source=str(path)),
                    "bicubic": upscale_bicubic(lr, degradation.scale)}
         for method, pixels in outputs.items():
-            tifffile.imwrite(folder / f"{field}__{method}.tif", _as_saved(pixels[0], hr.dtype))
+            tifffile.imwrite(folder / f"{field}__{method}.tif", _as_saved(pixels[0], dtype))
         fields.append(field)
     return fields
 
