@@ -33,7 +33,12 @@ from msrgan_core.cli import add_inference_options  # the parser only: torch is i
 
 
 def conv_macs(generator, height: int, width: int) -> int:
-    """Multiply-adds of one forward pass on a ``(1, C, height, width)`` input, convolution by convolution."""
+    """Multiply-adds of one forward pass on a ``(1, C, height, width)`` input, convolution by convolution.
+
+    The network's own arithmetic: counted with autograd on (nothing requires a gradient), where
+    SRResNet upsamples the whole input at once, so the context its CPU parts recompute is not
+    counted as work done.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -50,7 +55,8 @@ def conv_macs(generator, height: int, width: int) -> int:
     conv_forward = torch.nn.Conv2d._conv_forward
     torch.nn.Conv2d._conv_forward = lambda self, x, w, b: counting(x, w, b, self.stride, self.padding, self.dilation, self.groups)
     try:
-        with torch.inference_mode():
+        with torch.enable_grad():
+            generator.requires_grad_(False)
             generator(torch.zeros(1, generator.config.in_channels, height, width))
     finally:
         F.conv2d = original
@@ -71,9 +77,10 @@ def measure(what: str, size: int, model: str, repeats: int, threads: int, option
     import numpy as np
     import torch
 
-    from msrgan_core.device import set_threads
+    from msrgan_core.device import reuse_freed_memory, set_threads
 
     set_threads(threads)
+    reuse_freed_memory()  # as Upscaler does on the CPU, so the untiled network is measured the same way
     result = {"what": what, "size": size}
     if what == "sgemm":
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import ctypes
 import os
+import platform
 from typing import Optional
 
 import torch
@@ -51,6 +53,40 @@ def set_threads(threads: Optional[int] = None) -> int:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
+
+
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+#: free memory the process keeps for its next tensors (see :func:`reuse_freed_memory`)
+KEEP_FREED = 1 << 30
+_reusing = False
+
+
+def reuse_freed_memory(keep: int = KEEP_FREED) -> bool:
+    """Serve torch's CPU tensors from memory the process already has; True where this took effect.
+
+    glibc gives every allocation above 128 KiB to 32 MiB pages of its own (mmap) and returns them
+    to the system when it is freed, so each activation of each tile lands on fresh pages that the
+    kernel must fault in and zero one by one: measured on 2 AVX2 cores, the compact 12 x 48
+    network spent 20-40 % of its CPU time in those page faults (0.5 s a call at 512 x 512, 1.2 M
+    faults at 1024 x 1024). With allocations kept on the heap, and up to ``keep`` bytes of freed
+    memory at its top kept rather than returned, the next tile reuses the last one's pages: no
+    faults after the first tile. The process's peak memory is unchanged; what it has freed it
+    keeps for reuse. Process-wide and once; nothing where the C library is not glibc.
+    """
+    global _reusing
+    if _reusing:
+        return True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    _reusing = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, int(keep)))
+    if _reusing:
+        log.debug("msrgan: freed memory is kept for reuse (up to %d MiB)", keep >> 20)
+    return _reusing
 
 
 def describe_device(device: torch.device) -> str:

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from .binning import match_bins
 from .config import GeneratorConfig
-from .device import describe_device, resolve_device, set_threads
+from .device import describe_device, resolve_device, reuse_freed_memory, set_threads
 from .errors import UserError
 from .io import ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel
-from .models import forward_bytes_per_pixel, receptive_radius
+from .models import forward_bytes_per_pixel, forward_fixed_bytes, receptive_radius
 from .options import ENSEMBLES, PRECISIONS
 from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
 
@@ -36,10 +36,12 @@ log = logging.getLogger("msrgan")
 
 MIB = 1 << 20
 #: activation memory a tile batch may take when ``tile=0`` (automatic), per device type. On the
-#: CPU it is a working set that stays in cache: measured on 2 AVX2 cores, the compact 12 x 48
-#: network ran 6.8 output MP/s on 384-pixel tiles (96 MiB) and 3.4 on 1024-pixel ones. On a GPU,
-#: at most CUDA_MEMORY_SHARE of the memory free when the upscaler is made.
-TILE_MEMORY = {"cpu": 96 * MIB, "cuda": 8192 * MIB}
+#: CPU the budget is set by memory, not speed: with freed memory reused (:func:`~msrgan_core.
+#: device.reuse_freed_memory`) the compact 12 x 48 network ran as fast on 1024-pixel inputs as on
+#: 256-pixel ones (6.7 and 5.3 output MP/s, 2 AVX2 cores), so a 512 x 512 field is one tile and a
+#: 2048 x 2048 one 16 tiles, within 1 GiB of peak memory. On a GPU, at most CUDA_MEMORY_SHARE of the
+#: memory free when the upscaler is made.
+TILE_MEMORY = {"cpu": 256 * MIB, "cuda": 8192 * MIB}
 CUDA_MEMORY_SHARE = 0.5
 #: a tile's core is at least this many margins wide, whatever the budget: context stays a small cost
 MIN_CORE_MARGINS = 8
@@ -112,10 +114,12 @@ class TilePlan:
         return self.tile - 2 * self.margin
 
     @classmethod
-    def for_generator(cls, config: GeneratorConfig, influence: int, tile: int = 0, memory: int = TILE_MEMORY["cpu"]) -> "TilePlan":
+    def for_generator(cls, config: GeneratorConfig, influence: int, tile: int = 0, memory: int = TILE_MEMORY["cpu"],
+                      device_type: str = "cpu") -> "TilePlan":
         margin = min(int(influence) + MARGIN_SPARE, receptive_radius(config))  # nothing beyond the receptive field counts
         if tile <= 0:
-            tile = max(int(math.sqrt(memory / forward_bytes_per_pixel(config))), (2 + MIN_CORE_MARGINS) * margin)
+            room = max(memory - forward_fixed_bytes(config, device_type), 0)
+            tile = max(int(math.sqrt(room / forward_bytes_per_pixel(config, device_type))), (2 + MIN_CORE_MARGINS) * margin)
         return cls(tile=max(int(tile), 2 * margin + MIN_CORE), margin=margin)
 
     def tiles(self, shape: Tuple[int, int], scale: int) -> List[Tile]:
@@ -210,6 +214,8 @@ class Upscaler:
             raise ValueError(f"tile must be >= 0 (0 = automatic), got {tile!r}")
         self.progress = progress
         self.threads = set_threads(threads) if self.device.type == "cpu" else None
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         self.memory = self._tile_memory()
         # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
         # them, same numbers. Module.to converts in place, once: later Upscalers find it converted.
@@ -235,7 +241,7 @@ class Upscaler:
     def plan(self, tile: Optional[int] = None) -> TilePlan:
         """The tile plan this upscaler uses (``tile`` overrides its own tile edge)."""
         return TilePlan.for_generator(self.model.config, self.model.influence_radius,
-                                      self.requested_tile if tile is None else tile, self.memory)
+                                      self.requested_tile if tile is None else tile, self.memory, self.device.type)
 
     def check(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """Validate an image for this model and return it as ``(C, Y, X)``."""
@@ -337,6 +343,7 @@ class Upscaler:
         log.warning("msrgan: CUDA still out of memory after %d smaller tiles: falling back to the CPU", MAX_TILE_HALVINGS)
         self.device, self.precision, self.memory = torch.device("cpu"), "fp32", TILE_MEMORY["cpu"]
         self.threads = set_threads(None)
+        reuse_freed_memory()
         self.generator = self.generator.to(self.device)
         return self._run_tiles(image, stats, out, spread, self.plan(0), source)
 
@@ -348,12 +355,13 @@ class Upscaler:
         tiles = plan.tiles(tuple(image.shape[1:]), self.scale)
         runs = self.uncertainty_orientations() if spread is not None else self.orientations
         items = [(index, tile, o) for index, tile in enumerate(tiles) for o in runs]
-        per_item = forward_bytes_per_pixel(self.model.config)
+        per_item = forward_bytes_per_pixel(self.model.config, self.device.type)
+        room = self.memory - forward_fixed_bytes(self.model.config, self.device.type)
         low = torch.as_tensor(stats.low, dtype=torch.float32, device=self.device)
         span = torch.as_tensor(stats.span, dtype=torch.float32, device=self.device)
         outputs, clipped = {}, 0
         bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False)
-        for batch in _batches(items, self.memory, per_item):
+        for batch in _batches(items, room, per_item):
             x = torch.stack([orient(image[:, tile.source[0], tile.source[1]], *o) for _, tile, o in batch])
             y = self._forward(_to_device(x, self.device), source)
             finished = []

@@ -54,7 +54,18 @@ class Generator(nn.Module):
         self.tail = nn.Conv2d(f, config.out_channels, 9, padding=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.head(x)
+        hidden = self.head(x)
+        hidden = hidden + self.body(hidden)
+        if not torch.is_grad_enabled() and tail_in_parts(x.device.type) and max(hidden.shape[-2:]) > TAIL_PART:
+            out = self._upsample_tail_in_parts(hidden)
+        else:
+            out = self.upsample_tail(hidden)
+        if self.config.input_skip:
+            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return out
+
+    def upsample_tail(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The upsampling stages and the tail, on the body's output (input resolution, ``n_features``)."""
         *stages, conv, shuffle, prelu = self.upsample
         # The last stage's shuffle and PReLU and the tail (9 x 9 to few channels at output
         # resolution, slow on the CPU) run as one equivalent convolution on the unshuffled
@@ -62,17 +73,43 @@ class Generator(nn.Module):
         # twice as fast. oneDNN prefers channels-last input; without autograd the contiguous
         # copy is freed once converted. (Upscaler keeps all weights channels-last.)
         s = shuffle.upscale_factor
-        hidden = features + self.body(features)
         for layer in stages:
             hidden = layer(hidden)
         unshuffled = F.prelu(conv(hidden), prelu.weight.repeat_interleave(s * s))
         unshuffled = unshuffled.contiguous(memory_format=torch.channels_last)
         kernel = fold_tail(self.tail.weight, s)
         out = F.conv2d(unshuffled, kernel, self.tail.bias.repeat_interleave(s * s), padding=kernel.shape[-1] // 2)
-        out = F.pixel_shuffle(out.contiguous(), s)
-        if self.config.input_skip:
-            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return F.pixel_shuffle(out.contiguous(), s)
+
+    def _upsample_tail_in_parts(self, hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`upsample_tail` on squares of :data:`TAIL_PART` pixels with :data:`TAIL_HALO` of
+        context, which covers its receptive field: the same numbers, in a fraction of the memory
+        (its activations, 4 x ``n_features`` channels at half the output resolution, are most of the
+        network's), so a CPU tile can be as large as the body's activations allow."""
+        n, _, h, w = hidden.shape
+        s = self.config.scale
+        out = hidden.new_empty((n, self.config.out_channels, h * s, w * s))
+        for y0, x0 in itertools.product(range(0, h, TAIL_PART), range(0, w, TAIL_PART)):
+            y1, x1 = min(h, y0 + TAIL_PART), min(w, x0 + TAIL_PART)
+            sy, sx = max(0, y0 - TAIL_HALO), max(0, x0 - TAIL_HALO)
+            part = self.upsample_tail(hidden[:, :, sy:min(h, y1 + TAIL_HALO), sx:min(w, x1 + TAIL_HALO)])
+            out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = part[:, :, (y0 - sy) * s:(y1 - sy) * s, (x0 - sx) * s:(x1 - sx) * s]
         return out
+
+
+#: on the CPU without autograd, SRResNet's upsampling stages and tail run on squares of the body's
+#: output of this many input pixels (see ``Generator._upsample_tail_in_parts``)
+TAIL_PART = 64
+#: context of a square: the receptive radius of the stages and the tail, in input pixels. For any
+#: scale, 3 x 3 convolutions at 1x, 2x, 4x ... resolution see 1 + 1/2 + 1/4 ... < 2 pixels and the
+#: 9 x 9 tail at output resolution 4 / scale <= 2: 3 cover them
+TAIL_HALO = 3
+
+
+def tail_in_parts(device_type: str) -> bool:
+    """Whether SRResNet's upsampling runs in parts (at inference) on this device: on the CPU, where
+    memory is short; a GPU takes whole tiles, batched."""
+    return device_type == "cpu"
 
 
 @functools.lru_cache(maxsize=None)
@@ -179,18 +216,32 @@ def receptive_radius(config: GeneratorConfig) -> int:
     return 4 + 2 * config.n_blocks + 1 + 2 + math.ceil(4 / config.scale) + 2 + 1
 
 
-def forward_bytes_per_pixel(config: GeneratorConfig) -> int:
+def _upsampling_bytes_per_pixel(config: GeneratorConfig) -> int:
+    """SRResNet's last upsampling stage: 4 x ``n_features`` channels at ``scale / 2`` times the
+    resolution, about three copies of it, per input pixel."""
+    return 4 * config.n_features * 3 * config.scale ** 2
+
+
+def forward_bytes_per_pixel(config: GeneratorConfig, device_type: str = "cpu") -> int:
     """About how many bytes of activations a forward pass without autograd holds per input pixel.
 
     What sizes an inference tile to a memory budget. Compact: a layer's input, its convolution's
     output and the PReLU's, of ``n_features`` each, and the tail's ``scale**2`` channels twice.
-    SRResNet: the last upsampling stage, 4 x ``n_features`` channels at ``scale / 2`` times the
-    resolution, about three copies of it.
+    SRResNet: the same for its body and output, and where its upsampling runs in parts
+    (:func:`tail_in_parts`) a fixed cost (:func:`forward_fixed_bytes`), else the upsampling's.
     """
-    f, s = config.n_features, config.scale
-    if config.architecture == "compact":
-        return 4 * (3 * f + 2 * s * s * config.out_channels)
-    return 4 * f * (3 + 3 * s * s)
+    own = 4 * (3 * config.n_features + 2 * config.scale ** 2 * config.out_channels)
+    if config.architecture == "compact" or tail_in_parts(device_type):
+        return own
+    return own + _upsampling_bytes_per_pixel(config)
+
+
+def forward_fixed_bytes(config: GeneratorConfig, device_type: str = "cpu") -> int:
+    """Activations a forward pass holds whatever the tile's size: SRResNet's upsampling of one part
+    (:data:`TAIL_PART` plus :data:`TAIL_HALO` on each side) where it runs in parts; else nothing."""
+    if config.architecture == "compact" or not tail_in_parts(device_type):
+        return 0
+    return _upsampling_bytes_per_pixel(config) * (TAIL_PART + 2 * TAIL_HALO) ** 2
 
 
 #: an input change that moves no output by more than this (on the normalised 0..1 scale) is ignored

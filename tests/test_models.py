@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import tiny_generator
+from msrgan_core import models
 from msrgan_core.config import DiscriminatorConfig, GeneratorConfig
 from msrgan_core.models import Discriminator, Generator, count_parameters, fold_tail, receptive_radius
 
@@ -74,6 +75,37 @@ def test_forward_is_the_plain_layer_by_layer_computation(scale, in_ch, out_ch):
     assert torch.allclose(out, expected, atol=1e-5)
     for name, grad in expected_grads.items():
         assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("scale,in_ch,out_ch", [(2, 1, 1), (4, 1, 1), (4, 2, 3), (8, 1, 1)])
+def test_upsampling_in_parts_is_the_whole_computation(scale, in_ch, out_ch, monkeypatch):
+    """At inference on the CPU, SRResNet upsamples squares of its body's output with a halo: the
+    same numbers as the whole at once, at the image's borders and between the parts."""
+    from msrgan_core.models import TAIL_HALO, TAIL_PART
+
+    torch.manual_seed(1)
+    g = Generator(GeneratorConfig(scale=scale, in_channels=in_ch, out_channels=out_ch, n_blocks=1,
+                                  n_features=8, input_skip=in_ch == out_ch)).eval()
+    with torch.no_grad():  # a trained-looking tail and upsampling, whose context reaches the halo
+        g.tail.weight.normal_(0, 0.1)
+        for stage in g.upsample:
+            if isinstance(stage, torch.nn.Conv2d):
+                stage.weight.normal_(0, 0.2)
+    x = torch.rand(1, in_ch, 2 * TAIL_PART + 5, TAIL_PART + TAIL_HALO + 1)  # parts of three shapes
+    with torch.no_grad():
+        hidden = g.head(x)
+        hidden = hidden + g.body(hidden)
+        whole = g.upsample_tail(hidden)
+        if g.config.input_skip:
+            whole = whole + F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+        parts = g(x)
+        monkeypatch.setattr(models, "TAIL_HALO", 0)  # without context the parts' seams show
+        seams = g(x)
+    assert parts.shape == whole.shape
+    assert torch.allclose(parts, whole, atol=1e-5)
+    assert float((seams - whole).abs().max()) > 1e-3
+    with torch.enable_grad():  # training never runs in parts: gradients flow through the whole
+        assert g(x).requires_grad
 
 
 def test_fold_tail_reads_every_tap_of_the_kernel_once_per_sub_pixel():
@@ -216,17 +248,21 @@ def test_influence_radius_is_where_the_context_stops_mattering(architecture):
 
 
 def test_forward_memory_estimate_bounds_a_forward_pass():
-    """The tile sizing's estimate is of the right size: within 3x of the activations really held."""
-    from msrgan_core.models import forward_bytes_per_pixel
+    """The tile sizing's estimate is of the right size: within 3x of the activations really held,
+    for SRResNet with its upsampling whole (a GPU) and in parts (the CPU)."""
+    from msrgan_core.models import TAIL_PART, forward_bytes_per_pixel, forward_fixed_bytes
 
-    for architecture, features in (("compact", 16), ("srresnet", 8)):
+    for architecture, features, device_type, edge in (("compact", 16, "cpu", 20), ("srresnet", 8, "cuda", 20),
+                                                      ("srresnet", 8, "cpu", 3 * TAIL_PART)):
         generator = tiny_generator(scale=4, n_blocks=2, n_features=features, architecture=architecture)
         largest = []
         hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel() * 4)) for m in generator.modules()
                  if not list(m.children())]
         with torch.no_grad():
-            generator(_input((1, 1, 20, 20)))
+            generator(_input((1, 1, edge, edge)))
         for hook in hooks:
             hook.remove()
-        estimate = forward_bytes_per_pixel(generator.config) * 400
-        assert max(largest) <= estimate <= 3 * 3 * max(largest)
+        per_pixel = forward_bytes_per_pixel(generator.config, device_type) * edge ** 2
+        estimate = per_pixel + forward_fixed_bytes(generator.config, device_type)
+        assert max(largest) <= estimate <= 3 * 3 * max(largest), (architecture, device_type)
+    assert forward_fixed_bytes(generator.config, "cpu") < per_pixel  # in parts, the tile's own size rules
