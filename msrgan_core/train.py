@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import ExperimentConfig, TrainConfig
 from .data import Split, load_images, sample_batch, split_files, validation_pairs
-from .device import Distributed, describe_device, setup_distributed
+from .device import Distributed, describe_device, reuse_freed_memory, setup_distributed
 from .errors import UserError
 from .features import make_feature_extractor
 from .io import atomic_write, find_images
@@ -412,6 +412,8 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
     """
     tc = config.train
     dist, device = setup_distributed(tc.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # the discriminator's activations at output resolution fault fresh pages otherwise
     checkpoint_path = out_dir / CHECKPOINT
     if checkpoint_path.exists() and not resume:
         raise TrainingError(f"{out_dir} already holds a training run: pass --resume to continue it, or use a new folder")
