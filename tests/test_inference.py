@@ -1,6 +1,7 @@
 """Tiled inference: tiles cover the image, tiled equals untiled, outputs keep dtype and intensity scale."""
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -466,3 +467,29 @@ def test_upscaler_process_reuses_freed_memory_instead_of_faulting_in_fresh_pages
         pytest.skip("not glibc")
     assert float(plain) > 4000  # huge pages would fault less, but not this little
     assert float(reused) < 100
+
+
+#: the device of the GPU test: CUDA where present; MSRGAN_TEST_DEVICE=cpu runs its logic on the CPU
+GPU = os.environ.get("MSRGAN_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
+
+
+@pytest.mark.skipif(GPU is None, reason="needs a CUDA GPU (benchmarks/device_check.sh runs it on one)")
+@pytest.mark.parametrize("name", ["compact_x4", "model_x4"])
+def test_gpu_gives_the_cpu_result_tiled_batched_and_in_reduced_precision(name, request):
+    """On the GPU: whole and in batched tiles alike, the CPU's result (cuDNN's fp32 convolutions
+    may round to TF32), and bf16 and fp16 outputs in the image's dtype, neither black nor NaN."""
+    from msrgan_core.metrics import psnr
+
+    model = request.getfixturevalue(name)
+    image = smooth_image((131, 97), seed=8, low=100, high=4000).round().astype(np.uint16)
+    cpu = Upscaler(model, device="cpu", tile=UNTILED).upscale(image).astype(np.float64)
+    span = cpu.max() - cpu.min()
+    whole = Upscaler(model, device=GPU, precision="fp32", tile=UNTILED).upscale(image).astype(np.float64)
+    tiled = Upscaler(model, device=GPU, precision="fp32", tile=40)
+    assert len(tiled.plan().tiles(image.shape, model.scale)) > 1
+    assert np.abs(tiled.upscale(image).astype(np.float64) - whole).max() <= 1e-3 * span
+    assert psnr(cpu, whole, span) > 50
+    for precision in ("bf16", "fp16"):
+        out = Upscaler(model, device=GPU, precision=precision).upscale(image)
+        assert out.dtype == image.dtype and out.shape == cpu.shape
+        assert psnr(cpu, out, span) > 30, precision
