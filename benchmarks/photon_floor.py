@@ -1,6 +1,6 @@
 """How well any upscaler can measure a nucleus's integrated intensity at a grid cell's photon count.
 
-    python benchmarks/photon_floor.py [--data ../shared/data] [--cells bin+1000ph bin+300ph bin+100ph]
+    python benchmarks/photon_floor.py [--data ../shared/data] [--cells bin+1000ph bin+300ph bin+100ph] [--limit N]
 
 For every ground-truth nucleus of the held-out BBBC039 fields (the masks shipped with the data):
 its integrated intensity on the high-resolution image, and the standard deviation that the
@@ -15,8 +15,6 @@ photons), so the grid's unblurred cells are the default.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import numpy as np
 from skimage.measure import regionprops
@@ -24,10 +22,9 @@ from skimage.measure import regionprops
 from msrgan_core.binning import bin_mean, crop_to_multiple
 from msrgan_core.evaluate import grid_degradation
 from msrgan_core.io import read_image
-from msrgan_core.modelfile import load_model
 from msrgan_core.normalize import percentile_stats
 from msrgan_core.options import QUALITY_GRID
-from quality import SCALE, read_mask, validation_files
+from quality import SCALE, add_held_out_arguments, held_out_fields, read_mask
 
 
 def relative_sigmas(hr: np.ndarray, labels: np.ndarray, low: float, span: float, photons: float, read_noise: float) -> list:
@@ -47,13 +44,12 @@ def relative_sigmas(hr: np.ndarray, labels: np.ndarray, low: float, span: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
-    parser.add_argument("--model", default="fidelity", help="whose validation split and normalisation (default fidelity)")
-    parser.add_argument("--cells", nargs="+", default=["bin+1000ph", "bin+300ph", "bin+100ph"],
-                        choices=[c for c, (_, photons) in QUALITY_GRID.items() if photons])
+    add_held_out_arguments(parser, ["bin+1000ph", "bin+300ph", "bin+100ph"])  # the model: its split and normalisation
     args = parser.parse_args()
-    model = load_model(args.model)
-    paths = validation_files(args.data, model.metadata)["BBBC039"]
+    noiseless = [cell for cell in args.cells if not QUALITY_GRID[cell][1]]
+    if noiseless:
+        parser.error(f"{', '.join(noiseless)}: no shot noise, so no floor; choose cells with photons (+Nph)")
+    model, paths = held_out_fields(args)
     fields = []
     for path in paths:
         image, _ = read_image(path)

@@ -46,7 +46,7 @@ from msrgan_core.io import find_images
 from msrgan_core.metrics import (
     BASELINES, CLASSICAL, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
-from msrgan_core.modelfile import load_model
+from msrgan_core.modelfile import LoadedModel, load_model
 from msrgan_core.options import QUALITY_GRID
 
 SCALE = 4
@@ -82,11 +82,17 @@ def add_held_out_arguments(parser: argparse.ArgumentParser, cells: List[str]) ->
     parser.add_argument("--limit", type=int, default=0, help="at most this many fields (0 = all)")
 
 
-def held_out_bbbc039(args: argparse.Namespace) -> Tuple[Upscaler, List[Path]]:
-    """The model of :func:`add_held_out_arguments`' options, as it runs by default, and its held-out BBBC039 fields."""
+def held_out_fields(args: argparse.Namespace) -> Tuple[LoadedModel, List[Path]]:
+    """The model of :func:`add_held_out_arguments`' options and its held-out BBBC039 fields."""
     model = load_model(args.model)
     paths = validation_files(args.data, model.metadata)["BBBC039"]
-    return Upscaler(model, device="auto"), paths[: args.limit] if args.limit else paths
+    return model, paths[: args.limit] if args.limit else paths
+
+
+def held_out_bbbc039(args: argparse.Namespace) -> Tuple[Upscaler, List[Path]]:
+    """:func:`held_out_fields`, with the model as it runs by default."""
+    model, paths = held_out_fields(args)
+    return Upscaler(model, device="auto"), paths
 
 
 def read_pair(path: Path, cell: str, normalization) -> Tuple[np.ndarray, np.ndarray, float]:

@@ -77,10 +77,9 @@ def measure(what: str, size: int, model: str, repeats: int, threads: int, option
     import numpy as np
     import torch
 
-    from msrgan_core.device import reuse_freed_memory, set_threads
+    from msrgan_core.device import use_cpu
 
-    set_threads(threads)
-    reuse_freed_memory()  # as Upscaler does on the CPU, so the untiled network is measured the same way
+    use_cpu(threads)  # as Upscaler does, so the untiled network is measured the same way
     result = {"what": what, "size": size}
     if what == "sgemm":
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)

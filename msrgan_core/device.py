@@ -4,9 +4,9 @@ Neither inference nor training: both ask here.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
-import ctypes
 import os
 import platform
 from typing import Optional
@@ -67,7 +67,7 @@ def reuse_freed_memory(keep: int = KEEP_FREED) -> bool:
 
     glibc gives every allocation above 128 KiB to 32 MiB pages of its own (mmap) and returns them
     to the system when it is freed, so each activation of each tile lands on fresh pages that the
-    kernel must fault in and zero one by one: measured on 2 AVX2 cores, the compact 12 x 48
+    kernel must fault in and zero one by one: measured on 2 cores of an Intel Xeon, the compact 12 x 48
     network spent 20-40 % of its CPU time in those page faults (0.5 s a call at 512 x 512, 1.2 M
     faults at 1024 x 1024). With allocations kept on the heap, and up to ``keep`` bytes of freed
     memory at its top kept rather than returned, the next tile reuses the last one's pages: no
@@ -87,6 +87,14 @@ def reuse_freed_memory(keep: int = KEEP_FREED) -> bool:
     if _reusing:
         log.debug("msrgan: freed memory is kept for reuse (up to %d MiB)", keep >> 20)
     return _reusing
+
+
+def use_cpu(threads: Optional[int] = None) -> int:
+    """Set this process up to run networks on the CPU: :func:`set_threads`, then
+    :func:`reuse_freed_memory`; returns the thread count."""
+    count = set_threads(threads)
+    reuse_freed_memory()
+    return count
 
 
 def describe_device(device: torch.device) -> str:

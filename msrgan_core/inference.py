@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .binning import match_bins
 from .config import GeneratorConfig
-from .device import describe_device, resolve_device, reuse_freed_memory, set_threads
+from .device import describe_device, resolve_device, use_cpu
 from .errors import UserError
 from .io import ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel
@@ -38,7 +38,7 @@ MIB = 1 << 20
 #: activation memory a tile batch may take when ``tile=0`` (automatic), per device type. On the
 #: CPU the budget is set by memory, not speed: with freed memory reused (:func:`~msrgan_core.
 #: device.reuse_freed_memory`) the compact 12 x 48 network ran as fast on 1024-pixel inputs as on
-#: 256-pixel ones (6.7 and 5.3 output MP/s, 2 AVX2 cores), so a 512 x 512 field is one tile and a
+#: 256-pixel ones (6.7 and 5.3 output MP/s, 2 cores of an Intel Xeon), so a 512 x 512 field is one tile and a
 #: 2048 x 2048 one 16 tiles, within 1 GiB of peak memory. On a GPU, at most CUDA_MEMORY_SHARE of the
 #: memory free when the upscaler is made.
 TILE_MEMORY = {"cpu": 256 * MIB, "cuda": 8192 * MIB}
@@ -97,6 +97,11 @@ def tile_slices(shape: Tuple[int, int], core: int, margin: int, scale: int) -> I
                        destination=(slice(cy0 * scale, cy1 * scale), slice(cx0 * scale, cx1 * scale)))
 
 
+def activation_room(config: GeneratorConfig, memory: int, device_type: str) -> int:
+    """What ``memory`` leaves for the activations that grow with the tile, after the fixed ones."""
+    return max(memory - forward_fixed_bytes(config, device_type), 0)
+
+
 @dataclass(frozen=True)
 class TilePlan:
     """Tile edge (context included) and context margin, in input pixels, for a generator.
@@ -118,7 +123,7 @@ class TilePlan:
                       device_type: str = "cpu") -> "TilePlan":
         margin = min(int(influence) + MARGIN_SPARE, receptive_radius(config))  # nothing beyond the receptive field counts
         if tile <= 0:
-            room = max(memory - forward_fixed_bytes(config, device_type), 0)
+            room = activation_room(config, memory, device_type)
             tile = max(int(math.sqrt(room / forward_bytes_per_pixel(config, device_type))), (2 + MIN_CORE_MARGINS) * margin)
         return cls(tile=max(int(tile), 2 * margin + MIN_CORE), margin=margin)
 
@@ -213,9 +218,7 @@ class Upscaler:
         if self.requested_tile < 0:
             raise ValueError(f"tile must be >= 0 (0 = automatic), got {tile!r}")
         self.progress = progress
-        self.threads = set_threads(threads) if self.device.type == "cpu" else None
-        if self.device.type == "cpu":
-            reuse_freed_memory()
+        self.threads = use_cpu(threads) if self.device.type == "cpu" else None
         self.memory = self._tile_memory()
         # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
         # them, same numbers. Module.to converts in place, once: later Upscalers find it converted.
@@ -342,8 +345,7 @@ class Upscaler:
                 plan = smaller
         log.warning("msrgan: CUDA still out of memory after %d smaller tiles: falling back to the CPU", MAX_TILE_HALVINGS)
         self.device, self.precision, self.memory = torch.device("cpu"), "fp32", TILE_MEMORY["cpu"]
-        self.threads = set_threads(None)
-        reuse_freed_memory()
+        self.threads = use_cpu(None)
         self.generator = self.generator.to(self.device)
         return self._run_tiles(image, stats, out, spread, self.plan(0), source)
 
@@ -356,7 +358,7 @@ class Upscaler:
         runs = self.uncertainty_orientations() if spread is not None else self.orientations
         items = [(index, tile, o) for index, tile in enumerate(tiles) for o in runs]
         per_item = forward_bytes_per_pixel(self.model.config, self.device.type)
-        room = self.memory - forward_fixed_bytes(self.model.config, self.device.type)
+        room = activation_room(self.model.config, self.memory, self.device.type)
         low = torch.as_tensor(stats.low, dtype=torch.float32, device=self.device)
         span = torch.as_tensor(stats.span, dtype=torch.float32, device=self.device)
         outputs, clipped = {}, 0
