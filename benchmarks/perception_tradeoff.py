@@ -31,7 +31,7 @@ from msrgan_core.metrics import (
     above_cutoff, high_frequency_cutoff, high_frequency_ratio, psnr, upscale_lanczos,
 )
 from msrgan_core.modelfile import load_model
-from quality import SCALE, binned_pair, validation_files
+from quality import SCALE, read_pair, validation_files
 
 ROWS = ["fidelity", "perceptual", "fidelity + noise", "fidelity + own HF"]
 
@@ -72,7 +72,7 @@ def main() -> None:
         gains = {name: [] for name in ROWS}
         ratios = {name: [] for name in ROWS}
         for index, path in enumerate(tqdm(paths, desc=dataset, unit="image")):
-            hr, lr, data_range = binned_pair(path)
+            hr, lr, data_range = read_pair(path, "bin", fidelity.normalization)
             lanczos = psnr(hr, upscale_lanczos(lr, SCALE)[0], data_range)
             outputs = {name: upscaler.upscale(lr)[0] for name, upscaler in models.items()}
             base = outputs["fidelity"]
