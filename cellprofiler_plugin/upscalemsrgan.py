@@ -674,8 +674,9 @@ out among the workers (*File > Preferences > Maximum number of workers*), so tha
 workers do not fight over the same cores. The threads used are written to the log.""",
         )
 
-    def settings(self):
-        return super(UpscaleMSRGAN, self).settings() + [
+    def own_settings(self):
+        """This module's settings after the input and output image names, in saved order."""
+        return [
             self.model_choice,
             self.custom_model_directory,
             self.custom_model_file,
@@ -689,6 +690,9 @@ workers do not fight over the same cores. The threads used are written to the lo
             self.environment,
             self.msrgan_path,
         ]
+
+    def settings(self):
+        return super(UpscaleMSRGAN, self).settings() + self.own_settings()
 
     def visible_settings(self):
         result = super(UpscaleMSRGAN, self).visible_settings() + [self.model_choice]
@@ -702,20 +706,7 @@ workers do not fight over the same cores. The threads used are written to the lo
         return result + [self.environment] + ([self.msrgan_path] if self.runs_elsewhere() else [])
 
     def help_settings(self):
-        return super(UpscaleMSRGAN, self).help_settings() + [
-            self.model_choice,
-            self.custom_model_directory,
-            self.custom_model_file,
-            self.device,
-            self.tile_size,
-            self.orientations,
-            self.match_bins,
-            self.threads,
-            self.wants_uncertainty,
-            self.uncertainty_name,
-            self.environment,
-            self.msrgan_path,
-        ]
+        return super(UpscaleMSRGAN, self).help_settings() + self.own_settings()
 
     def volumetric(self):
         return False
