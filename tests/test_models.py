@@ -266,3 +266,40 @@ def test_forward_memory_estimate_bounds_a_forward_pass():
         estimate = per_pixel + forward_fixed_bytes(generator.config, device_type)
         assert max(largest) <= estimate <= 3 * 3 * max(largest), (architecture, device_type)
     assert forward_fixed_bytes(generator.config, "cpu") < per_pixel  # in parts, the tile's own size rules
+
+
+def test_branched_compact_generator_fuses_into_the_plain_one_exactly():
+    from msrgan_core.models import BranchedCompactGenerator, CompactGenerator, build_generator
+
+    config = GeneratorConfig(scale=4, n_blocks=3, n_features=16, architecture="compact")
+    torch.manual_seed(0)
+    branched = build_generator(config, branched=True)
+    assert isinstance(branched, BranchedCompactGenerator)
+    x = _input((2, 1, 11, 9))
+    with torch.no_grad():
+        before = branched(x)
+        for module in branched.modules():  # as after training: every branch carries weight
+            if isinstance(module, models.BranchedConv):
+                module.branch.weight.normal_(0, 0.1)
+                module.branch.bias.normal_(0, 0.1)
+        trained = branched(x)
+        fused = branched.fused()
+        assert type(fused) is CompactGenerator
+        torch.testing.assert_close(fused(x), trained, rtol=0, atol=1e-5)  # borders included
+    assert (trained - before).abs().max() > 1e-2  # the branches do change the function
+    assert fused.state_dict().keys() == CompactGenerator(config).state_dict().keys()
+    assert count_parameters(fused) < count_parameters(branched)
+
+
+def test_branched_generator_starts_from_a_plain_generators_function():
+    from msrgan_core.models import build_generator
+
+    config = GeneratorConfig(scale=2, n_blocks=2, n_features=8, architecture="compact")
+    plain = build_generator(config)
+    branched = build_generator(config, branched=True)
+    branched.load_plain_state_dict(plain.state_dict())
+    x = _input((1, 1, 8, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(branched(x), plain(x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="only the compact generator"):
+        build_generator(GeneratorConfig(scale=2, n_blocks=1, n_features=8), branched=True)
