@@ -222,6 +222,7 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
             "batch_size": config.train.batch_size,
             "patch_size": config.train.patch_size,
             "seed": config.train.seed,
+            "reparameterized": config.train.reparameterize,
             "init": init,
             "hardware": f"{describe_device(device)} x {world_size}, {platform.machine()}",
             "torch": torch.__version__,

@@ -222,8 +222,11 @@ def test_reparameterized_training_saves_the_fused_plain_generator(tmp_path):
     config = tiny_config(data, generator=['architecture="compact"', "n_blocks=2"], gan_steps=0, pretrain_steps=4, lr=1e-2,
                          reparameterize="true")
     run = train(config, tmp_path / "run", progress=False)
-    saved = load_model(run / "fidelity.safetensors").generator
+    model = load_model(run / "fidelity.safetensors")
+    saved = model.generator
     assert type(saved) is CompactGenerator
+    assert model.metadata["training"]["reparameterized"] is True
+    assert "1 x 1 branches, fused" in model.card.summary()
     trained = BranchedCompactGenerator(saved.config)
     trained.load_state_dict(load_checkpoint(run / CHECKPOINT)["generator"])
     branches = [m.branch.weight for m in trained.modules() if hasattr(m, "branch")]
