@@ -305,7 +305,7 @@ class TrainConfig:
     batch ``n`` is the same whichever process draws it, so results do not depend on it.
     ``reparameterize`` trains each 3 x 3 convolution of the compact generator beside a 1 x 1
     branch, fused into it in the saved model (RepVGG's structural re-parameterisation): no cost
-    at inference, about a tenth more per training step.
+    at inference, about an eighth more per training step on the CPU.
     """
 
     patch_size: int = 96
