@@ -303,9 +303,6 @@ class TrainConfig:
     phase; the saved models and the validation figures are then the average's.
     ``workers`` > 0 draws batches ahead in that many worker processes (to keep a GPU busy);
     batch ``n`` is the same whichever process draws it, so results do not depend on it.
-    ``reparameterize`` trains each 3 x 3 convolution of the compact generator beside a 1 x 1
-    branch, fused into it in the saved model (RepVGG's structural re-parameterisation): no cost
-    at inference, about an eighth more per training step on the CPU.
     """
 
     patch_size: int = 96
@@ -325,7 +322,6 @@ class TrainConfig:
     mixed_precision: bool = True
     tensorboard: bool = False
     workers: int = 0
-    reparameterize: bool = False
 
     def __post_init__(self) -> None:
         _check(self.patch_size >= 16, f"train.patch_size must be >= 16, got {self.patch_size!r}")
@@ -363,10 +359,6 @@ class ExperimentConfig:
         _check(
             self.train.patch_size % self.generator.scale == 0,
             f"train.patch_size ({self.train.patch_size}) must be a multiple of the scale ({self.generator.scale})",
-        )
-        _check(
-            not self.train.reparameterize or self.generator.architecture == "compact",
-            f"train.reparameterize needs generator.architecture = \"compact\", got {self.generator.architecture!r}",
         )
         _check(
             self.discriminator.in_channels == self.generator.out_channels,

@@ -150,8 +150,7 @@ class ModelCard:
         if trained:
             lines.append(f"  training: {trained.get('steps')} steps, batch {trained.get('batch_size')} of "
                          f"{trained.get('patch_size')}-pixel patches, on {trained.get('hardware')}; "
-                         f"split by {trained.get('split_by')} ({trained.get('val_files')} held out)"
-                         + ("; trained with 1 x 1 branches, fused" if trained.get("reparameterized") else ""))
+                         f"split by {trained.get('split_by')} ({trained.get('val_files')} held out)")
         if meta.get("blend"):
             blend = meta["blend"]
             lines.append(f"  a blend: {blend.get('weight')} x {blend.get('a', {}).get('model')} + "

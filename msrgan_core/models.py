@@ -174,75 +174,6 @@ class CompactGenerator(nn.Module):
         return F.pixel_shuffle(out, self.config.scale)
 
 
-class BranchedConv(nn.Module):
-    """A 3 x 3 convolution trained beside a parallel 1 x 1 one (structural re-parameterisation, as
-    in RepVGG and ECBSR). Their sum is one 3 x 3 convolution (:meth:`fused_weights`); the branch
-    starts at zero, so training starts from the plain convolution's function."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv = conv
-        self.branch = nn.Conv2d(conv.in_channels, conv.out_channels, 1)
-        nn.init.zeros_(self.branch.weight)
-        nn.init.zeros_(self.branch.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + self.branch(x)
-
-    @torch.no_grad()
-    def fused_weights(self) -> "tuple[torch.Tensor, torch.Tensor]":
-        """The 3 x 3 weight and the bias of the one convolution equal to both branches."""
-        weight = self.conv.weight.detach().clone()
-        weight[:, :, 1:2, 1:2] += self.branch.weight
-        return weight, self.conv.bias.detach() + self.branch.bias
-
-
-class BranchedCompactGenerator(CompactGenerator):
-    """The compact generator as it trains with ``train.reparameterize``: each 3 x 3 convolution
-    beside a 1 x 1 branch. The same functions as `CompactGenerator` but a different path to them
-    for the optimiser; :meth:`fused` is the plain generator that is saved and run, at no cost."""
-
-    def __init__(self, config: GeneratorConfig) -> None:
-        super().__init__(config)
-        for index, layer in enumerate(self.body):
-            if isinstance(layer, nn.Conv2d):
-                self.body[index] = BranchedConv(layer)
-        self.tail = BranchedConv(self.tail)
-
-    def _branched(self) -> "list[tuple[str, BranchedConv]]":
-        return [(name, module) for name, module in self.named_modules() if isinstance(module, BranchedConv)]
-
-    def fused(self) -> CompactGenerator:
-        """The plain compact generator computing the same function."""
-        plain = CompactGenerator(self.config).to(self.tail.conv.weight.device)
-        convs = dict(plain.named_modules())
-        with torch.no_grad():
-            for name, module in self._branched():
-                weight, bias = module.fused_weights()
-                convs[name].weight.copy_(weight)
-                convs[name].bias.copy_(bias)
-            for name, module in self.named_modules():
-                if isinstance(module, nn.PReLU):
-                    convs[name].weight.copy_(module.weight)
-        return plain
-
-    def load_plain_state_dict(self, state: "dict[str, torch.Tensor]") -> None:
-        """Start from a plain compact generator's weights: they go to the 3 x 3 convolutions and
-        the PReLUs, the branches start at zero."""
-        plain = CompactGenerator(self.config)
-        plain.load_state_dict(state)  # checks names and shapes
-        modules = dict(plain.named_modules())
-        with torch.no_grad():
-            for name, module in self._branched():
-                module.conv.weight.copy_(modules[name].weight)
-                module.conv.bias.copy_(modules[name].bias)
-                nn.init.zeros_(module.branch.weight)
-                nn.init.zeros_(module.branch.bias)
-            for name, module in self.named_modules():
-                if isinstance(module, nn.PReLU):
-                    module.weight.copy_(modules[name].weight)
-
-
 @functools.lru_cache(maxsize=None)
 def _bicubic_kernel(scale: int) -> torch.Tensor:
     r = 2  # bicubic reads 4 input pixels per axis: 2 on either side of an output sub-pixel's input pixel
@@ -267,14 +198,9 @@ def bicubic_kernel(scale: int) -> torch.Tensor:
     return _bicubic_kernel(int(scale)).clone()
 
 
-def build_generator(config: GeneratorConfig, branched: bool = False) -> nn.Module:
-    """The generator that ``config.architecture`` names; ``branched``: the compact one as it trains
-    with ``train.reparameterize`` (`BranchedCompactGenerator`)."""
-    if config.architecture == "compact":
-        return BranchedCompactGenerator(config) if branched else CompactGenerator(config)
-    if branched:
-        raise ValueError("only the compact generator trains with re-parameterised branches")
-    return Generator(config)
+def build_generator(config: GeneratorConfig) -> nn.Module:
+    """The generator that ``config.architecture`` names."""
+    return CompactGenerator(config) if config.architecture == "compact" else Generator(config)
 
 
 def receptive_radius(config: GeneratorConfig) -> int:

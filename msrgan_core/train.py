@@ -45,7 +45,7 @@ from .io import atomic_write, find_images
 from .losses import discriminator_loss, perceptual_loss, pixel_loss
 from .metrics import image_metrics, upscale_bicubic
 from .modelfile import ModelFileError, load_model, save_model
-from .models import BranchedCompactGenerator, Discriminator, build_generator, count_parameters
+from .models import Discriminator, build_generator, count_parameters
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -222,7 +222,6 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
             "batch_size": config.train.batch_size,
             "patch_size": config.train.patch_size,
             "seed": config.train.seed,
-            "reparameterized": config.train.reparameterize,
             "init": init,
             "hardware": f"{describe_device(device)} x {world_size}, {platform.machine()}",
             "torch": torch.__version__,
@@ -431,9 +430,7 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
         write_run_description(out_dir, config, split)
     generator, discriminator = build_networks(config, device)
     init_state, init_note = initial_weights(config)
-    if isinstance(generator, BranchedCompactGenerator) and init_state is not None:
-        generator.load_plain_state_dict(init_state)
-    elif init_state is not None:
+    if init_state is not None:
         generator.load_state_dict(init_state)
     run = Run(config, out_dir, dist, device, split, train_images, val_pairs, baseline, init_note,
               generator, discriminator,
@@ -494,7 +491,7 @@ def build_networks(config: ExperimentConfig, device: torch.device) -> "tuple[nn.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        generator = build_generator(config.generator, branched=config.train.reparameterize).to(device)
+        generator = build_generator(config.generator).to(device)
         discriminator = Discriminator(config.discriminator).to(device)
     return generator, discriminator
 
@@ -667,10 +664,7 @@ def evaluate_and_save(run: Run, row: dict, writer: "Optional[SummaryWriter]", tr
 
 
 def save_generator(run: Run, name: str, generator: nn.Module, scores: Dict[str, float]) -> None:
-    """Save ``generator`` as ``<name>.safetensors`` in the run folder, with its `model_metadata`
-    (re-parameterised branches fused: the file holds the plain generator)."""
-    if isinstance(generator, BranchedCompactGenerator):
-        generator = generator.fused()
+    """Save ``generator`` as ``<name>.safetensors`` in the run folder, with its `model_metadata`."""
     save_model(run.out_dir / f"{name}.safetensors", generator,
                model_metadata(run.config, run.split, name, run.step, scores, run.device, run.dist.world_size,
                               run.init_note))

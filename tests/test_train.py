@@ -42,13 +42,13 @@ def test_each_phase_decays_from_its_own_rate(gan_lr, gan_top):
     assert learning_rate(149, config) == pytest.approx(0.1 * gan_top, rel=0.01)
 
 
-def tiny_config(data: Path, generator=(), **train) -> ExperimentConfig:
+def tiny_config(data: Path, **train) -> ExperimentConfig:
     overrides = [
         f'data.train=["{data}"]', 'data.well_regex="_(?P<well>[A-P][0-9]{2})_s"', "data.val_fraction=0.25",
         "generator.n_blocks=1", "generator.n_features=8", "discriminator.n_features=8",
         "train.patch_size=32", "train.batch_size=2", "train.pretrain_steps=3", "train.gan_steps=3",
         "train.checkpoint_every=2", "train.eval_every=3", "train.device=\"cpu\"",
-    ] + [f"generator.{k}" for k in generator] + [f"train.{k}={v}" for k, v in train.items()]
+    ] + [f"train.{k}={v}" for k, v in train.items()]
     return load_config(None, overrides)
 
 
@@ -212,27 +212,3 @@ def test_mixed_precision_is_cuda_only_and_cpu_training_is_fp32(tmp_path):
     state = load_checkpoint(run / CHECKPOINT)
     assert all(v.dtype == torch.float32 for v in state["generator"].values())
     assert "cpu" in read_metadata(run / "fidelity.safetensors")["training"]["hardware"]
-
-
-def test_reparameterized_training_saves_the_fused_plain_generator(tmp_path):
-    from msrgan_core.config import ConfigError
-    from msrgan_core.models import BranchedCompactGenerator, CompactGenerator
-
-    data = make_plate(tmp_path / "plate")
-    config = tiny_config(data, generator=['architecture="compact"', "n_blocks=2"], gan_steps=0, pretrain_steps=4, lr=1e-2,
-                         reparameterize="true")
-    run = train(config, tmp_path / "run", progress=False)
-    model = load_model(run / "fidelity.safetensors")
-    saved = model.generator
-    assert type(saved) is CompactGenerator
-    assert model.metadata["training"]["reparameterized"] is True
-    assert "1 x 1 branches, fused" in model.card.summary()
-    trained = BranchedCompactGenerator(saved.config)
-    trained.load_state_dict(load_checkpoint(run / CHECKPOINT)["generator"])
-    branches = [m.branch.weight for m in trained.modules() if hasattr(m, "branch")]
-    assert all(b.abs().max() > 0 for b in branches)  # the branches trained (they start at zero)
-    x = torch.rand(1, 1, 12, 10)
-    with torch.no_grad():
-        torch.testing.assert_close(saved(x), trained(x), rtol=0, atol=1e-5)
-    with pytest.raises(ConfigError, match="reparameterize needs"):
-        load_config(None, ["train.reparameterize=true"])  # the default architecture is SRResNet
