@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default="msrgan_evaluation.csv", help="where to write per-image figures")
     p.add_argument("--features", action="store_true",
                    help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "
-                        "image, msrgan's output and bicubic's, match them by overlap and compare every feature")
+                        "image, msrgan's output, bicubic's and a repeat of the high-resolution image (its own noise drawn "
+                        "again), match them by overlap and compare every feature")
     p.add_argument("--out", type=Path, help="with --features: folder for the images, CSVs and scatter plot")
     p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
     p.add_argument("--seed", type=int, default=0)

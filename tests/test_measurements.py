@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from msrgan_core.measurements import FEATURES, match_objects, summarize, verdicts
+from msrgan_core.measurements import FEATURES, REPEAT, match_objects, repeat_exposure, summarize, verdicts
 from msrgan_core.metrics import matched_f1
 
 
@@ -50,6 +50,37 @@ def test_summary_statistics_on_known_values():
     assert any("AreaShape_Area" in line and "less accurate" in line for line in verdicts(summarize(worse)))
 
 
+def test_repeat_draws_each_channels_own_noise_again():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:256, :256]
+    clean = 1000 + 800 * np.exp(-((yy - 128) ** 2 + (xx - 100) ** 2) / 900.0)  # smooth: only the noise is fine-scale
+    noise = np.array([4.0, 20.0])[:, None, None]
+    image = (clean + rng.normal(0, 1, (2, 256, 256)) * noise).astype(np.float32)
+    repeat = repeat_exposure(image, np.random.default_rng(0))
+    assert repeat.shape == image.shape and repeat.dtype == np.float32
+    drawn = (repeat - image).reshape(2, -1)
+    assert np.allclose(drawn.std(axis=1), noise.ravel(), rtol=0.1) and np.all(np.abs(drawn.mean(axis=1)) < 0.5)
+    assert np.corrcoef(drawn[0], (image - clean)[0].ravel())[0, 1] < 0.02  # drawn again, not the image's own noise
+    assert np.array_equal(repeat, repeat_exposure(image, np.random.default_rng(0)))
+
+
+def test_a_feature_the_repeat_moves_is_reported_as_not_repeatable():
+    def rows(repeat_error):
+        out = []
+        for i in range(1, 21):
+            base = {"field": "f", "object": i, "matched_object": i, "iou": 0.9, "Granularity_8_DNA": 10.0 * i}
+            jitter = 1 + (repeat_error if i % 2 else -repeat_error)
+            out += [{**base, "method": "msrgan", "Granularity_8_DNA__msrgan": 10.0 * i * 1.05},
+                    {**base, "method": "bicubic", "Granularity_8_DNA__bicubic": 10.0 * i * 1.10},
+                    {**base, "method": REPEAT, f"Granularity_8_DNA__{REPEAT}": 10.0 * i * jitter}]
+        return out
+
+    summary = summarize(rows(0.3))
+    assert [e["method"] for e in summary if e["feature"] == "Granularity_8_DNA"] == ["msrgan", "bicubic", REPEAT]
+    assert [line for line in verdicts(summary) if "Granularity_8_DNA" in line and "not repeatable" in line]
+    assert not verdicts(summarize(rows(0.05)))
+
+
 @pytest.mark.slow
 def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_command, tmp_path):
     from msrgan_core.evaluate import grid_degradation
@@ -66,9 +97,10 @@ def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_comm
     assert [p.name for p in report.files] == ["features_objects.csv", "features_summary.csv", "features_scatter.png"]
     by = {(e["method"], e["feature"]): e for e in report.summary}
     assert set(FEATURES["size and shape"]) <= {f for _, f in by}
-    for method in ("msrgan", "bicubic"):
+    for method in ("msrgan", "bicubic", REPEAT):
         area = by[(method, "AreaShape_Area")]
         assert area["matched_fraction"] > 0.5 and area["spearman"] > 0.8  # nuclei are found and sized alike
+    assert by[(REPEAT, "AreaShape_Area")]["median_abs_rel_error"] < by[("bicubic", "AreaShape_Area")]["median_abs_rel_error"]
     with open(tmp_path / "out" / "features_objects.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["method"] for r in rows} == {"msrgan", "bicubic"} and all(r["field"] == source.stem for r in rows)
+    assert {r["method"] for r in rows} == {"msrgan", "bicubic", REPEAT} and all(r["field"] == source.stem for r in rows)
