@@ -190,6 +190,19 @@ def cmd_cellprofiler_plugin_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def at_least(minimum: int):
+    """An argparse type: a whole number no smaller than ``minimum``, else a one-line usage error."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return whole_number
+
+
 def add_inference_options(p: argparse.ArgumentParser, default: str = AS_THE_MODEL_SAYS) -> None:
     """``--ensemble`` and ``--match-bins``: how each image runs; unset, each model file says."""
     p.add_argument("--ensemble", type=int, choices=ENSEMBLES,
@@ -209,8 +222,8 @@ def add_device_options(p: argparse.ArgumentParser, model_option: bool = True) ->
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on GPUs that support it (a non-finite batch is redone in fp32), else fp32")
-    p.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
-    p.add_argument("--tile", type=int, default=0, help="tile edge in input pixels, context included (0 = sized to memory)")
+    p.add_argument("--threads", type=at_least(1), help="CPU threads (default: the cores this process may use)")
+    p.add_argument("--tile", type=at_least(0), default=0, help="tile edge in input pixels, context included (0 = sized to memory)")
     add_inference_options(p)
 
 
@@ -271,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.pretrain_steps=500 (repeatable)")
     p.add_argument("--device", choices=DEVICES, help="overrides train.device")
-    p.add_argument("--until-step", type=int, metavar="N",
+    p.add_argument("--until-step", type=at_least(1), metavar="N",
                    help="stop at step N with a checkpoint (continue later with --resume)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -313,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hr", nargs="+", required=True, help="high-resolution image files, folders or globs (held out from training)")
     p.add_argument("-o", "--out", type=Path, required=True, help="the calibrated model file to write")
     add_device_options(p, model_option=False)
-    p.add_argument("--sample", type=int, default=0, metavar="N",
+    p.add_argument("--sample", type=at_least(0), default=0, metavar="N",
                    help="calibrate on N of the images, evenly spread through the list (default: all)")
     p.add_argument("--cells", nargs="+", default=list(CALIBRATION_CELLS), choices=list(QUALITY_GRID), metavar="ACQUISITION",
                    help=f"the acquisitions to calibrate on (default: {' '.join(CALIBRATION_CELLS)})")

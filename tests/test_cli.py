@@ -144,6 +144,13 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
     assert features.returncode == 2 and "--out" in features.stderr
     cell = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--degradation", "bin+7ph", check=False)
     assert cell.returncode == 2 and "bin+300ph" in cell.stderr  # the choices are listed
+    for option, value, says in [("--tile", "-3", "at least 0, got -3"), ("--threads", "0", "at least 1, got 0"),
+                                ("--threads", "two", "'two' is not a whole number")]:
+        count = msrgan("upscale", tmp_path / "x.tif", "-o", tmp_path / "o", option, value, check=False)
+        assert count.returncode == 2 and option in count.stderr and says in count.stderr and "internal" not in count.stderr
+    sample = msrgan("calibrate", "fidelity", "--hr", tmp_path / "x.tif", "-o", tmp_path / "c.safetensors", "--sample", "-2",
+                    check=False)
+    assert sample.returncode == 2 and "--sample" in sample.stderr and not (tmp_path / "c.safetensors").exists()
 
 
 def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_path):
