@@ -9,7 +9,11 @@ degraded and upscaled with ``Upscaler.upscale(..., uncertainty=True)``; then:
   output: their Spearman rank correlation over all nuclei (target: at least 0.5);
 - per pixel, the mean squared error of the pixels in the uncertainty's top decile over that of
   the other nine deciles (target: at least 3);
-- the time of an upscale with the uncertainty image over one without.
+- the time of an upscale with the uncertainty image over one without;
+- the same two figures for a model-free baseline, the edge map (the output's gradient
+  magnitude, smoothed over 2 output pixels: errors are largest at edges), and the per-nucleus
+  partial Spearman correlation of uncertainty and error with the edge map held fixed: what the
+  uncertainty image tells beyond "edges are uncertain".
 """
 from __future__ import annotations
 
@@ -34,10 +38,11 @@ def main() -> None:
     model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "
           f"orientations; {len(paths)} held-out BBBC039 fields")
-    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'top-decile MSE ratio':>21} {'time ratio':>10}")
+    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'top-decile MSE ratio':>21} {'time ratio':>10} | "
+          f"{'edge map: Spearman':>18} {'ratio':>5} | {'beyond edges':>12}")
     for cell in args.cells:
-        object_unc, object_err, plain_s, with_s = [], [], 0.0, 0.0
-        squared = {True: [0.0, 0], False: [0.0, 0]}  # top decile of each field, and the rest: sum, count
+        object_unc, object_edge, object_err, plain_s, with_s = [], [], [], 0.0, 0.0
+        squared = {name: {True: [0.0, 0], False: [0.0, 0]} for name in ("uncertainty", "edges")}  # top decile, rest: sum, count
         for path in paths:
             hr, lr, _ = read_pair(path, cell, model.normalization)
             start = time.perf_counter()
@@ -51,15 +56,37 @@ def main() -> None:
             labels = read_mask(args.data / "bbbc039" / "masks" / (path.stem + ".png"))[: hr.shape[0], : hr.shape[1]]
             ids = np.unique(labels)
             ids = ids[ids > 0]
+            edges = ndimage.gaussian_filter(np.hypot(ndimage.sobel(out, 0), ndimage.sobel(out, 1)), EDGE_SMOOTHING)
             object_unc += list(ndimage.mean(spread, labels, ids))
+            object_edge += list(ndimage.mean(edges, labels, ids))
             object_err += list(ndimage.mean(error, labels, ids))
-            in_top = spread > np.quantile(spread, 0.9)
-            for where in (True, False):
-                squared[where][0] += float(np.sum(error[in_top == where] ** 2))
-                squared[where][1] += int(np.count_nonzero(in_top == where))
-        rho = stats.spearmanr(object_unc, object_err)[0]
-        ratio = (squared[True][0] / squared[True][1]) / (squared[False][0] / squared[False][1])
-        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f}")
+            for name, estimate in (("uncertainty", spread), ("edges", edges)):
+                in_top = estimate > np.quantile(estimate, 0.9)
+                for where in (True, False):
+                    squared[name][where][0] += float(np.sum(error[in_top == where] ** 2))
+                    squared[name][where][1] += int(np.count_nonzero(in_top == where))
+        rho, rho_edges = stats.spearmanr(object_unc, object_err)[0], stats.spearmanr(object_edge, object_err)[0]
+        ratio, ratio_edges = (top_decile_ratio(squared[name]) for name in ("uncertainty", "edges"))
+        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} | "
+              f"{rho_edges:>18.3f} {ratio_edges:>5.2f} | {partial_spearman(object_unc, object_err, object_edge):>12.3f}")
+
+
+#: the edge map's smoothing, in output pixels (a Gaussian's sigma)
+EDGE_SMOOTHING = 2.0
+
+
+def top_decile_ratio(squared: dict) -> float:
+    """Mean squared error in the top decile over that in the rest, from ``{True: [sum, n], False: [sum, n]}``."""
+    return (squared[True][0] / squared[True][1]) / (squared[False][0] / squared[False][1])
+
+
+def partial_spearman(x, y, z) -> float:
+    """Spearman correlation of ``x`` and ``y`` with ``z`` held fixed: of their ranks' residuals after
+    a linear fit on ``z``'s ranks."""
+    ranks = [stats.rankdata(v) for v in (x, y, z)]
+    design = np.vstack([ranks[2], np.ones_like(ranks[2])]).T
+    residuals = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in ranks[:2]]
+    return float(np.corrcoef(*residuals)[0, 1])
 
 
 if __name__ == "__main__":
