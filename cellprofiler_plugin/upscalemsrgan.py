@@ -616,7 +616,9 @@ upscaled image's error, on the same intensity scale (the spread of the network's
 the input is mirrored or turned; it costs one more pass when the model runs once). Measure it
 with **MeasureObjectIntensity** on your nuclei and, for example, filter out with
 **FilterObjects** the nuclei whose mean uncertainty is high: their features are the least to be
-trusted. See the shipped pipeline ``flag_uncertain_nuclei.cppipe``.""",
+trusted. See the shipped pipeline ``flag_uncertain_nuclei.cppipe``. Much of it follows edges and
+textured nuclei, where errors are largest; beyond that it marks where the network answers
+differently for the mirrored image (msrgan's README: "Where not to trust it").""",
         )
 
         self.environment = Choice(
