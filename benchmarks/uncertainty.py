@@ -6,14 +6,17 @@ For each grid cell (``msrgan_core.evaluate.QUALITY_GRID``), each held-out BBBC03
 degraded and upscaled with ``Upscaler.upscale(..., uncertainty=True)``; then:
 
 - per nucleus (the expert masks), the mean uncertainty against the mean absolute error of the
-  output: their Spearman rank correlation over all nuclei (target: at least 0.5);
+  output: their Spearman rank correlation over all nuclei (target: at least 0.5); and the same
+  for both over the nucleus's mean intensity (``relative``), as ``flag_uncertain_nuclei.cppipe``
+  flags nuclei;
 - per pixel, the mean squared error of the pixels in the uncertainty's top decile over that of
   the other nine deciles (target: at least 3);
 - the time of an upscale with the uncertainty image over one without;
 - the same two figures for a model-free baseline, the edge map (the output's gradient
   magnitude, smoothed over 2 output pixels: errors are largest at edges), and the per-nucleus
   partial Spearman correlation of uncertainty and error with the edge map held fixed: what the
-  uncertainty image tells beyond "edges are uncertain".
+  uncertainty image tells beyond "edges are uncertain" (the edge map's ``relative`` figure
+  divides it by the nucleus's mean intensity likewise).
 """
 from __future__ import annotations
 
@@ -38,10 +41,10 @@ def main() -> None:
     model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "
           f"orientations; {len(paths)} held-out BBBC039 fields")
-    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'top-decile MSE ratio':>21} {'time ratio':>10} | "
-          f"{'edge map: Spearman':>18} {'ratio':>5} | {'beyond edges':>12}")
+    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'relative':>8} {'top-decile MSE ratio':>21} {'time ratio':>10} | "
+          f"{'edge map: Spearman':>18} {'relative':>8} {'ratio':>5} | {'beyond edges':>12}")
     for cell in args.cells:
-        object_unc, object_edge, object_err, plain_s, with_s = [], [], [], 0.0, 0.0
+        object_unc, object_edge, object_err, object_mean, plain_s, with_s = [], [], [], [], 0.0, 0.0
         squared = {name: {True: [0.0, 0], False: [0.0, 0]} for name in ("uncertainty", "edges")}  # top decile, rest: sum, count
         for path in paths:
             hr, lr, _ = read_pair(path, cell, model.normalization)
@@ -60,15 +63,20 @@ def main() -> None:
             object_unc += list(ndimage.mean(spread, labels, ids))
             object_edge += list(ndimage.mean(edges, labels, ids))
             object_err += list(ndimage.mean(error, labels, ids))
+            object_mean += list(ndimage.mean(out, labels, ids))
             for name, estimate in (("uncertainty", spread), ("edges", edges)):
                 in_top = estimate > np.quantile(estimate, 0.9)
                 for where in (True, False):
                     squared[name][where][0] += float(np.sum(error[in_top == where] ** 2))
                     squared[name][where][1] += int(np.count_nonzero(in_top == where))
+        mean = np.maximum(np.array(object_mean), 1e-12)
         rho, rho_edges = stats.spearmanr(object_unc, object_err)[0], stats.spearmanr(object_edge, object_err)[0]
+        relative, relative_edges = (stats.spearmanr(np.array(estimate) / mean, np.array(object_err) / mean)[0]
+                                    for estimate in (object_unc, object_edge))
         ratio, ratio_edges = (top_decile_ratio(squared[name]) for name in ("uncertainty", "edges"))
-        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} | "
-              f"{rho_edges:>18.3f} {ratio_edges:>5.2f} | {partial_spearman(object_unc, object_err, object_edge):>12.3f}")
+        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {relative:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} | "
+              f"{rho_edges:>18.3f} {relative_edges:>8.3f} {ratio_edges:>5.2f} | "
+              f"{partial_spearman(object_unc, object_err, object_edge):>12.3f}")
 
 
 #: the edge map's smoothing, in output pixels (a Gaussian's sigma)
