@@ -11,8 +11,8 @@ Spearman correlation, and the share of the high-resolution nuclei that were matc
 
 Beside the two methods, a *repeat* of the high-resolution image (:func:`repeat_exposure`: its own
 noise drawn again and added) goes through the same pipeline: how far a feature moves with noise
-no larger than the truth's own is as close as any image, upscaled or imaged again, can be
-expected to come, and a feature it moves by much cannot be measured at that noise at all.
+no larger than the truth's own gives the scale of what imaging the field again would change (a
+rough reference, not a floor), and a feature it moves by much cannot be measured at that noise.
 """
 from __future__ import annotations
 
