@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "again), match them by overlap and compare every feature")
     p.add_argument("--out", type=Path, help="with --features: folder for the images, CSVs and scatter plot")
     p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)

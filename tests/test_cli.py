@@ -151,6 +151,8 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
     sample = msrgan("calibrate", "fidelity", "--hr", tmp_path / "x.tif", "-o", tmp_path / "c.safetensors", "--sample", "-2",
                     check=False)
     assert sample.returncode == 2 and "--sample" in sample.stderr and not (tmp_path / "c.safetensors").exists()
+    seed = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--seed", "-1", check=False)
+    assert seed.returncode == 2 and "--seed" in seed.stderr and "internal" not in seed.stderr
 
 
 def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_path):
