@@ -200,7 +200,8 @@ def verdicts(summary: List[dict]) -> List[str]:
     lines = []
     for family, names in FEATURES.items():
         for name in names:
-            m, b, r = (by.get((method, name), {}).get("median_abs_rel_error") for method in COMPARED)
+            error = {method: by.get((method, name), {}).get("median_abs_rel_error") for method in COMPARED}
+            m, b, r = error["msrgan"], error["bicubic"], error[REPEAT]
             if m is not None and b is not None and m > b:
                 lines.append(f"{name} ({family}) is less accurate after msrgan than after bicubic: median error "
                              f"{m:.1%} against {b:.1%}; do not trust it")
@@ -231,8 +232,9 @@ def scatter_plot(rows: List[dict], destination: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(FEATURES), figsize=(4.2 * len(FEATURES), 4.2))
-    colors = {"msrgan": "tab:orange", "bicubic": "tab:blue", REPEAT: "0.55"}
-    order = {REPEAT: 1, "bicubic": 2, "msrgan": 3}  # msrgan's points on top: they are the question
+    # colour, layer (msrgan's points on top: they are the question) and legend of each method
+    style = {"msrgan": ("tab:orange", 3, "msrgan"), "bicubic": ("tab:blue", 2, "bicubic"),
+             REPEAT: ("0.55", 1, "repeat (truth, noise drawn again)")}
     for ax, (family, names) in zip(axes, FEATURES.items()):
         name = names[0]
         everything = []
@@ -240,8 +242,8 @@ def scatter_plot(rows: List[dict], destination: Path, title: str) -> Path:
             pts = np.array([(r[name], r[f"{name}__{method}"]) for r in rows
                             if r["method"] == method and name in r and f"{name}__{method}" in r], np.float64)
             if len(pts):
-                ax.scatter(pts[:, 0], pts[:, 1], s=7, alpha=0.45, color=colors[method], linewidths=0,
-                           label="repeat (truth, noise drawn again)" if method == REPEAT else method, zorder=order[method])
+                color, layer, label = style[method]
+                ax.scatter(pts[:, 0], pts[:, 1], s=7, alpha=0.45, color=color, linewidths=0, label=label, zorder=layer)
                 everything.append(pts)
         if everything:
             both = np.concatenate(everything)
