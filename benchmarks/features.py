@@ -35,8 +35,8 @@ def main() -> None:
     model = upscaler.model
     for index, cell in enumerate(args.cells):
         report = evaluate_features(paths, upscaler, grid_degradation(cell, scale=upscaler.scale), args.out / cell,
-                                   name=f"{Path(model.source).name} and bicubic against the truth: {len(paths)} held-out "
-                                        f"BBBC039 fields, {cell}")
+                                   name=f"{Path(model.source).name} and bicubic against the truth, held-out BBBC039 "
+                                        f"fields, {cell}")
         print(f"\n{Path(model.source).name}, {cell}, {len(paths)} held-out BBBC039 fields ({upscaler.options})")
         print(format_summary(report.summary))
         for line in verdicts(report.summary):

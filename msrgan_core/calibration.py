@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
-
-from .evaluate import degraded_pair, grid_degradation
+from .errors import UserError
+from .evaluate import degraded_pairs, grid_degradation
 from .options import CALIBRATION_CELLS
 
 
@@ -28,15 +27,17 @@ def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATIO
     """
     spread_total = error_total = 0.0
     scale_now = upscaler.model.card.uncertainty_scale
+    used = set()
     for cell in cells:
         degradation = grid_degradation(cell, scale=upscaler.scale)
-        for path in tqdm(paths, desc=f"calibrating {cell}", unit="image", disable=not progress, leave=False):
-            hr, lr, _ = degraded_pair(path, upscaler.model.normalization, degradation, channel_axis=channel_axis)
+        for path, hr, lr, _ in degraded_pairs(paths, upscaler.model.normalization, degradation, channel_axis=channel_axis,
+                                              desc=f"calibrating {cell}", progress=progress):
+            used.add(path)
             out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
             spread_total += float(np.sum(spread, dtype=np.float64)) / scale_now
             error_total += float(np.sum(np.abs(out.astype(np.float64) - hr)))
     if spread_total <= 0:
-        raise ValueError("the model's output does not change with the orientation of these images: nothing to calibrate")
+        raise UserError("the model's output does not change with the orientation of these images: nothing to calibrate")
     return {"uncertainty_scale": round(error_total / spread_total, 4),
-            "uncertainty_calibration": {"images": len(paths), "degradations": list(cells),
+            "uncertainty_calibration": {"images": len(used), "degradations": list(cells),
                                         "orientations": len(upscaler.uncertainty_orientations())}}

@@ -94,7 +94,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     upscaler = make_upscaler(args)
     found = calibrate(upscaler, files, args.cells, channel_axis=args.channel_axis, progress=not args.quiet)
     save_model(args.out, upscaler.model.generator, dict(upscaler.model.metadata, **found))
-    print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {len(files)} image(s): "
+    print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {found['uncertainty_calibration']['images']} image(s): "
           f"the error is {found['uncertainty_scale']:.2f} times the spread over orientations")
     return 0
 
@@ -116,8 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         report = evaluate_features(files, upscaler, degradation, args.out, seed=args.seed, channel_axis=args.channel_axis,
                                    progress=not args.quiet, cellprofiler=args.cellprofiler,
-                                   name=f"{Path(upscaler.model.source).name} vs bicubic, {args.degradation}: "
-                                        f"{len(files)} image(s)")
+                                   name=f"{Path(upscaler.model.source).name} vs bicubic, {args.degradation}")
         print(format_summary(report.summary))
         for line in verdicts(report.summary):
             print(f"note: {line}")

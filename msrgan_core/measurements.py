@@ -24,7 +24,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tifffile
-from tqdm.auto import tqdm
 
 from .config import DegradationConfig
 from .errors import UserError
@@ -111,14 +110,13 @@ def prepare_images(paths: Sequence[Path], upscaler, degradation: DegradationConf
 
     Returns the field names. The first channel of a multi-channel image is used.
     """
-    from .evaluate import degraded_pair, image_seed
+    from .evaluate import degraded_pairs, image_seed
     from .metrics import upscale_bicubic
 
     folder.mkdir(parents=True, exist_ok=True)
     fields = []
-    for path in tqdm(paths, desc="upscaling", unit="image", disable=not progress):
-        hr, lr, dtype = degraded_pair(path, upscaler.model.normalization, degradation, seed, channel_axis,
-                                      first_channel=True)
+    for path, hr, lr, dtype in degraded_pairs(paths, upscaler.model.normalization, degradation, seed, channel_axis,
+                                              first_channel=True, desc="upscaling", progress=progress):
         field = Path(path).stem
         outputs = {TRUTH: hr, "msrgan": upscaler.upscale(lr, source=str(path)),
                    "bicubic": upscale_bicubic(lr, degradation.scale),
@@ -276,7 +274,8 @@ def write_rows(path: Path, rows: List[dict]) -> Path:
 def evaluate_features(paths: Sequence[Path], upscaler, degradation: DegradationConfig, out_dir: Path, name: str,
                       seed: int = 0, channel_axis: Optional[int] = None, progress: bool = True,
                       cellprofiler: Optional[str] = None) -> FeatureReport:
-    """The whole evaluation: images, one CellProfiler run, matching, summary, CSVs and the scatter PNG."""
+    """The whole evaluation: images, one CellProfiler run, matching, summary, CSVs and the scatter PNG
+    (titled ``name`` and the count of images measured: blank fields are left out)."""
     from .headless import run_pipeline
 
     out_dir = Path(out_dir)
@@ -291,5 +290,5 @@ def evaluate_features(paths: Sequence[Path], upscaler, degradation: DegradationC
         raise FeatureEvaluationError(f"CellProfiler found no nuclei on the high-resolution images in {out_dir / 'images'}")
     summary = summarize(rows)
     files = [write_rows(out_dir / "features_objects.csv", rows), write_rows(out_dir / "features_summary.csv", summary),
-             scatter_plot(rows, out_dir / "features_scatter.png", name)]
+             scatter_plot(rows, out_dir / "features_scatter.png", f"{name}: {len(fields)} image(s)")]
     return FeatureReport(objects=rows, summary=summary, files=files)

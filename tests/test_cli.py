@@ -11,6 +11,7 @@ import tifffile
 
 from msrgan_core.binning import bin_mean
 from msrgan_core.io import read_image
+from helpers import smooth_image
 from test_train import make_plate
 
 pytestmark = pytest.mark.integration
@@ -158,12 +159,20 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
 def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_path):
     summary = msrgan("info", "fidelity").stdout
     assert "msrgan model 'fidelity', 4x" in summary and "runs by default with" in summary and "--all" in summary
-    fields = tmp_path / "hr"
+    fields, empty = tmp_path / "hr", tmp_path / "empty"
     fields.mkdir()
+    empty.mkdir()
     for seed in range(2):
-        rng = np.random.default_rng(seed)
-        tifffile.imwrite(fields / f"f{seed}.tif", (rng.random((64, 64)) * 3000).astype(np.uint16))
+        tifffile.imwrite(fields / f"f{seed}.tif", smooth_image((64, 64), seed=seed, noise=0.02).astype(np.uint16))
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(empty / "well_without_cells.tif", rng.poisson(150, (64, 64)).astype(np.uint16))  # noise alone
+    tifffile.imwrite(empty / "flat.tif", np.full((64, 64), 150, np.uint16))
     out = tmp_path / "calibrated.safetensors"
-    result = msrgan("calibrate", "fidelity", "--hr", fields, "--cells", "bin", "-o", out, "-q")
+    result = msrgan("calibrate", "fidelity", "--hr", fields, empty / "well_without_cells.tif", "--cells", "bin", "-o", out, "-q")
     assert "calibrated on 2 image(s)" in result.stdout
+    assert "left out" in result.stderr and "well_without_cells.tif: a blank field" in result.stderr
     assert "uncertainty_scale:" in msrgan("info", out, "--all").stdout
+    nothing = msrgan("calibrate", "fidelity", "--hr", empty, "--cells", "bin", "-o", tmp_path / "n.safetensors", "-q",
+                     check=False)
+    assert nothing.returncode == 2 and "all 2 image(s) are blank fields" in nothing.stderr
+    assert not (tmp_path / "n.safetensors").exists()

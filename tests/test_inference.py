@@ -424,7 +424,8 @@ def test_calibration_scales_the_uncertainty_to_the_mean_absolute_error(model_x4,
     paths = []
     for seed in range(2):
         paths.append(tmp_path / f"hr{seed}.tif")
-        tifffile.imwrite(paths[-1], smooth_image((48, 56), seed=50 + seed, low=100, high=3000).astype(np.float32))
+        tifffile.imwrite(paths[-1], smooth_image((48, 56), seed=50 + seed, low=100, high=3000,
+                                                     noise=0.02).astype(np.float32))
     found = calibrate(Upscaler(model_x4, device="cpu"), paths, cells=["bin"], progress=False)
     k = found["uncertainty_scale"]
     assert k > 0 and found["uncertainty_calibration"]["images"] == 2

@@ -80,3 +80,20 @@ def test_texture_error_is_the_mean_relative_std_error_over_objects():
     # relative errors: (2 - 1) / 1 = 1 for object 1 and 1 for object 2 -> mean 1.0
     assert texture_error(truth, test, labels) == pytest.approx(1.0, rel=1e-6)
     assert texture_error(truth, truth, labels) == 0.0
+
+
+def test_blank_fields_are_told_from_fields_with_objects():
+    from msrgan_core.config import NormalizationConfig
+    from msrgan_core.evaluate import BLANK_NOISE_SPANS, BlankField, check_not_blank, noise_spans
+    from helpers import smooth_image
+
+    rng = np.random.default_rng(0)
+    normalization = NormalizationConfig()
+    blobs = rng.poisson(smooth_image((128, 128), seed=3, low=100, high=3000, noise=0.0)).astype(np.float32)[None]
+    background = rng.poisson(150.0, (1, 128, 128)).astype(np.float32)  # an empty well: shot noise alone
+    spans = {name: float(noise_spans(image, normalization)[0]) for name, image in
+             [("blobs", blobs), ("background", background), ("flat", np.full((1, 64, 64), 150, np.float32))]}
+    assert spans["blobs"] > 3 * BLANK_NOISE_SPANS and 4 < spans["background"] < BLANK_NOISE_SPANS and spans["flat"] == 0
+    check_not_blank(blobs, normalization, "blobs.tif")
+    with pytest.raises(BlankField, match=r"two.tif: channel 1 a blank field"):
+        check_not_blank(np.concatenate([blobs, background]), normalization, "two.tif")

@@ -26,7 +26,7 @@ def make_plate(folder: Path, wells=("A01", "A02", "B01", "B02"), sites=2, shape=
     folder.mkdir(parents=True, exist_ok=True)
     for i, well in enumerate(wells):
         for site in range(1, sites + 1):
-            image = smooth_image(shape, seed=10 * i + site, low=100, high=3000).astype(np.uint16)
+            image = smooth_image(shape, seed=10 * i + site, low=100, high=3000, noise=0.02).astype(np.uint16)
             tifffile.imwrite(folder / f"plate_{well}_s{site}_w1.tif", image)
     return folder
 
