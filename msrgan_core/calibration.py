@@ -27,12 +27,13 @@ def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATIO
     """
     spread_total = error_total = 0.0
     scale_now = upscaler.model.card.uncertainty_scale
-    used = set()
+    used = list(paths)
     for cell in cells:
         degradation = grid_degradation(cell, scale=upscaler.scale)
+        paths, used = used, []
         for path, hr, lr, _ in degraded_pairs(paths, upscaler.model.normalization, degradation, channel_axis=channel_axis,
                                               desc=f"calibrating {cell}", progress=progress):
-            used.add(path)
+            used.append(path)  # the next cell takes only these: a blank field is named once
             out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
             spread_total += float(np.sum(spread, dtype=np.float64)) / scale_now
             error_total += float(np.sum(np.abs(out.astype(np.float64) - hr)))

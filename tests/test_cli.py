@@ -168,9 +168,11 @@ def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_pa
     tifffile.imwrite(empty / "well_without_cells.tif", rng.poisson(150, (64, 64)).astype(np.uint16))  # noise alone
     tifffile.imwrite(empty / "flat.tif", np.full((64, 64), 150, np.uint16))
     out = tmp_path / "calibrated.safetensors"
-    result = msrgan("calibrate", "fidelity", "--hr", fields, empty / "well_without_cells.tif", "--cells", "bin", "-o", out, "-q")
+    result = msrgan("calibrate", "fidelity", "--hr", fields, empty / "well_without_cells.tif", "--cells", "bin", "bin+300ph",
+                    "-o", out, "-q")
     assert "calibrated on 2 image(s)" in result.stdout
     assert "left out" in result.stderr and "well_without_cells.tif: a blank field" in result.stderr
+    assert result.stderr.count("well_without_cells.tif") == 1  # once, not once per acquisition
     assert "uncertainty_scale:" in msrgan("info", out, "--all").stdout
     nothing = msrgan("calibrate", "fidelity", "--hr", empty, "--cells", "bin", "-o", tmp_path / "n.safetensors", "-q",
                      check=False)
