@@ -100,7 +100,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_images, format_table, grid_degradation, summarize, write_csv
+    from .evaluate import against_baseline, evaluate_images, format_table, grid_degradation, summarize, write_csv
     from .io import find_images
 
     files = find_images(args.hr)
@@ -126,6 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            progress=not args.quiet)
     summary = summarize(rows)
     print(format_table(summary))
+    print(against_baseline(rows))
     write_csv(Path(args.csv), rows, summary)
     print(f"msrgan: per-image figures in {args.csv}")
     return 0

@@ -152,10 +152,23 @@ def summarize(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
     return summary
 
 
+def against_baseline(rows: List[Dict[str, object]], method: str = "msrgan", baseline: str = "bicubic") -> str:
+    """One line on ``method``'s PSNR over ``baseline``'s image by image: the median, the worst
+    image (named) and how many images it loses on; a mean can hide an image made worse."""
+    psnr = {(r["image"], r["method"]): float(r["psnr"]) for r in rows}
+    gains = sorted((psnr[image, method] - psnr[image, baseline], image) for image, m in psnr if m == method)
+    if not gains:
+        return ""
+    below = sum(gain < 0 for gain, _ in gains)
+    worst, name = gains[0]
+    return (f"{method} over {baseline}, image by image: median {float(np.median([g for g, _ in gains])):+.2f} dB, "
+            f"worst {worst:+.2f} dB ({name}); below {baseline} on {below} of {len(gains)} image(s)")
+
+
 def format_table(summary: List[Dict[str, object]]) -> str:
-    lines = [f"{'method':<10} {'images':>6} {'PSNR (dB)':>10} {'SSIM':>7} {'NRMSE':>7}"]
+    lines = [f"{'method':<11} {'images':>6} {'PSNR (dB)':>10} {'SSIM':>7} {'NRMSE':>7}"]
     for r in summary:
-        lines.append(f"{r['method']:<10} {r['images']:>6} {r['psnr']:>10.2f} {r['ssim']:>7.4f} {r['nrmse']:>7.4f}")
+        lines.append(f"{r['method']:<11} {r['images']:>6} {r['psnr']:>10.2f} {r['ssim']:>7.4f} {r['nrmse']:>7.4f}")
     return "\n".join(lines)
 
 

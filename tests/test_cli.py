@@ -82,6 +82,10 @@ def test_train_info_upscale_evaluate(tmp_path):
     assert set(means) == {"nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan"}
     assert len(rows) == 5 * 8 + 5
     assert float(means["bicubic"]["psnr"]) > float(means["nearest"]["psnr"])
+    gains = sorted((float(r["psnr"]) - float(b["psnr"]), r["image"]) for r in rows for b in rows
+                   if r["method"] == "msrgan" and b["method"] == "bicubic" and r["image"] == b["image"] != "mean")
+    below = sum(gain < 0 for gain, _ in gains)
+    assert f"worst {gains[0][0]:+.2f} dB ({gains[0][1]}); below bicubic on {below} of 8 image(s)" in result.stdout
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path):
