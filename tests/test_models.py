@@ -266,3 +266,21 @@ def test_forward_memory_estimate_bounds_a_forward_pass():
         estimate = per_pixel + forward_fixed_bytes(generator.config, device_type)
         assert max(largest) <= estimate <= 3 * 3 * max(largest), (architecture, device_type)
     assert forward_fixed_bytes(generator.config, "cpu") < per_pixel  # in parts, the tile's own size rules
+
+
+@pytest.mark.parametrize("k,channels,outputs,shape", [(5, 16, 4, (13, 22)), (3, 8, 1, (7, 5)), (7, 12, 3, (1, 9))])
+def test_few_channel_convolution_by_shifted_sums_is_the_convolution(k, channels, outputs, shape):
+    """SRResNet's folded tail at inference on the CPU: a 1 x 1 convolution and shifted sums, the
+    same numbers as the k x k convolution with zero padding, at the borders too."""
+    from msrgan_core.models import conv_to_few_channels
+
+    generator = torch.Generator().manual_seed(k)
+    x = torch.randn(2, channels, *shape, generator=generator)
+    kernel = torch.randn(outputs, channels, k, k, generator=generator)
+    bias = torch.randn(outputs, generator=generator)
+    expected = F.conv2d(x, kernel, bias, padding=k // 2)
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = conv_to_few_channels(x.contiguous(memory_format=layout), kernel, bias)
+            assert got.shape == expected.shape
+            assert torch.allclose(got, expected, atol=1e-4), float((got - expected).abs().max())
