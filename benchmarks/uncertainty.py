@@ -12,6 +12,8 @@ degraded and upscaled with ``Upscaler.upscale(..., uncertainty=True)``; then:
 - per pixel, the mean squared error of the pixels in the uncertainty's top decile over that of
   the other nine deciles (target: at least 3);
 - the time of an upscale with the uncertainty image over one without;
+- the mean absolute error over the mean uncertainty, every pixel of every field (1: the image is
+  on the error's scale, as ``msrgan calibrate`` set it over four acquisitions together);
 - the same two figures for a model-free baseline, the edge map (the output's gradient
   magnitude, smoothed over 2 output pixels: errors are largest at edges), and the per-nucleus
   partial Spearman correlation of uncertainty and error with the edge map held fixed: what the
@@ -41,10 +43,11 @@ def main() -> None:
     model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "
           f"orientations; {len(paths)} held-out BBBC039 fields")
-    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'relative':>8} {'top-decile MSE ratio':>21} {'time ratio':>10} | "
-          f"{'edge map: Spearman':>18} {'relative':>8} {'ratio':>5} | {'beyond edges':>12}")
+    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'relative':>8} {'top-decile MSE ratio':>21} {'time ratio':>10} "
+          f"{'error/unc.':>10} | {'edge map: Spearman':>18} {'relative':>8} {'ratio':>5} | {'beyond edges':>12}")
     for cell in args.cells:
         object_unc, object_edge, object_err, object_mean, plain_s, with_s = [], [], [], [], 0.0, 0.0
+        error_sum = uncertainty_sum = 0.0
         squared = {name: {True: [0.0, 0], False: [0.0, 0]} for name in ("uncertainty", "edges")}  # top decile, rest: sum, count
         for path in paths:
             hr, lr, _ = read_pair(path, cell, model.normalization)
@@ -56,6 +59,7 @@ def main() -> None:
             with_s += time.perf_counter() - start
             out, spread = out[0].astype(np.float64), spread[0].astype(np.float64)
             error = np.abs(out - hr)
+            error_sum, uncertainty_sum = error_sum + error.sum(), uncertainty_sum + spread.sum()
             labels = read_mask(args.data / "bbbc039" / "masks" / (path.stem + ".png"))[: hr.shape[0], : hr.shape[1]]
             ids = np.unique(labels)
             ids = ids[ids > 0]
@@ -74,7 +78,7 @@ def main() -> None:
         relative, relative_edges = (stats.spearmanr(np.array(estimate) / mean, np.array(object_err) / mean)[0]
                                     for estimate in (object_unc, object_edge))
         ratio, ratio_edges = (top_decile_ratio(squared[name]) for name in ("uncertainty", "edges"))
-        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {relative:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} | "
+        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {relative:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} {error_sum / uncertainty_sum:>10.2f} | "
               f"{rho_edges:>18.3f} {relative_edges:>8.3f} {ratio_edges:>5.2f} | "
               f"{partial_spearman(object_unc, object_err, object_edge):>12.3f}")
 
