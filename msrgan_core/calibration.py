@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+
 from .errors import UserError
 from .evaluate import degraded_pairs, grid_degradation
 from .options import CALIBRATION_CELLS

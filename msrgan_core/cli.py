@@ -94,7 +94,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     upscaler = make_upscaler(args)
     found = calibrate(upscaler, files, args.cells, channel_axis=args.channel_axis, progress=not args.quiet)
     save_model(args.out, upscaler.model.generator, dict(upscaler.model.metadata, **found))
-    print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {found['uncertainty_calibration']['images']} image(s): "
+    used = found["uncertainty_calibration"]["images"]
+    print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {used} image(s): "
           f"the error is {found['uncertainty_scale']:.2f} times the spread over orientations")
     return 0
 
