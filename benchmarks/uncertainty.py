@@ -78,7 +78,8 @@ def main() -> None:
         relative, relative_edges = (stats.spearmanr(np.array(estimate) / mean, np.array(object_err) / mean)[0]
                                     for estimate in (object_unc, object_edge))
         ratio, ratio_edges = (top_decile_ratio(squared[name]) for name in ("uncertainty", "edges"))
-        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {relative:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} {error_sum / uncertainty_sum:>10.2f} | "
+        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {relative:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} "
+              f"{error_sum / uncertainty_sum:>10.2f} | "
               f"{rho_edges:>18.3f} {relative_edges:>8.3f} {ratio_edges:>5.2f} | "
               f"{partial_spearman(object_unc, object_err, object_edge):>12.3f}")
 

@@ -16,7 +16,7 @@ from .degradation import degrade
 from .errors import UserError
 from .inference import Upscaler
 from .io import atomic_write, read_image
-from .metrics import BASELINES, image_metrics
+from .metrics import BASELINES, image_metrics, noise_levels
 from .normalize import denormalize, normalize, percentile_stats
 from .options import GRID_READ_NOISE, QUALITY_GRID
 
@@ -65,11 +65,9 @@ def noise_spans(image: np.ndarray, normalization: NormalizationConfig) -> np.nda
     """Per channel of a ``(C, Y, X)`` image, how many noise levels its normalisation's low to high
     percentile span (see :data:`BLANK_NOISE_SPANS`): 0 for a flat channel, infinite for one with
     structure and no noise."""
-    from skimage.restoration import estimate_sigma
-
     flat = image.reshape(image.shape[0], -1).astype(np.float64)
     low, high = np.percentile(flat, [normalization.low, normalization.high], axis=1)
-    sigma = np.array([estimate_sigma(channel.astype(np.float64)) for channel in image])
+    sigma = noise_levels(image)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(high > low, (high - low) / sigma, 0.0)
 

@@ -93,14 +93,14 @@ def repeat_exposure(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A ``(C, Y, X)`` image with its own noise drawn again and added: a stand-in for a second exposure.
 
     The noise is Gaussian, of each channel's noise level as scikit-image's wavelet
-    ``estimate_sigma`` reads it. That reading is dominated by the background, so the brighter
+    ``estimate_sigma`` reads it (:func:`~msrgan_core.metrics.noise_levels`). That reading is dominated by the background, so the brighter
     nuclei's shot noise is under-counted, and the repeat differs from the truth by its noise
     once (a real second exposure: by both exposures' noise) while carrying more of it: a rough
     reference, not a bound.
     """
-    from skimage.restoration import estimate_sigma
+    from .metrics import noise_levels
 
-    sigma = np.array([estimate_sigma(channel.astype(np.float64)) for channel in hr], np.float32)
+    sigma = noise_levels(hr).astype(np.float32)
     return (hr + rng.normal(0.0, 1.0, hr.shape).astype(np.float32) * sigma[:, None, None]).astype(np.float32)
 
 
@@ -140,14 +140,15 @@ def read_measurements(cp_out: Path) -> Dict[Tuple[str, str], Dict[int, Dict[str,
     return out
 
 
-def compare(fields: Sequence[str], cp_out: Path, methods: Sequence[str] = METHODS) -> List[dict]:
-    """One row per high-resolution nucleus and method: the matched nucleus's features beside the truth's."""
+def compare(fields: Sequence[str], cp_out: Path) -> List[dict]:
+    """One row per high-resolution nucleus and method of :data:`COMPARED`: the matched nucleus's
+    features beside the truth's."""
     measured = read_measurements(cp_out)
     rows = []
     for field in fields:
         truth_labels = tifffile.imread(cp_out / f"{field}__{TRUTH}_labels.tiff").astype(np.int64)
         truth = measured.get((field, TRUTH), {})
-        for method in methods:
+        for method in COMPARED:
             labels = tifffile.imread(cp_out / f"{field}__{method}_labels.tiff").astype(np.int64)
             mine = measured.get((field, method), {})
             matched = {a: (b, iou) for a, b, iou in match_objects(truth_labels, labels)}
@@ -285,7 +286,7 @@ def evaluate_features(paths: Sequence[Path], upscaler, degradation: DegradationC
     cp_out = out_dir / "cellprofiler"
     log.info("msrgan: measuring %d image(s) with CellProfiler (%s) ...", (1 + len(COMPARED)) * len(fields), PIPELINE)
     run_pipeline(PIPELINE, out_dir / "images", cp_out, cellprofiler=cellprofiler)
-    rows = compare(fields, cp_out, COMPARED)
+    rows = compare(fields, cp_out)
     if not rows:
         raise FeatureEvaluationError(f"CellProfiler found no nuclei on the high-resolution images in {out_dir / 'images'}")
     summary = summarize(rows)

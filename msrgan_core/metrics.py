@@ -59,6 +59,14 @@ def upscale_lanczos(image: np.ndarray, scale: int) -> np.ndarray:
     return np.stack(planes).astype(np.float32)
 
 
+def noise_levels(image: np.ndarray) -> np.ndarray:
+    """Per channel of a ``(C, Y, X)`` image, its noise's standard deviation as scikit-image's wavelet
+    ``estimate_sigma`` reads it (mostly the background's: fine texture counts a little too)."""
+    from skimage.restoration import estimate_sigma
+
+    return np.array([estimate_sigma(np.asarray(channel, np.float64)) for channel in image])
+
+
 def upscale_denoised_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     """Non-local means (scikit-image, noise level estimated per channel) then bicubic: the
     classical answer to a noisy low-resolution image."""
