@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import add_held_out_arguments, held_out_bbbc039  # noqa: E402 - the quality benchmark's held-out split
 
-from msrgan_core.evaluate import grid_degradation  # noqa: E402
+from msrgan_core.evaluate import degraded_pairs, grid_degradation  # noqa: E402
 from msrgan_core.measurements import evaluate_features, format_summary, verdicts  # noqa: E402
 
 
@@ -34,7 +34,9 @@ def main() -> None:
     upscaler, paths = held_out_bbbc039(args)
     model = upscaler.model
     for index, cell in enumerate(args.cells):
-        report = evaluate_features(paths, upscaler, grid_degradation(cell, scale=upscaler.scale), args.out / cell,
+        pairs = degraded_pairs(paths, model.normalization, grid_degradation(cell, scale=upscaler.scale), first_channel=True,
+                               desc="upscaling")
+        report = evaluate_features(pairs, upscaler, upscaler.scale, args.out / cell,
                                    name=f"{Path(model.source).name} and bicubic against the truth, held-out BBBC039 "
                                         f"fields, {cell}")
         print(f"\n{Path(model.source).name}, {cell}, {len(paths)} held-out BBBC039 fields ({upscaler.options})")

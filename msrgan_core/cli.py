@@ -101,30 +101,41 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import against_baseline, evaluate_images, format_table, grid_degradation, summarize, write_csv
+    from .errors import UserError
+    from .evaluate import (against_baseline, degraded_pairs, format_table, grid_degradation, score_pairs, summarize,
+                           write_csv)
     from .io import find_images
 
     files = find_images(args.hr)
     if args.features and args.out is None:
-        from .errors import UserError
-
         raise UserError("--features needs --out DIR for its images, CSVs and scatter plot")
+    if args.lr and args.degradation:
+        raise UserError("--degradation makes low-resolution images from --hr; with --lr they are given: use one or the other")
     upscaler = make_upscaler(args)
-    degradation = grid_degradation(args.degradation, scale=upscaler.scale)
-    print(f"{Path(upscaler.model.source).name}: {args.degradation} x{degradation.scale}; {upscaler.options}")
+    scale = upscaler.scale
+    progress, desc = not args.quiet, "upscaling" if args.features else "evaluating"
+    if args.lr:
+        from .pairs import registered_pairs
+
+        what = "real pairs (--lr)"
+        pairs = registered_pairs(find_images(args.lr), files, upscaler.model.normalization, scale, args.channel_axis,
+                                 first_channel=args.features, desc=desc, progress=progress)
+    else:
+        what = args.degradation or "bin"
+        pairs = degraded_pairs(files, upscaler.model.normalization, grid_degradation(what, scale=scale), args.seed,
+                               args.channel_axis, first_channel=args.features, desc=desc, progress=progress)
+    print(f"{Path(upscaler.model.source).name}: {what} x{scale}; {upscaler.options}")
     if args.features:
         from .measurements import evaluate_features, format_summary, verdicts
 
-        report = evaluate_features(files, upscaler, degradation, args.out, seed=args.seed, channel_axis=args.channel_axis,
-                                   progress=not args.quiet, cellprofiler=args.cellprofiler,
-                                   name=f"{Path(upscaler.model.source).name} vs bicubic, {args.degradation}")
+        report = evaluate_features(pairs, upscaler, scale, args.out, seed=args.seed, cellprofiler=args.cellprofiler,
+                                   name=f"{Path(upscaler.model.source).name} vs bicubic, {what}")
         print(format_summary(report.summary))
         for line in verdicts(report.summary):
             print(f"note: {line}")
         print("msrgan: " + ", ".join(str(p) for p in report.files))
         return 0
-    rows = evaluate_images(files, upscaler, degradation, seed=args.seed, channel_axis=args.channel_axis,
-                           progress=not args.quiet)
+    rows = score_pairs(pairs, upscaler, scale)
     summary = summarize(rows)
     print(format_table(summary))
     print(against_baseline(rows))
@@ -307,9 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score the model against classical upscaling on high-resolution images")
     p.add_argument("--hr", nargs="+", required=True, help="high-resolution image files, folders or globs")
     add_device_options(p)
-    p.add_argument("--degradation", default="bin", choices=list(QUALITY_GRID), metavar="ACQUISITION",
+    p.add_argument("--degradation", choices=list(QUALITY_GRID), metavar="ACQUISITION",
                    help="how the low-resolution inputs are made, a cell of benchmarks/quality.py's grid: "
                         f"{', '.join(QUALITY_GRID)} (default bin: 4 x 4 binning; +Nph: shot noise of N photons)")
+    p.add_argument("--lr", nargs="+",
+                   help="instead of --degradation, real low-resolution acquisitions of the --hr fields (files, "
+                        "folders or globs; paired by file name): each is registered to its partner (offset, pixel "
+                        "size ratio, rotation), both are cropped to the area they share, and it is put on the "
+                        "partner's intensity scale")
     p.add_argument("--csv", default="msrgan_evaluation.csv", help="where to write per-image figures")
     p.add_argument("--features", action="store_true",
                    help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "

@@ -5,7 +5,7 @@ import csv
 import logging
 import zlib
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -99,25 +99,32 @@ def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degrad
     return hr, lr, image.dtype
 
 
-def degraded_pairs(paths: Sequence[Path], normalization: NormalizationConfig, degradation: DegradationConfig,
-                   seed: int = 0, channel_axis: Optional[int] = None, first_channel: bool = False,
-                   desc: str = "evaluating", progress: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
-    """``(path, hr, lr, dtype)`` of :func:`degraded_pair` for each image, with a progress bar.
-
-    Blank fields (empty wells) are left out with a warning; if every image is blank, a
-    :class:`~msrgan_core.errors.UserError` says so.
-    """
+def without_blanks(items: Sequence, make: Callable[[object], Tuple[Path, np.ndarray, np.ndarray, np.dtype]], desc: str,
+                   progress: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
+    """``make(item)`` for each item, with a progress bar, leaving out blank fields (empty wells)
+    with a warning; if every one is blank, a :class:`~msrgan_core.errors.UserError` says so."""
     blank = 0
-    for path in tqdm(paths, desc=desc, unit="image", disable=not progress):
+    for item in tqdm(items, desc=desc, unit="image", disable=not progress):
         try:
-            hr, lr, dtype = degraded_pair(path, normalization, degradation, seed, channel_axis, first_channel)
+            pair = make(item)
         except BlankField as error:
             log.warning("msrgan: left out %s", error)
             blank += 1
             continue
-        yield Path(path), hr, lr, dtype
-    if paths and blank == len(paths):
+        yield pair
+    if items and blank == len(items):
         raise UserError(f"all {blank} image(s) are blank fields: give high-resolution images with objects in them")
+
+
+def degraded_pairs(paths: Sequence[Path], normalization: NormalizationConfig, degradation: DegradationConfig,
+                   seed: int = 0, channel_axis: Optional[int] = None, first_channel: bool = False,
+                   desc: str = "evaluating", progress: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
+    """``(path, hr, lr, dtype)`` of :func:`degraded_pair` for each image (:func:`without_blanks`).
+    Real pairs of acquisitions come as the same tuples from :func:`msrgan_core.pairs.registered_pairs`."""
+    def make(path):
+        return (Path(path), *degraded_pair(path, normalization, degradation, seed, channel_axis, first_channel))
+
+    return without_blanks(paths, make, desc, progress)
 
 
 def evaluate_images(
@@ -128,11 +135,17 @@ def evaluate_images(
     channel_axis: Optional[int] = None,
     progress: bool = True,
 ) -> List[Dict[str, object]]:
-    """Per-image, per-method PSNR, SSIM and NRMSE against the high-resolution images."""
+    """Per-image, per-method PSNR, SSIM and NRMSE against the high-resolution images, degraded as given."""
+    return score_pairs(degraded_pairs(paths, upscaler.model.normalization, degradation, seed, channel_axis,
+                                      progress=progress), upscaler, degradation.scale)
+
+
+def score_pairs(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], upscaler: Upscaler,
+                scale: int) -> List[Dict[str, object]]:
+    """Per-image, per-method PSNR, SSIM and NRMSE of ``(path, hr, lr, dtype)`` pairs."""
     rows = []
-    for path, hr, lr, _ in degraded_pairs(paths, upscaler.model.normalization, degradation, seed, channel_axis,
-                                          progress=progress):
-        outputs = {name: fn(lr, degradation.scale) for name, fn in BASELINES.items()}
+    for path, hr, lr, _ in pairs:
+        outputs = {name: fn(lr, scale) for name, fn in BASELINES.items()}
         outputs["msrgan"] = upscaler.upscale(lr, source=str(path))
         for method in METHOD_ORDER:
             rows.append({"image": Path(path).name, "method": method, **image_metrics(hr, outputs[method])})

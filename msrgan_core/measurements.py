@@ -20,12 +20,11 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tifffile
 
-from .config import DegradationConfig
 from .errors import UserError
 from .io import atomic_write
 
@@ -104,22 +103,23 @@ def repeat_exposure(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (hr + rng.normal(0.0, 1.0, hr.shape).astype(np.float32) * sigma[:, None, None]).astype(np.float32)
 
 
-def prepare_images(paths: Sequence[Path], upscaler, degradation: DegradationConfig, folder: Path, seed: int = 0,
-                   channel_axis: Optional[int] = None, progress: bool = True) -> List[str]:
-    """Write ``FIELD__high-res.tif``, ``FIELD__msrgan.tif``, ``FIELD__bicubic.tif`` and ``FIELD__repeat.tif`` per image.
+def prepare_images(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], upscaler, scale: int, folder: Path,
+                   seed: int = 0) -> List[str]:
+    """Write ``FIELD__high-res.tif``, ``FIELD__msrgan.tif``, ``FIELD__bicubic.tif`` and ``FIELD__repeat.tif``
+    for each ``(path, hr, lr, dtype)`` pair (:func:`~msrgan_core.evaluate.degraded_pairs` or
+    :func:`~msrgan_core.pairs.registered_pairs`, first channel only).
 
-    Returns the field names. The first channel of a multi-channel image is used.
+    Returns the field names.
     """
-    from .evaluate import degraded_pairs, image_seed
+    from .evaluate import image_seed
     from .metrics import upscale_bicubic
 
     folder.mkdir(parents=True, exist_ok=True)
     fields = []
-    for path, hr, lr, dtype in degraded_pairs(paths, upscaler.model.normalization, degradation, seed, channel_axis,
-                                              first_channel=True, desc="upscaling", progress=progress):
+    for path, hr, lr, dtype in pairs:
         field = Path(path).stem
         outputs = {TRUTH: hr, "msrgan": upscaler.upscale(lr, source=str(path)),
-                   "bicubic": upscale_bicubic(lr, degradation.scale),
+                   "bicubic": upscale_bicubic(lr, scale),
                    REPEAT: repeat_exposure(hr, np.random.default_rng([*image_seed(path, seed), 1]))}
         for method, pixels in outputs.items():
             tifffile.imwrite(folder / f"{field}__{method}.tif", _as_saved(pixels[0], dtype))
@@ -272,17 +272,17 @@ def write_rows(path: Path, rows: List[dict]) -> Path:
     return path
 
 
-def evaluate_features(paths: Sequence[Path], upscaler, degradation: DegradationConfig, out_dir: Path, name: str,
-                      seed: int = 0, channel_axis: Optional[int] = None, progress: bool = True,
-                      cellprofiler: Optional[str] = None) -> FeatureReport:
-    """The whole evaluation: images, one CellProfiler run, matching, summary, CSVs and the scatter PNG
-    (titled ``name`` and the count of images measured: blank fields are left out)."""
+def evaluate_features(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], upscaler, scale: int, out_dir: Path,
+                      name: str, seed: int = 0, cellprofiler: Optional[str] = None) -> FeatureReport:
+    """The whole evaluation of ``(path, hr, lr, dtype)`` pairs (see :func:`prepare_images`): images,
+    one CellProfiler run, matching, summary, CSVs and the scatter PNG (titled ``name`` and the
+    count of images measured: blank fields are left out)."""
     from .headless import run_pipeline
 
     out_dir = Path(out_dir)
-    if not paths:
+    fields = prepare_images(pairs, upscaler, scale, out_dir / "images", seed)
+    if not fields:
         raise FeatureEvaluationError("no high-resolution images to measure")
-    fields = prepare_images(paths, upscaler, degradation, out_dir / "images", seed, channel_axis, progress)
     cp_out = out_dir / "cellprofiler"
     log.info("msrgan: measuring %d image(s) with CellProfiler (%s) ...", (1 + len(COMPARED)) * len(fields), PIPELINE)
     run_pipeline(PIPELINE, out_dir / "images", cp_out, cellprofiler=cellprofiler)

@@ -83,7 +83,7 @@ def test_a_feature_the_repeat_moves_is_reported_as_not_repeatable():
 
 @pytest.mark.slow
 def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_command, tmp_path):
-    from msrgan_core.evaluate import grid_degradation
+    from msrgan_core.evaluate import degraded_pairs, grid_degradation
     from msrgan_core.inference import Upscaler
     from msrgan_core.measurements import evaluate_features
     from msrgan_core.modelfile import load_model
@@ -92,8 +92,9 @@ def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_comm
     crop = tmp_path / "in" / source.name
     crop.parent.mkdir()
     tifffile.imwrite(crop, tifffile.imread(source)[:256, :256])
-    report = evaluate_features([crop], Upscaler(load_model("fidelity"), device="cpu"), grid_degradation("bin"),
-                               tmp_path / "out", name="test", progress=False)
+    upscaler = Upscaler(load_model("fidelity"), device="cpu")
+    pairs = degraded_pairs([crop], upscaler.model.normalization, grid_degradation("bin"), first_channel=True, progress=False)
+    report = evaluate_features(pairs, upscaler, 4, tmp_path / "out", name="test")
     assert [p.name for p in report.files] == ["features_objects.csv", "features_summary.csv", "features_scatter.png"]
     by = {(e["method"], e["feature"]): e for e in report.summary}
     assert set(FEATURES["size and shape"]) <= {f for _, f in by}
