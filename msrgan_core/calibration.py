@@ -2,14 +2,14 @@
 
 The spread of a network's output over mirrored and turned copies of its input ranks where its
 errors are (``benchmarks/uncertainty.py``), but it is smaller than them. :func:`calibrate`
-measures, on high-resolution images degraded as the quality grid degrades them, the ratio of the
-mean absolute error to the mean spread; the model file stores it as ``uncertainty_scale``, so the
+measures, on high-resolution images degraded as the quality grid degrades them (or on real pairs
+of acquisitions), the ratio of the mean absolute error to the mean spread; the model file stores it as ``uncertainty_scale``, so the
 uncertainty image estimates the absolute error itself, on the output's intensity scale.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -20,26 +20,51 @@ from .options import CALIBRATION_CELLS
 
 def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATION_CELLS,
               channel_axis: Optional[int] = None, progress: bool = True) -> Dict[str, object]:
-    """The uncertainty scale of ``upscaler``'s model on ``paths`` (high-resolution images).
+    """The uncertainty scale of ``upscaler``'s model on ``paths`` (high-resolution images),
+    degraded as each of ``cells`` of the quality grid.
 
     Returns ``{"uncertainty_scale": float, "uncertainty_calibration": {...}}``: the ratio of the
     mean absolute error to the mean (uncalibrated) spread, over every pixel of every image and
     cell, and what it was measured on.
     """
-    spread_total = error_total = 0.0
-    scale_now = upscaler.model.card.uncertainty_scale
+    totals = np.zeros(2)
     used = list(paths)
     for cell in cells:
         degradation = grid_degradation(cell, scale=upscaler.scale)
-        paths, used = used, []
-        for path, hr, lr, _ in degraded_pairs(paths, upscaler.model.normalization, degradation, channel_axis=channel_axis,
-                                              desc=f"calibrating {cell}", progress=progress):
-            used.append(path)  # the next cell takes only these: a blank field is named once
-            out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
-            spread_total += float(np.sum(spread, dtype=np.float64)) / scale_now
-            error_total += float(np.sum(np.abs(out.astype(np.float64) - hr)))
+        pairs = degraded_pairs(used, upscaler.model.normalization, degradation, channel_axis=channel_axis,
+                               desc=f"calibrating {cell}", progress=progress)
+        used = _add_pairs(upscaler, pairs, totals)  # the next cell takes only these: a blank field is named once
+    return _scale(upscaler, totals, len(used), list(cells))
+
+
+def calibrate_on_pairs(upscaler, lr_paths: Sequence[Path], hr_paths: Sequence[Path], channel_axis: Optional[int] = None,
+                       progress: bool = True) -> Dict[str, object]:
+    """As :func:`calibrate`, on real pairs of acquisitions (:func:`~msrgan_core.pairs.registered_pairs`):
+    the scale of the errors the model makes on one's own microscope, registration included."""
+    from .pairs import registered_pairs
+
+    totals = np.zeros(2)
+    pairs = registered_pairs(lr_paths, hr_paths, upscaler.model.normalization, upscaler.scale, channel_axis,
+                             desc="calibrating on real pairs", progress=progress)
+    used = _add_pairs(upscaler, pairs, totals)
+    return _scale(upscaler, totals, len(used), ["real pairs"])
+
+
+def _add_pairs(upscaler, pairs, totals: np.ndarray) -> List[Path]:
+    """Add each pair's uncalibrated spread and absolute error to ``totals``; the paths used."""
+    scale_now = upscaler.model.card.uncertainty_scale
+    used = []
+    for path, hr, lr, _ in pairs:
+        used.append(path)
+        out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
+        totals += (float(np.sum(spread, dtype=np.float64)) / scale_now, float(np.sum(np.abs(out.astype(np.float64) - hr))))
+    return used
+
+
+def _scale(upscaler, totals: np.ndarray, images: int, degradations: List[str]) -> Dict[str, object]:
+    spread_total, error_total = totals
     if spread_total <= 0:
         raise UserError("the model's output does not change with the orientation of these images: nothing to calibrate")
     return {"uncertainty_scale": round(error_total / spread_total, 4),
-            "uncertainty_calibration": {"images": len(used), "degradations": list(cells),
+            "uncertainty_calibration": {"images": images, "degradations": degradations,
                                         "orientations": len(upscaler.uncertainty_orientations())}}

@@ -83,16 +83,34 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
+def sample(items: list, count: int) -> list:
+    """``count`` of ``items`` evenly spread through the list, so that every source in it is
+    represented (all of them when ``count`` is 0 or at least their number)."""
+    if not count or len(items) <= count:
+        return items
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else items[:1]
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibrate
+    from .calibration import calibrate, calibrate_on_pairs
     from .io import find_images
     from .modelfile import save_model
 
     files = find_images(args.hr)
-    if args.sample and len(files) > args.sample:  # evenly spread, so every source of the list is represented
-        files = [files[round(i * (len(files) - 1) / (args.sample - 1))] for i in range(args.sample)] if args.sample > 1 else files[:1]
-    upscaler = make_upscaler(args)
-    found = calibrate(upscaler, files, args.cells, channel_axis=args.channel_axis, progress=not args.quiet)
+    if args.lr:
+        from .errors import UserError
+        from .pairs import pair_files
+
+        if args.cells:
+            raise UserError("--cells makes low-resolution images from --hr; with --lr they are given: use one or the other")
+        pairs = sample(pair_files(find_images(args.lr), files), args.sample)
+        upscaler = make_upscaler(args)
+        found = calibrate_on_pairs(upscaler, [lr for lr, _ in pairs], [hr for _, hr in pairs], args.channel_axis,
+                                   progress=not args.quiet)
+    else:
+        upscaler = make_upscaler(args)
+        found = calibrate(upscaler, sample(files, args.sample), args.cells or CALIBRATION_CELLS,
+                          channel_axis=args.channel_axis, progress=not args.quiet)
     save_model(args.out, upscaler.model.generator, dict(upscaler.model.metadata, **found))
     used = found["uncertainty_calibration"]["images"]
     print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {used} image(s): "
@@ -345,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_options(p, model_option=False)
     p.add_argument("--sample", type=at_least(0), default=0, metavar="N",
                    help="calibrate on N of the images, evenly spread through the list (default: all)")
-    p.add_argument("--cells", nargs="+", default=list(CALIBRATION_CELLS), choices=list(QUALITY_GRID), metavar="ACQUISITION",
+    p.add_argument("--cells", nargs="+", choices=list(QUALITY_GRID), metavar="ACQUISITION",
                    help=f"the acquisitions to calibrate on (default: {' '.join(CALIBRATION_CELLS)})")
+    p.add_argument("--lr", nargs="+",
+                   help="instead of --cells, real low-resolution acquisitions of the --hr fields, paired by file name "
+                        "and registered as msrgan evaluate --lr does: calibrates on your own microscope")
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)

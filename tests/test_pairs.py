@@ -111,7 +111,7 @@ def test_a_noisy_pair_of_files_is_registered_as_the_noise_free_one(tmp_path):
 
 
 @pytest.mark.integration
-def test_cli_evaluates_real_pairs(tmp_path):
+def test_cli_evaluates_and_calibrates_on_real_pairs(tmp_path):
     from test_cli import msrgan
 
     for name, seed in [("A01.tif", 7), ("A02.tif", 8)]:
@@ -128,3 +128,32 @@ def test_cli_evaluates_real_pairs(tmp_path):
         assert psnr[image, "bicubic"] > psnr[image, "nearest"] + 1
     both = msrgan("evaluate", "--hr", tmp_path / "hr", "--lr", tmp_path / "lr", "--degradation", "bin", check=False)
     assert both.returncode == 2 and "one or the other" in both.stderr
+    calibrated = tmp_path / "mine.safetensors"
+    result = msrgan("calibrate", "fidelity", "--hr", tmp_path / "hr", "--lr", tmp_path / "lr", "-o", calibrated, "-q")
+    assert "calibrated on 2 image(s)" in result.stdout
+    assert "calibrated on 2 image(s) (real pairs)" in msrgan("info", calibrated).stdout
+    cells = msrgan("calibrate", "fidelity", "--hr", tmp_path / "hr", "--lr", tmp_path / "lr", "--cells", "bin",
+                   "-o", tmp_path / "no.safetensors", check=False)
+    assert cells.returncode == 2 and "one or the other" in cells.stderr and not (tmp_path / "no.safetensors").exists()
+
+
+def test_calibrating_on_a_pair_that_is_an_exact_binning_gives_the_binning_cells_scale(tmp_path):
+    """Real pairs go through registration, cropping and the intensity fit; when the low-resolution
+    file is the high-resolution one binned, none of them may change what calibration measures."""
+    from msrgan_core.calibration import calibrate, calibrate_on_pairs
+    from msrgan_core.inference import Upscaler
+    from msrgan_core.modelfile import load_model
+
+    for folder in ("lr", "hr"):
+        (tmp_path / folder).mkdir()
+    for name, seed in [("A01.tif", 9), ("A02.tif", 10)]:
+        hr = sample(seed)[:160, :192]
+        tifffile.imwrite(tmp_path / "hr" / name, hr.astype(np.float32))
+        tifffile.imwrite(tmp_path / "lr" / name, bin_mean(hr[None].astype(np.float32), 4)[0])
+    upscaler = Upscaler(load_model("fidelity"), device="cpu")
+    hr_files, lr_files = sorted((tmp_path / "hr").iterdir()), sorted((tmp_path / "lr").iterdir())
+    real = calibrate_on_pairs(upscaler, lr_files, hr_files, progress=False)
+    synthetic = calibrate(upscaler, hr_files, cells=["bin"], progress=False)
+    assert real["uncertainty_calibration"]["degradations"] == ["real pairs"]
+    assert real["uncertainty_calibration"]["images"] == 2
+    assert real["uncertainty_scale"] == pytest.approx(synthetic["uncertainty_scale"], rel=1e-3)
