@@ -16,11 +16,14 @@ from .degradation import degrade
 from .errors import UserError
 from .inference import Upscaler
 from .io import atomic_write, read_image
-from .metrics import BASELINES, image_metrics, noise_levels
+from .metrics import BASELINES, high_frequency_ratio, image_metrics, noise_levels
 from .normalize import denormalize, normalize, percentile_stats
 from .options import GRID_READ_NOISE, QUALITY_GRID
 
 METHOD_ORDER = ("nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan")
+#: per image and method: PSNR, SSIM, NRMSE (:func:`~msrgan_core.metrics.image_metrics`) and the
+#: high-frequency power ratio (1 = as sharp as the truth; above 1 on a noisy input: noise drawn as detail)
+METRICS = ("psnr", "ssim", "nrmse", "hf_ratio")
 #: a field whose intensities (the normalisation's low to high percentile) span fewer than this many
 #: noise levels (scikit-image's ``estimate_sigma``) is blank: there is nothing in it to score a model
 #: on, and percentile normalisation would stretch its noise over the whole range. Measured: noise
@@ -135,31 +138,33 @@ def evaluate_images(
     channel_axis: Optional[int] = None,
     progress: bool = True,
 ) -> List[Dict[str, object]]:
-    """Per-image, per-method PSNR, SSIM and NRMSE against the high-resolution images, degraded as given."""
+    """Per-image, per-method :data:`METRICS` against the high-resolution images, degraded as given."""
     return score_pairs(degraded_pairs(paths, upscaler.model.normalization, degradation, seed, channel_axis,
                                       progress=progress), upscaler, degradation.scale)
 
 
 def score_pairs(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], upscaler: Upscaler,
                 scale: int) -> List[Dict[str, object]]:
-    """Per-image, per-method PSNR, SSIM and NRMSE of ``(path, hr, lr, dtype)`` pairs."""
+    """Per-image, per-method :data:`METRICS` of ``(path, hr, lr, dtype)`` pairs."""
     rows = []
     for path, hr, lr, _ in pairs:
         outputs = {name: fn(lr, scale) for name, fn in BASELINES.items()}
         outputs["msrgan"] = upscaler.upscale(lr, source=str(path))
         for method in METHOD_ORDER:
-            rows.append({"image": Path(path).name, "method": method, **image_metrics(hr, outputs[method])})
+            out = outputs[method]
+            hf = float(np.mean([high_frequency_ratio(t, o, scale) for t, o in zip(hr, out)]))
+            rows.append({"image": Path(path).name, "method": method, **image_metrics(hr, out), "hf_ratio": hf})
     return rows
 
 
 def summarize(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
-    """Mean of each metric per method, in :data:`METHOD_ORDER`."""
+    """Mean of each of :data:`METRICS` per method, in :data:`METHOD_ORDER`."""
     summary = []
     for method in METHOD_ORDER:
         mine = [r for r in rows if r["method"] == method]
         if mine:
             summary.append({"method": method, "images": len(mine),
-                            **{k: float(np.mean([r[k] for r in mine])) for k in ("psnr", "ssim", "nrmse")}})
+                            **{k: float(np.mean([r[k] for r in mine])) for k in METRICS}})
     return summary
 
 
@@ -177,17 +182,18 @@ def against_baseline(rows: List[Dict[str, object]], method: str = "msrgan", base
 
 
 def format_table(summary: List[Dict[str, object]]) -> str:
-    lines = [f"{'method':<11} {'images':>6} {'PSNR (dB)':>10} {'SSIM':>7} {'NRMSE':>7}"]
+    lines = [f"{'method':<11} {'images':>6} {'PSNR (dB)':>10} {'SSIM':>7} {'NRMSE':>7} {'HF ratio':>8}"]
     for r in summary:
-        lines.append(f"{r['method']:<11} {r['images']:>6} {r['psnr']:>10.2f} {r['ssim']:>7.4f} {r['nrmse']:>7.4f}")
+        lines.append(f"{r['method']:<11} {r['images']:>6} {r['psnr']:>10.2f} {r['ssim']:>7.4f} {r['nrmse']:>7.4f} "
+                     f"{r['hf_ratio']:>8.2f}")
     return "\n".join(lines)
 
 
 def write_csv(path: Path, rows: List[Dict[str, object]], summary: List[Dict[str, object]]) -> None:
     """Per-image rows, then one ``mean`` row per method."""
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image", "method", "psnr", "ssim", "nrmse"])
+        writer = csv.DictWriter(fh, fieldnames=["image", "method", *METRICS])
         writer.writeheader()
         writer.writerows(rows)
         for r in summary:
-            writer.writerow({"image": "mean", "method": r["method"], "psnr": r["psnr"], "ssim": r["ssim"], "nrmse": r["nrmse"]})
+            writer.writerow({"image": "mean", "method": r["method"], **{k: r[k] for k in METRICS}})

@@ -82,6 +82,8 @@ def test_train_info_upscale_evaluate(tmp_path):
     assert set(means) == {"nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan"}
     assert len(rows) == 5 * 8 + 5
     assert float(means["bicubic"]["psnr"]) > float(means["nearest"]["psnr"])
+    # pixel replication adds blocky edges, interpolation smooths: the HF ratio tells them apart
+    assert float(means["nearest"]["hf_ratio"]) > float(means["bicubic"]["hf_ratio"]) > 0
     gains = sorted((float(r["psnr"]) - float(b["psnr"]), r["image"]) for r in rows for b in rows
                    if r["method"] == "msrgan" and b["method"] == "bicubic" and r["image"] == b["image"] != "mean")
     below = sum(gain < 0 for gain, _ in gains)
