@@ -92,6 +92,8 @@ def test_files_pair_by_name(tmp_path):
     assert pair_files(lr, hr) == [(lr[0], hr[1]), (lr[1], hr[0])]
     with pytest.raises(UserError, match="B01.tif has no partner"):
         pair_files(lr, hr + [tmp_path / "hr" / "B01.tif"])
+    with pytest.raises(UserError, match="several files named A01"):
+        pair_files(lr, hr + [tmp_path / "hr" / "A01.png"])
 
 
 def test_a_noisy_pair_of_files_is_registered_as_the_noise_free_one(tmp_path):
