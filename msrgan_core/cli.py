@@ -83,18 +83,14 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
-def sample(items: list, count: int) -> list:
-    """``count`` of ``items`` evenly spread through the list, so that every source in it is
-    represented (all of them when ``count`` is 0 or at least their number)."""
-    if not count or len(items) <= count:
-        return items
-    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else items[:1]
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate, calibrate_on_pairs
+    from .data import spread
     from .io import find_images
     from .modelfile import save_model
+
+    def sample(items: list) -> list:  # --sample N: evenly spread, so every source of the list is represented
+        return spread(items, args.sample) if args.sample else items
 
     files = find_images(args.hr)
     if args.lr:
@@ -103,13 +99,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         if args.cells:
             raise UserError("--cells makes low-resolution images from --hr; with --lr they are given: use one or the other")
-        pairs = sample(pair_files(find_images(args.lr), files), args.sample)
+        pairs = sample(pair_files(find_images(args.lr), files))
         upscaler = make_upscaler(args)
         found = calibrate_on_pairs(upscaler, [lr for lr, _ in pairs], [hr for _, hr in pairs], args.channel_axis,
                                    progress=not args.quiet)
     else:
         upscaler = make_upscaler(args)
-        found = calibrate(upscaler, sample(files, args.sample), args.cells or CALIBRATION_CELLS,
+        found = calibrate(upscaler, sample(files), args.cells or CALIBRATION_CELLS,
                           channel_axis=args.channel_axis, progress=not args.quiet)
     save_model(args.out, upscaler.model.generator, dict(upscaler.model.metadata, **found))
     used = found["uncertainty_calibration"]["images"]

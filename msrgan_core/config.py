@@ -263,6 +263,11 @@ class DataConfig:
     ----------
     train : list of str
         Files, folders or globs of high-resolution images.
+    train_lr : list of str
+        Files, folders or globs of low-resolution acquisitions of the ``train`` fields, paired by
+        file name. When given, training patches are cut from these real pairs, registered as
+        ``msrgan evaluate --lr`` registers them, and ``[degradation]`` is not used (but its
+        ``scale``); the split is still made over ``train``.
     well_regex : str or None
         Regular expression whose group ``well`` (or first group) names the well in a file name;
         when every file matches, the validation split is made by well, else by file.
@@ -276,6 +281,7 @@ class DataConfig:
     """
 
     train: list = field(default_factory=list)
+    train_lr: list = field(default_factory=list)
     well_regex: Optional[str] = None
     val_fraction: float = 0.2
     channel_axis: Optional[int] = None
@@ -286,8 +292,11 @@ class DataConfig:
         _check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if isinstance(self.train, str):
             self.train = [self.train]
+        if isinstance(self.train_lr, str):
+            self.train_lr = [self.train_lr]
         # "$MSRGAN_DATA/bbbc039/images": the data folder differs between machines
         self.train = [os.path.expandvars(str(p)) for p in self.train]
+        self.train_lr = [os.path.expandvars(str(p)) for p in self.train_lr]
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """Training data: high-resolution images, well-aware splits, and (low, high) patch pairs.
 
+Patch pairs come from high-resolution images degraded as configured, or, given low-resolution
+acquisitions of the same fields (``data.train_lr``), from those real pairs, registered as
+``msrgan evaluate --lr`` registers them (:class:`RealPair`).
+
 Batches are drawn by :func:`sample_batch` from a generator seeded by (seed, step, rank), so
 a run resumed at step N draws exactly the batches it would have drawn without the stop.
 """
@@ -80,6 +84,13 @@ def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: 
     return Split(train=train, val=val, by=by, val_groups=sorted(held_out))
 
 
+def spread(items: list, count: int) -> list:
+    """At most ``count`` items, evenly spaced through ``items`` (so every source is represented)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
 def load_images(
     paths: Sequence[Path],
     normalization: NormalizationConfig,
@@ -109,26 +120,86 @@ def load_images(
     return images
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``size`` x ``size`` crop; of two random candidates, the one with more signal.
+@dataclass(frozen=True)
+class RealPair:
+    """One field acquired at both resolutions, registered and normalised alike: ``lr`` is
+    ``(C, y, x)``, ``hr`` ``(C, scale y, scale x)``, pixel ``i`` of ``lr`` over block ``i`` of ``hr``."""
+
+    lr: np.ndarray
+    hr: np.ndarray
+
+    @property
+    def shape(self) -> Tuple[int, ...]:  # what sampling weighs and crops by: the truth's
+        return self.hr.shape
+
+
+def load_pairs(
+    pairs: Sequence[Tuple[Path, Path]],
+    normalization: NormalizationConfig,
+    in_channels: int,
+    scale: int,
+    min_size: int,
+    channel_axis: Optional[int] = None,
+    progress: bool = False,
+) -> List[RealPair]:
+    """Register ``(low, high)`` resolution files (:func:`~msrgan_core.pairs.registered_pair`) and
+    normalise both by the high-resolution image's statistics, as :func:`load_images` normalises.
+
+    Blank fields and pairs sharing less than ``min_size`` high-resolution pixels are left out
+    with a warning; a pair that cannot be registered is an error naming its files.
+    """
+    from .evaluate import BlankField
+    from .pairs import registered_pair
+
+    found = []
+    for lr_path, hr_path in tqdm(pairs, desc="registering", unit="pair", disable=not progress, leave=False):
+        try:
+            hr, lr, _ = registered_pair(lr_path, hr_path, normalization, scale, channel_axis)
+        except BlankField as error:
+            log.warning("msrgan: left out %s", error)
+            continue
+        if min(hr.shape[1:]) < min_size:
+            log.warning("msrgan: %s and %s share fewer than %d pixels across: left out", lr_path, hr_path, min_size)
+            continue
+        channels = [slice(c, c + 1) for c in range(hr.shape[0])] if in_channels == 1 else [slice(None)]
+        for channel in channels:
+            if hr[channel].shape[0] != in_channels:
+                raise ValueError(f"{hr_path}: has {hr[channel].shape[0]} channels but the model takes {in_channels}")
+            stats = percentile_stats(hr[channel], normalization)
+            found.append(RealPair(lr=normalize(lr[channel], stats), hr=normalize(hr[channel], stats)))
+    if not found:
+        raise ValueError(f"no usable training pairs (each must share at least {min_size} x {min_size} pixels)")
+    return found
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, step: int = 1) -> Tuple[int, int, int, bool]:
+    """Where to cut a ``size`` x ``size`` patch and how to turn it: ``(y, x, quarter turns, mirrored)``,
+    the corner a multiple of ``step``; of two random candidates, the one with more signal.
 
     Screening fields are mostly background; preferring the brighter crop shows the network
     more nuclei without excluding background.
     """
-    best, best_mean = None, -np.inf
+    best, best_mean = (0, 0), -np.inf
     for _ in range(2):
-        y = int(rng.integers(0, image.shape[1] - size + 1))
-        x = int(rng.integers(0, image.shape[2] - size + 1))
-        crop = image[:, y:y + size, x:x + size]
-        if crop.mean() > best_mean:
-            best, best_mean = crop, crop.mean()
-    if rng.random() < 0.5:
-        best = best[:, :, ::-1]
-    return np.rot90(best, k=int(rng.integers(0, 4)), axes=(1, 2))
+        y = step * int(rng.integers(0, (image.shape[1] - size) // step + 1))
+        x = step * int(rng.integers(0, (image.shape[2] - size) // step + 1))
+        mean = image[:, y:y + size, x:x + size].mean()
+        if mean > best_mean:
+            best, best_mean = (y, x), mean
+    mirrored = bool(rng.random() < 0.5)
+    return best[0], best[1], int(rng.integers(0, 4)), mirrored
+
+
+def cut(image: np.ndarray, size: int, y: int, x: int, turns: int, mirrored: bool) -> np.ndarray:
+    """The ``(C, size, size)`` patch of :func:`random_crop`'s choice, turned and mirrored."""
+    patch = image[:, y:y + size, x:x + size]
+    if mirrored:
+        patch = patch[:, :, ::-1]
+    return np.ascontiguousarray(np.rot90(patch, k=turns, axes=(1, 2)))
 
 
 def sample_batch(
-    images: Sequence[np.ndarray],
+    images: "Sequence[np.ndarray | RealPair]",
     batch_size: int,
     patch_size: int,
     degradation: DegradationConfig,
@@ -137,7 +208,9 @@ def sample_batch(
     """A batch of (low, high) resolution patch pairs.
 
     Images are picked in proportion to their area, so a large field counts as much as the same
-    area in small images, then cropped at random (see :func:`random_crop`).
+    area in small images, then cropped at random (see :func:`random_crop`). A high-resolution
+    image is degraded as ``degradation`` says; a :class:`RealPair` is cut at the same place in
+    both of its images, on the low-resolution pixel grid.
 
     Returns
     -------
@@ -146,21 +219,36 @@ def sample_batch(
     """
     areas = np.array([image.shape[1] * image.shape[2] for image in images], np.float64)
     picks = rng.choice(len(images), size=batch_size, p=areas / areas.sum())  # every pixel equally likely
-    hr = np.stack([np.ascontiguousarray(random_crop(images[i], patch_size, rng)) for i in picks])
+    k = degradation.scale
+    if isinstance(images[0], RealPair):
+        lr, hr = [], []
+        for i in picks:
+            y, x, turns, mirrored = random_crop(images[i].hr, patch_size, rng, step=k)
+            lr.append(cut(images[i].lr, patch_size // k, y // k, x // k, turns, mirrored))
+            hr.append(cut(images[i].hr, patch_size, y, x, turns, mirrored))
+        return np.stack(lr).astype(np.float32), np.stack(hr).astype(np.float32)
+    hr = np.stack([cut(images[i], patch_size, *random_crop(images[i], patch_size, rng)) for i in picks])
     lr = np.stack([degrade(patch, degradation, rng) for patch in hr])
     return lr.astype(np.float32), hr.astype(np.float32)
 
 
 def validation_pairs(
-    images: Sequence[np.ndarray], degradation: DegradationConfig, seed: int, crop: int = VAL_CROP
+    images: "Sequence[np.ndarray | RealPair]", degradation: DegradationConfig, seed: int, crop: int = VAL_CROP
 ) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Fixed (low, high) pairs: the central ``crop`` of each image, degraded reproducibly."""
+    """Fixed (low, high) pairs: the central ``crop`` of each image, degraded reproducibly (or of
+    each real pair, as acquired)."""
     pairs = []
+    k = degradation.scale
     for index, image in enumerate(images):
         _, h, w = image.shape
         ch, cw = min(crop, h), min(crop, w)
         y, x = (h - ch) // 2, (w - cw) // 2
-        hr = crop_to_multiple(image[:, y:y + ch, x:x + cw], degradation.scale)
+        if isinstance(image, RealPair):  # the same area of both, on the low-resolution grid
+            y, x, ch, cw = y // k * k, x // k * k, ch // k * k, cw // k * k
+            pairs.append((np.ascontiguousarray(image.lr[:, y // k:(y + ch) // k, x // k:(x + cw) // k]),
+                          np.ascontiguousarray(image.hr[:, y:y + ch, x:x + cw])))
+            continue
+        hr = crop_to_multiple(image[:, y:y + ch, x:x + cw], k)
         lr = degrade(hr, degradation, np.random.default_rng([seed, index]))
         pairs.append((lr, np.ascontiguousarray(hr)))
     return pairs

@@ -352,6 +352,9 @@ def readme(card: ModelCard, radius: int, min_edge: int) -> str:
                      f"{describe_degradation(degradation)}. Real low-magnification images that differ much "
                      "from this (other optics, far more noise, other structures) may give plausible-looking "
                      "but wrong detail.")
+    elif trained.get("real_pairs"):
+        lines.append("- Trained on real pairs: low-resolution acquisitions registered to high-resolution ones of the "
+                     "same fields. Other microscopes or acquisitions may give plausible-looking but wrong detail.")
     lines += [f"- One channel, any size of at least {min_edge} x {min_edge} pixels.",
               "",
               "## What runs",

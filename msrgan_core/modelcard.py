@@ -140,6 +140,9 @@ class ModelCard:
         degradation = meta.get("degradation")
         if isinstance(degradation, dict):
             lines.append(f"  for inputs like: {describe_degradation(degradation)}")
+        elif trained.get("real_pairs"):
+            lines.append(f"  for inputs like: the low-resolution acquisitions of its {trained.get('train_files')} "
+                         "training fields (real pairs, registered)")
         lines.append(f"  network: {g.architecture}, {g.n_blocks} x {g.n_features} features"
                      + (f"; tiles need {self.influence_radius} pixels of context" if self.influence_radius is not None else ""))
         lines.append(f"  runs by default with: {self.inference.describe()}")

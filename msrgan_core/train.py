@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import ExperimentConfig, TrainConfig
-from .data import Split, load_images, sample_batch, split_files, validation_pairs
+from .data import Split, load_images, load_pairs, sample_batch, split_files, spread, validation_pairs
 from .device import Distributed, describe_device, reuse_freed_memory, setup_distributed
 from .errors import UserError
 from .features import make_feature_extractor
@@ -61,13 +61,6 @@ METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "
 
 class TrainingError(UserError, RuntimeError):
     """A run that cannot start or continue as asked."""
-
-
-def spread(items: list, count: int) -> list:
-    """At most ``count`` items, evenly spaced through ``items`` (so every source is represented)."""
-    if len(items) <= count:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -207,10 +200,11 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
     return {
         "name": name,
         "normalization": dataclasses.asdict(config.normalization),
-        "degradation": dataclasses.asdict(config.degradation),
+        "degradation": None if config.data.train_lr else dataclasses.asdict(config.degradation),
         "loss": dataclasses.asdict(config.loss) if name == "perceptual" else {"pixel": config.train.pixel_loss},
         "training": {
             "data": config.data.description or ", ".join(Path(p).name for p in config.data.train),
+            "real_pairs": bool(config.data.train_lr),
             "train_files": len(split.train),
             "val_files": len(split.val),
             "split_by": split.by,
@@ -461,18 +455,28 @@ def load_data(config: ExperimentConfig, progress: bool
     -------
     split : Split
         Which files train and which validate.
-    train_images : list of np.ndarray, each (C, Y, X)
-        The normalised training images.
+    train_images : list of np.ndarray, each (C, Y, X), or of RealPair (with ``data.train_lr``)
+        The normalised training images, or registered real pairs.
     val_pairs : list of (np.ndarray, np.ndarray)
         Low resolution (C, y, x) and truth (C, Y, X) for at most ``data.max_val_images`` images.
     """
     tc, g_cfg = config.train, config.generator
     files = find_images(config.data.train)
     split = split_files(files, config.data.well_regex, config.data.val_fraction, tc.seed)
-    train_images = load_images(split.train, config.normalization, g_cfg.in_channels, tc.patch_size,
-                               config.data.channel_axis, progress=progress)
-    val_images = load_images(spread(split.val, config.data.max_val_images), config.normalization, g_cfg.in_channels,
-                             g_cfg.scale * 8, config.data.channel_axis) if split.val else []
+    if config.data.train_lr:  # real pairs: the split is the high-resolution files', each takes its partner
+        from .pairs import pair_files
+
+        partner = {hr: lr for lr, hr in pair_files(find_images(config.data.train_lr), files)}
+
+        def load(paths, min_size, show):
+            return load_pairs([(partner[p], p) for p in paths], config.normalization, g_cfg.in_channels, g_cfg.scale,
+                              min_size, config.data.channel_axis, progress=show)
+    else:
+        def load(paths, min_size, show):
+            return load_images(paths, config.normalization, g_cfg.in_channels, min_size, config.data.channel_axis,
+                               progress=show)
+    train_images = load(split.train, tc.patch_size, progress)
+    val_images = load(spread(split.val, config.data.max_val_images), g_cfg.scale * 8, False) if split.val else []
     return split, train_images, validation_pairs(val_images, config.degradation, tc.seed)
 
 

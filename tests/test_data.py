@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from msrgan_core.config import DegradationConfig
-from msrgan_core.data import sample_batch, split_files, validation_pairs
+from msrgan_core.data import RealPair, sample_batch, split_files, validation_pairs
 from msrgan_core.binning import bin_mean
 
 WELL_REGEX = r"_(?P<well>[A-P][0-9]{2})_s"
@@ -76,3 +76,19 @@ def test_images_are_picked_in_proportion_to_their_area():
     _, hr = sample_batch([small, large], 2000, 16, DegradationConfig(scale=4), np.random.default_rng(0))
     share_large = float(np.mean(hr.mean(axis=(1, 2, 3)) == 1.0))
     assert abs(share_large - 0.9) < 0.03
+
+
+def test_real_pairs_are_cut_at_the_same_place_in_both_images():
+    """A patch of a real pair is the same area, turned and mirrored alike, on the low-resolution grid:
+    for a pair that is an exact binning, every low-resolution patch is its high-resolution patch binned."""
+    rng = np.random.default_rng(0)
+    pairs = []
+    for shape in [(1, 96, 132), (1, 160, 100)]:
+        hr = rng.random(shape).astype(np.float32)
+        pairs.append(RealPair(lr=bin_mean(hr, 4), hr=hr))
+    lr, hr = sample_batch(pairs, 16, 32, DegradationConfig(), np.random.default_rng(1))
+    assert lr.shape == (16, 1, 8, 8) and hr.shape == (16, 1, 32, 32)
+    np.testing.assert_allclose(np.stack([bin_mean(h, 4) for h in hr]), lr, atol=1e-6)
+    for lr, hr in validation_pairs(pairs, DegradationConfig(), seed=0, crop=50):
+        assert hr.shape[1:] == (48, 48)
+        np.testing.assert_allclose(bin_mean(hr, 4), lr, atol=1e-6)

@@ -18,7 +18,7 @@ from helpers import smooth_image
 from msrgan_core.config import ExperimentConfig, load_config
 from msrgan_core.modelfile import load_model, read_metadata
 from msrgan_core.train import (
-    CHECKPOINT, TrainingError, WeightAverage, learning_rate, load_checkpoint, train,
+    CHECKPOINT, TrainingError, WeightAverage, learning_rate, load_checkpoint, load_data, train,
 )
 
 
@@ -212,3 +212,29 @@ def test_mixed_precision_is_cuda_only_and_cpu_training_is_fp32(tmp_path):
     state = load_checkpoint(run / CHECKPOINT)
     assert all(v.dtype == torch.float32 for v in state["generator"].values())
     assert "cpu" in read_metadata(run / "fidelity.safetensors")["training"]["hardware"]
+
+
+def test_trains_on_real_pairs_of_acquisitions(tmp_path):
+    """data.train_lr: patches come from low-resolution files registered to their partners, and the
+    model file says so instead of describing a simulated degradation."""
+    from msrgan_core.binning import bin_mean
+
+    for folder in ("hr", "lr"):
+        (tmp_path / folder).mkdir()
+    for i, well in enumerate(("A01", "A02", "B01", "B02")):
+        hr = smooth_image((160, 176), seed=i, low=100, high=3000, noise=0.02)
+        name = f"plate_{well}_s1_w1.tif"
+        tifffile.imwrite(tmp_path / "hr" / name, hr.astype(np.uint16))
+        tifffile.imwrite(tmp_path / "lr" / name, (0.5 * bin_mean(hr[None], 4)[0] + 40).astype(np.uint16))  # another gain
+    config = tiny_config(tmp_path / "hr", gan_steps=0)
+    config.data.train_lr = [str(tmp_path / "lr")]
+    run = train(config, tmp_path / "run", progress=False)
+    model = load_model(run / "fidelity.safetensors")
+    assert model.metadata["training"]["real_pairs"] is True and model.metadata["degradation"] is None
+    assert "real pairs, registered" in model.card.summary()
+    # every pair, training and validation, registered: the low-resolution side is the other binned,
+    # on one normalised scale (the files' rounding to whole grey levels aside)
+    _, pairs, val_pairs = load_data(config, progress=False)
+    assert len(pairs) == 3 and len(val_pairs) == 1
+    for lr, hr in [(p.lr, p.hr) for p in pairs] + val_pairs:
+        assert hr.shape[1:] == (160, 176) and np.abs(bin_mean(hr, 4) - lr).max() < 2e-3
