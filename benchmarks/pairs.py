@@ -1,6 +1,7 @@
 """What registering a pair of acquisitions costs `msrgan evaluate --lr`, on the held-out BBBC039 fields.
 
-    python benchmarks/pairs.py [--data ../shared/data] [--model fidelity] [--cells bin bin+300ph] [--limit N]
+    python benchmarks/pairs.py [--data ../shared/data] [--model fidelity] [--cells bin bin+300ph blur1.5+bin+300ph]
+                               [--limit N]
 
 A user checks a model on a few wells imaged at both magnifications (docs/degradation.md); msrgan
 must then find each high-magnification field in its low-magnification partner. Here each
@@ -80,7 +81,7 @@ def pairs(paths, cell: str, variant: str, normalization, folder: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_held_out_arguments(parser, ["bin", "bin+300ph"])
+    add_held_out_arguments(parser, ["bin", "bin+300ph", "blur1.5+bin+300ph"])
     args = parser.parse_args()
     upscaler, paths = held_out_bbbc039(args)
     print(f"{Path(upscaler.model.source).name} ({upscaler.options}); {len(paths)} held-out BBBC039 fields, "

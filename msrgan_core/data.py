@@ -151,16 +151,17 @@ def load_pairs(
     from .evaluate import BlankField
     from .pairs import registered_pair
 
-    found = []
+    found, used = [], 0
     for lr_path, hr_path in tqdm(pairs, desc="registering", unit="pair", disable=not progress, leave=False):
         try:
-            hr, lr, _ = registered_pair(lr_path, hr_path, normalization, scale, channel_axis)
+            hr, lr, _ = registered_pair(lr_path, hr_path, normalization, scale, channel_axis, log_level=logging.DEBUG)
         except BlankField as error:
             log.warning("msrgan: left out %s", error)
             continue
         if min(hr.shape[1:]) < min_size:
             log.warning("msrgan: %s and %s share fewer than %d pixels across: left out", lr_path, hr_path, min_size)
             continue
+        used += 1
         channels = [slice(c, c + 1) for c in range(hr.shape[0])] if in_channels == 1 else [slice(None)]
         for channel in channels:
             if hr[channel].shape[0] != in_channels:
@@ -169,6 +170,7 @@ def load_pairs(
             found.append(RealPair(lr=normalize(lr[channel], stats), hr=normalize(hr[channel], stats)))
     if not found:
         raise ValueError(f"no usable training pairs (each must share at least {min_size} x {min_size} pixels)")
+    log.info("msrgan: %d pair(s) registered (msrgan -v train ... lists what was found for each)", used)
     return found
 
 
