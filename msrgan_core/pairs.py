@@ -4,7 +4,8 @@ A synthetic degradation is a model of a microscope; a few wells imaged both ways
 microscope. :func:`registered_pairs` turns such files into what :func:`~msrgan_core.evaluate.
 degraded_pairs` yields for synthetic ones, so ``msrgan evaluate --lr`` scores real acquisitions
 with the same code: each low-resolution field is located in its high-resolution partner (or the
-other way round), both are cropped to the area they share, the high-resolution crop is put on
+other way round; the partner turned or mirrored if that matches better), both are cropped to the
+area they share, the high-resolution crop is put on
 the low-resolution pixel grid, and the low-resolution field is put on the high-resolution one's
 intensity scale.
 
@@ -140,6 +141,28 @@ def _patch_grid(start: np.ndarray, stop: np.ndarray, grid: int = 3) -> List[Tupl
     return corners
 
 
+def oriented(image: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+    """A ``(..., Y, X)`` image mirrored left to right (if ``mirrored``), then turned ``turns`` quarter turns."""
+    return np.rot90(image[..., ::-1] if mirrored else image, k=turns, axes=(-2, -1))
+
+
+def best_orientation(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[int, bool]:
+    """Of the eight ways a camera can be mounted (quarter turns, mirror image), the one under which
+    the ``(Y, X)`` high-resolution image, binned, correlates best with the low-resolution one:
+    pairs from two instruments need not share one."""
+    a, b = _standardized(lr), _standardized(bin_mean(hr[None], scale)[0])
+    best, found = (0, False), -np.inf
+    for mirrored in (False, True):
+        for turns in range(4):
+            try:
+                _, correlation = _whole_pixel_offset(a, np.ascontiguousarray(oriented(b, turns, mirrored)))
+            except RegistrationError:  # this way round, neither field fits inside the other
+                continue
+            if correlation > found:
+                best, found = (turns, mirrored), correlation
+    return best
+
+
 def register(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     """Locate a ``(Y, X)`` high-resolution image in a ``(Y, X)`` low-resolution one (see the module).
 
@@ -155,8 +178,7 @@ def register(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     offset, correlation = _whole_pixel_offset(a, b)
     if correlation < MIN_CORRELATION:
         raise RegistrationError(f"the high-resolution field was not found in the low-resolution one (best correlation "
-                                f"{correlation:.2f}): are they the same field, in the same orientation, with pixels "
-                                f"{scale} times apart?")
+                                f"{correlation:.2f}): are they the same field, with pixels {scale} times apart?")
     # the binned image's pixels that fall inside the low-resolution one at that offset, one in from the edges
     start = np.maximum(0, -offset).astype(int) + 1
     stop = np.minimum(b.shape, np.array(a.shape) - offset).astype(int) - 1
@@ -361,6 +383,12 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
     if first_channel:
         lr, hr = lr[:1], hr[:1]
     check_not_blank(hr.astype(np.float32), normalization, hr_path)
+    turns, mirrored = best_orientation(lr[0], hr[0], scale)
+    if turns or mirrored:
+        hr = np.ascontiguousarray(oriented(hr, turns, mirrored))
+        log.log(log_level, "msrgan: %s %s to match %s", hr_path.name,
+                " and ".join(filter(None, ["mirrored" if mirrored else "", f"turned {90 * turns} deg" if turns else ""])),
+                lr_path.name)
     try:
         registration = register(lr[0], hr[0], scale)
     except RegistrationError as error:

@@ -71,6 +71,19 @@ def test_pixel_size_and_rotation_are_measured_and_undone(zoom, degrees):
     assert agreement > 0.995 and agreement > np.corrcoef(bin_mean(hr_n, 4).ravel(), lr_n.ravel())[0, 1] + 0.01
 
 
+@pytest.mark.parametrize("turns,mirrored", [(1, False), (2, True), (3, True)])
+def test_a_camera_turned_or_mirrored_is_found_and_undone(tmp_path, turns, mirrored):
+    """Pairs from two instruments: the high-resolution file is turned and mirrored back to match."""
+    specimen = sample(7)
+    lr = bin_mean(specimen[None], 4)[0]
+    hr = specimen[40:360, 56:376]
+    tifffile.imwrite(tmp_path / "lr.tif", lr.astype(np.float32))
+    tifffile.imwrite(tmp_path / "hr.tif", np.rot90(hr[:, ::-1] if mirrored else hr, k=turns).astype(np.float32))
+    hr_crop, lr_crop, _ = registered_pair(tmp_path / "lr.tif", tmp_path / "hr.tif", NormalizationConfig(), 4)
+    np.testing.assert_allclose(hr_crop[0], specimen[40:360, 56:376], rtol=1e-5)  # the very pixels, turned back
+    np.testing.assert_allclose(bin_mean(hr_crop, 4), lr_crop, rtol=1e-3, atol=1e-2)
+
+
 def test_fields_that_do_not_match_are_a_one_line_error():
     specimen = sample(3)
     with pytest.raises(RegistrationError, match="not found"):
