@@ -3,8 +3,9 @@
 The spread of a network's output over mirrored and turned copies of its input ranks where its
 errors are (``benchmarks/uncertainty.py``), but it is smaller than them. :func:`calibrate`
 measures, on high-resolution images degraded as the quality grid degrades them (or on real pairs
-of acquisitions), the ratio of the mean absolute error to the mean spread; the model file stores it as ``uncertainty_scale``, so the
-uncertainty image estimates the absolute error itself, on the output's intensity scale.
+of acquisitions, :func:`calibrate_on_pairs`), the ratio of the mean absolute error to the mean
+spread; the model file stores it as ``uncertainty_scale``, so the uncertainty image estimates
+the absolute error itself, on the output's intensity scale.
 """
 from __future__ import annotations
 
