@@ -91,6 +91,16 @@ def spread(items: list, count: int) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
+def model_channels(channels: int, in_channels: int, source: "str | Path") -> List[slice]:
+    """The channel groups of a ``channels``-channel image that each make one training image for a
+    model of ``in_channels``: every channel alone for a one-channel model, else all of them."""
+    if in_channels == 1:
+        return [slice(c, c + 1) for c in range(channels)]
+    if channels != in_channels:
+        raise ValueError(f"{source}: has {channels} channels but the model takes {in_channels}")
+    return [slice(None)]
+
+
 def load_images(
     paths: Sequence[Path],
     normalization: NormalizationConfig,
@@ -110,10 +120,8 @@ def load_images(
         if min(image.shape[1:]) < min_size:
             log.warning("msrgan: %s is smaller than %d pixels: left out", path, min_size)
             continue
-        planes = [image[c:c + 1] for c in range(image.shape[0])] if in_channels == 1 else [image]
-        for plane in planes:
-            if plane.shape[0] != in_channels:
-                raise ValueError(f"{path}: has {plane.shape[0]} channels but the model takes {in_channels}")
+        for channels in model_channels(image.shape[0], in_channels, path):
+            plane = image[channels]
             images.append(normalize(plane, percentile_stats(plane, normalization)))
     if not images:
         raise ValueError(f"no usable training images (each needs at least {min_size} x {min_size} pixels)")
@@ -162,12 +170,9 @@ def load_pairs(
             log.warning("msrgan: %s and %s share fewer than %d pixels across: left out", lr_path, hr_path, min_size)
             continue
         used += 1
-        channels = [slice(c, c + 1) for c in range(hr.shape[0])] if in_channels == 1 else [slice(None)]
-        for channel in channels:
-            if hr[channel].shape[0] != in_channels:
-                raise ValueError(f"{hr_path}: has {hr[channel].shape[0]} channels but the model takes {in_channels}")
-            stats = percentile_stats(hr[channel], normalization)
-            found.append(RealPair(lr=normalize(lr[channel], stats), hr=normalize(hr[channel], stats)))
+        for channels in model_channels(hr.shape[0], in_channels, hr_path):
+            stats = percentile_stats(hr[channels], normalization)  # one scale for both: the truth's
+            found.append(RealPair(lr=normalize(lr[channels], stats), hr=normalize(hr[channels], stats)))
     if not found:
         raise ValueError(f"no usable training pairs (each must share at least {min_size} x {min_size} pixels)")
     log.info("msrgan: %d pair(s) registered (msrgan -v train ... lists what was found for each)", used)

@@ -128,17 +128,15 @@ def _whole_pixel_offset(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, float
     return offset.astype(np.float64), found
 
 
-def _patch_grid(start: np.ndarray, stop: np.ndarray, grid: int = 3) -> List[Tuple[np.ndarray, int]]:
-    """Top-left corners and the edge of up to ``grid x grid`` square patches tiling ``[start, stop)``."""
+def _patch_grid(start: np.ndarray, stop: np.ndarray, grid: int = 3) -> Tuple[List[np.ndarray], int]:
+    """Top-left corners of up to ``grid x grid`` square patches spread over ``[start, stop)``, and
+    their common edge."""
     edge = int(min(stop - start) // grid)
     if edge < MIN_SHARED:
         edge, grid = int(min(stop - start)), 1
-    corners = []
-    for i in range(grid):
-        for j in range(grid):
-            corner = start + (stop - start - edge) * np.array([i, j]) / max(grid - 1, 1)
-            corners.append((corner.astype(int), edge))
-    return corners
+    corners = [(start + (stop - start - edge) * np.array([i, j]) / max(grid - 1, 1)).astype(int)
+               for i in range(grid) for j in range(grid)]
+    return corners, edge
 
 
 def oriented(image: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
@@ -185,11 +183,10 @@ def register(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     if min(stop - start) < MIN_SHARED:
         raise RegistrationError(f"the fields share only {max(0, min(stop - start))} low-resolution pixels across; "
                                 f"at least {MIN_SHARED} are needed")
-    window = None
     centres, targets = [], []
-    for corner, edge in _patch_grid(start, stop):
-        if window is None or window.shape[0] != edge:
-            window = np.outer(np.hanning(edge), np.hanning(edge))
+    corners, edge = _patch_grid(start, stop)
+    window = np.outer(np.hanning(edge), np.hanning(edge))
+    for corner in corners:
         bp = b[corner[0]:corner[0] + edge, corner[1]:corner[1] + edge]
         ay, ax = (corner + offset).astype(int)
         ap = a[ay:ay + edge, ax:ax + edge]
