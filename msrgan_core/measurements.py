@@ -140,15 +140,15 @@ def read_measurements(cp_out: Path) -> Dict[Tuple[str, str], Dict[int, Dict[str,
     return out
 
 
-def compare(fields: Sequence[str], cp_out: Path) -> List[dict]:
-    """One row per high-resolution nucleus and method of :data:`COMPARED`: the matched nucleus's
-    features beside the truth's."""
+def compare(fields: Sequence[str], cp_out: Path, methods: Sequence[str] = COMPARED) -> List[dict]:
+    """One row per high-resolution nucleus and method (``make demo`` measures no repeat): the
+    matched nucleus's features beside the truth's."""
     measured = read_measurements(cp_out)
     rows = []
     for field in fields:
         truth_labels = tifffile.imread(cp_out / f"{field}__{TRUTH}_labels.tiff").astype(np.int64)
         truth = measured.get((field, TRUTH), {})
-        for method in COMPARED:
+        for method in methods:
             labels = tifffile.imread(cp_out / f"{field}__{method}_labels.tiff").astype(np.int64)
             mine = measured.get((field, method), {})
             matched = {a: (b, iou) for a, b, iou in match_objects(truth_labels, labels)}

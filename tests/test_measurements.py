@@ -105,3 +105,24 @@ def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_comm
     with open(tmp_path / "out" / "features_objects.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["method"] for r in rows} == {"msrgan", "bicubic", REPEAT} and all(r["field"] == source.stem for r in rows)
+
+
+def test_compare_reads_only_the_methods_it_is_given(tmp_path):
+    """``make demo`` measures msrgan and bicubic and no repeat: comparing those must not look for one."""
+    from msrgan_core.measurements import METHODS, TRUTH, compare
+
+    truth = _discs((64, 64), [(15, 15), (48, 30)], 8)
+    shifted = _discs((64, 64), [(16, 15), (48, 31)], 8)
+    names = [TRUTH, *METHODS]
+    for method, labels in zip(names, [truth, shifted, truth]):
+        tifffile.imwrite(tmp_path / f"f__{method}_labels.tiff", labels.astype(np.uint16))
+    with open(tmp_path / "Image.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["ImageNumber", "FileName_DNA"]] + [[i + 1, f"f__{m}.tif"] for i, m in enumerate(names)])
+    with open(tmp_path / "Nuclei.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["ImageNumber", "ObjectNumber", "AreaShape_Area"]]
+                                 + [[i + 1, n, 200.0 + i] for i in range(len(names)) for n in (1, 2)])
+    rows = compare(["f"], tmp_path, METHODS)
+    assert {r["method"] for r in rows} == set(METHODS) and len(rows) == 4
+    assert all(r["AreaShape_Area__bicubic"] == 202.0 for r in rows if r["method"] == "bicubic")
+    with pytest.raises(FileNotFoundError):  # the default compares the repeat too, which this run lacks
+        compare(["f"], tmp_path)
