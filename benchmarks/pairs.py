@@ -7,11 +7,14 @@ A user checks a model on a few wells imaged at both magnifications (docs/degrada
 must then find each high-magnification field in its low-magnification partner. Here each
 held-out field plays the specimen: its central part is the "40x" field, the whole field degraded
 as a grid cell (on the whole image, so the noise is the quality grid's) is the "10x" one, with
-another gain and offset. Scored three ways, per cell:
+another gain and offset. Scored these ways, per cell:
 
 - *known*: the pair cut where it was made, on the truth's intensity scale (no registration);
 - *registered*: the same two files through ``msrgan evaluate --lr``'s registration, cropping and
   intensity match;
+- *10x shaded 15%*: the 10x objective's light falls off by 15 % from its field's centre to its
+  corners (its camera offset does not), and the 40x one's not at all, so the two acquisitions'
+  shading differs over the field they share;
 - *4.02x, 0.3 deg*: the 10x field's pixels 0.5 % larger than 4 times the 40x ones and turned by
   0.3 degrees, as nominal objectives and a re-seated camera give. Simulated by resampling the
   specimen (cubic spline) before degrading it. *known*: the truth is cut from that resampled
@@ -44,9 +47,17 @@ from msrgan_core.pairs import registered_pair  # noqa: E402
 SCALE = 4
 #: where the "40x" field starts in the specimen, and its size (high-resolution pixels)
 CORNER, SIZE = (40, 56), (384, 512)
-#: name: (the 10x field's pixel size over 4 times the 40x one's, its turn in degrees, registered?)
-VARIANTS = {"known": (1.0, 0.0, False), "registered": (1.0, 0.0, True),
-            "known, 4.02x, 0.3 deg": (0.995, 0.3, False), "registered, 4.02x, 0.3 deg": (0.995, 0.3, True)}
+#: name: (the 10x field's pixel size over 4 times the 40x one's, its turn in degrees, registered?,
+#: how far the 10x objective's light falls off from its field's centre to its corners)
+VARIANTS = {"known": (1.0, 0.0, False, 0.0), "registered": (1.0, 0.0, True, 0.0),
+            "known, 4.02x, 0.3 deg": (0.995, 0.3, False, 0.0), "registered, 4.02x, 0.3 deg": (0.995, 0.3, True, 0.0),
+            "registered, 10x shaded 15%": (1.0, 0.0, True, 0.15)}
+
+
+def vignetted(image: np.ndarray, fall: float) -> np.ndarray:
+    """A ``(Y, X)`` image whose gain falls by ``fall`` from its centre to its corners, quadratically."""
+    v, u = np.meshgrid(np.linspace(-1, 1, image.shape[0]), np.linspace(-1, 1, image.shape[1]), indexing="ij")
+    return image * (1 - fall * (u ** 2 + v ** 2) / 2)
 
 
 def turned(image: np.ndarray, zoom: float, degrees: float) -> np.ndarray:
@@ -62,7 +73,7 @@ def turned(image: np.ndarray, zoom: float, degrees: float) -> np.ndarray:
 def pairs(paths, cell: str, variant: str, normalization, folder: Path):
     """``(path, hr, lr, dtype)`` of each field for one variant (see the module)."""
     degradation = grid_degradation(cell, SCALE)
-    zoom, degrees, registered = VARIANTS[variant]
+    zoom, degrees, registered, fall = VARIANTS[variant]
     for path in paths:
         image, _ = read_image(path)
         specimen = image[:1].astype(np.float32)
@@ -74,7 +85,8 @@ def pairs(paths, cell: str, variant: str, normalization, folder: Path):
             yield path, hr, lr[:, y:y + SIZE[0] // SCALE, x:x + SIZE[1] // SCALE], image.dtype
             continue
         hr = specimen[:, CORNER[0]:CORNER[0] + SIZE[0], CORNER[1]:CORNER[1] + SIZE[1]]
-        tifffile.imwrite(folder / "lr.tif", (0.6 * lr[0] + 150).astype(np.float32))  # another exposure and offset
+        exposed = 0.6 * vignetted(lr[0], fall) + 150  # another exposure, shading and camera offset
+        tifffile.imwrite(folder / "lr.tif", exposed.astype(np.float32))
         tifffile.imwrite(folder / "hr.tif", hr[0].astype(image.dtype))
         yield (path, *registered_pair(folder / "lr.tif", folder / "hr.tif", normalization, SCALE))
 

@@ -46,6 +46,15 @@ MAX_CROP_DRIFT = 0.1
 SPLINE_ORDER = 3
 #: Gaussian smoothing (low-resolution pixels) of both images before their intensities are matched
 MATCH_SMOOTHING = 4.0
+#: degree of the polynomial gain and offset fields that match the two acquisitions' shading (2: vignetting)
+SHADING_DEGREE = 2
+#: the gain field stays within this factor of its median (the fit extrapolates over empty background)
+MAX_SHADING = 2.0
+#: a shared area narrower than this (low-resolution pixels) gets one gain and offset: on 16 x 16
+#: pixels at 300 photons the fields fitted noise (smoothed error 0.86 % of the range against 0.63 %)
+MIN_SHADING_FIELD = 32
+#: a corrected shading spanning more than this is printed (unshaded pairs at 300 photons fit 1-5 %)
+SHADING_NOTICE = 0.05
 #: the shared area must be at least this many low-resolution pixels on each side
 MIN_SHARED = 16
 
@@ -341,28 +350,57 @@ def align(lr: np.ndarray, hr: np.ndarray, registration: Registration, scale: int
             _crop(hr, first, stop, shift, scale).astype(np.float32), bool(resampled))
 
 
-def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> np.ndarray:
-    """``lr`` (``(C, Y, X)``) mapped linearly, per channel, onto the intensity scale of ``hr`` binned
-    onto its grid: two acquisitions differ in exposure, gain and offset, and every method then
-    starts from the same input on the truth's scale.
+def shading_terms(shape: Tuple[int, int], degree: int = SHADING_DEGREE) -> List[np.ndarray]:
+    """The monomials ``u**i * v**j`` (``i + j <= degree``) over a ``shape`` field, ``u`` and ``v``
+    running from -1 to 1 across it: the smooth fields :func:`match_intensities` fits."""
+    v, u = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    return [u ** i * v ** j for i in range(degree + 1) for j in range(degree + 1 - i)]
 
-    The map is the least-squares fit of ``lr`` as gain times binned ``hr`` plus offset, inverted,
-    both smoothed first (:data:`MATCH_SMOOTHING`): at scales larger than the optics' blur a
-    lower-NA objective's image and the binned truth differ only in intensity, and the noise
-    averages out. Unsmoothed, the blur lowered the fitted gain and so sharpened every input
-    (benchmarks/pairs.py, blur 1.5 pixels and 300 photons: bicubic scored 0.16 dB above the pair
-    cut where it was made, msrgan 0.25 dB below; smoothed over 2 pixels +0.07 / -0.08, over 4
-    pixels +0.01 / -0.08)."""
+
+def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[np.ndarray, Tuple[float, float]]:
+    """``lr`` (``(C, Y, X)``) mapped, per channel, onto the intensity scale of ``hr`` binned onto its
+    grid, and the range of the relative gain it corrected (lowest, highest over the median).
+
+    Two acquisitions differ in exposure, gain and offset, and two objectives in how the light falls
+    off towards the field's edges (vignetting, uneven illumination): the map is the least-squares
+    fit of ``lr`` as a gain field times binned ``hr`` plus an offset field (polynomials of degree
+    :data:`SHADING_DEGREE` over the field), inverted, so every method starts from the same input on
+    the truth's scale. Both images are smoothed first (:data:`MATCH_SMOOTHING`): at scales larger
+    than the optics' blur a lower-NA objective's image and the binned truth differ only in
+    intensity, and the noise averages out. Unsmoothed, the blur lowered the fitted gain and so
+    sharpened every input (benchmarks/pairs.py, blur 1.5 pixels and 300 photons: bicubic scored
+    0.16 dB above the pair cut where it was made, msrgan 0.25 dB below; smoothed over 2 pixels
+    +0.07 / -0.08, over 4 pixels +0.01 / -0.08). With one gain and offset for the whole field, a
+    10x objective whose light falls off by 15 % towards its field's corners cost msrgan 0.35-0.76
+    dB (benchmarks/pairs.py); the fields recover it within 0.01 dB and move no figure where the
+    shading is the same. Where the fit has nothing to go by (empty background), the gain is held
+    within :data:`MAX_SHADING` of its median over the bright half of the truth's range, where the
+    range returned is also taken."""
     from scipy import ndimage
 
     binned = bin_mean(hr, scale)
+    terms = shading_terms(lr.shape[1:], SHADING_DEGREE if min(lr.shape[1:]) >= MIN_SHADING_FIELD else 0)
     out = np.empty_like(lr, dtype=np.float32)
+    low, high = 1.0, 1.0
     for c in range(lr.shape[0]):
         x = ndimage.gaussian_filter(binned[c].astype(np.float64), MATCH_SMOOTHING).ravel()
         y = ndimage.gaussian_filter(lr[c].astype(np.float64), MATCH_SMOOTHING).ravel()
-        gain, offset = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(np.mean(y - x)))
-        out[c] = (lr[c] - offset) / (gain or 1.0)
-    return out
+        if np.ptp(x) == 0:  # a flat truth: nothing to fit a gain to
+            out[c] = lr[c] - float(np.mean(y - x))
+            continue
+        design = np.stack([x * t.ravel() for t in terms] + [t.ravel() for t in terms], axis=1)
+        coefficients = np.linalg.lstsq(design, y, rcond=None)[0]
+        gain = sum(k * t for k, t in zip(coefficients[:len(terms)], terms))
+        offset = sum(k * t for k, t in zip(coefficients[len(terms):], terms))
+        signal = (x > (x.min() + x.max()) / 2).reshape(gain.shape)  # where the gain is seen, not extrapolated
+        median = float(np.median(gain[signal]))
+        if median <= 0:
+            raise UserError("the low-resolution field's intensities do not rise with the high-resolution one's: "
+                            "is one of them inverted or a different channel?")
+        gain = np.clip(gain, median / MAX_SHADING, median * MAX_SHADING)
+        low, high = min(low, float(gain[signal].min()) / median), max(high, float(gain[signal].max()) / median)
+        out[c] = (lr[c] - offset) / gain
+    return out, (low, high)
 
 
 def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationConfig, scale: int,
@@ -397,7 +435,14 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
     if registration.residual > MAX_PATCH_RESIDUAL / 2:
         log.warning("msrgan: %s: the registration fits loosely (%s): the comparison may be unfair to every method",
                     hr_path.name, registration.describe(scale))
-    return hr_crop, match_intensities(lr_crop, hr_crop, scale), hr.dtype
+    try:
+        matched, (low, high) = match_intensities(lr_crop, hr_crop, scale)
+    except UserError as error:
+        raise UserError(f"{lr_path.name} / {hr_path.name}: {error}") from None
+    if high - low > SHADING_NOTICE:
+        log.log(log_level, "msrgan: %s: the two acquisitions' shading differs: the low-resolution field's relative "
+                "gain runs from %.2f to %.2f over the shared area (corrected)", hr_path.name, low, high)
+    return hr_crop, matched, hr.dtype
 
 
 def registered_pairs(lr_paths: Sequence[Path], hr_paths: Sequence[Path], normalization: NormalizationConfig, scale: int,

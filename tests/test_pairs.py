@@ -95,8 +95,33 @@ def test_fields_that_do_not_match_are_a_one_line_error():
 def test_intensities_are_put_on_the_high_resolution_scale():
     specimen = sample(5)
     lr = bin_mean(specimen[None], 4)
-    matched = match_intensities(0.3 * lr + 250, specimen[None], 4)  # another gain and offset
+    matched, shading = match_intensities(0.3 * lr + 250, specimen[None], 4)  # another gain and offset
     np.testing.assert_allclose(matched, lr, rtol=1e-4)
+    assert shading == pytest.approx((1, 1), abs=1e-4)
+
+
+def vignetting(shape, fall: float) -> np.ndarray:
+    """A gain falling by ``fall`` from the field's centre to its corners."""
+    v, u = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    return 1 - fall * (u ** 2 + v ** 2) / 2
+
+
+def test_shading_that_differs_between_the_objectives_is_corrected():
+    """A 10x objective whose light falls off by 15 % towards the corners: one gain for the field
+    would leave the corners 7 % too dark; the gain field puts every pixel back on the truth's scale,
+    also where half of the field is empty background (nothing to fit the gain to there)."""
+    specimen = sample(6)
+    specimen[:, 320:] = 100  # the right half: background
+    lr = bin_mean(specimen[None], 4)
+    gain = vignetting(lr.shape[1:], 0.15)
+    shaded = (lr - 100) * gain * 0.3 + 250  # the camera's offset (100 and 250) is not shaded
+    matched, shading = match_intensities(shaded, specimen[None], 4)
+    np.testing.assert_allclose(matched, lr, rtol=5e-3)  # both smoothed before the fit: not exact
+    assert shading == pytest.approx((gain.min() / np.median(gain), gain.max() / np.median(gain)), abs=0.005)
+    _, narrow = match_intensities(shaded[:, :24, :24], specimen[None, :96, :96], 4)
+    assert narrow == (1.0, 1.0)  # too few pixels for fields: one gain and offset
+    with pytest.raises(UserError, match="do not rise with"):
+        match_intensities(lr, -specimen[None], 4)  # another channel, or an inverted image
 
 
 def test_files_pair_by_name(tmp_path):
