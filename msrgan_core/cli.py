@@ -14,6 +14,9 @@ from typing import List, Optional
 from . import __version__
 from .options import AS_THE_MODEL_SAYS, CALIBRATION_CELLS, DEFAULT_MODELS, DEVICES, ENSEMBLES, PRECISIONS, QUALITY_GRID
 
+#: the per-image figures of `msrgan evaluate`, unless --csv names another file
+EVALUATION_CSV = "msrgan_evaluation.csv"
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
@@ -153,8 +156,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = summarize(rows)
     print(format_table(summary))
     print(against_baseline(rows))
-    write_csv(Path(args.csv), rows, summary)
-    print(f"msrgan: per-image figures in {args.csv}")
+    report = Path(args.csv) if args.csv else (args.out / EVALUATION_CSV if args.out else Path(EVALUATION_CSV))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(report, rows, summary)
+    print(f"msrgan: per-image figures in {report}")
     return 0
 
 
@@ -339,13 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --degradation, real low-resolution acquisitions of the --hr fields (files, "
                         "folders or globs; paired by file name): each is registered to its partner (offset, pixel "
                         "size ratio, rotation), both are cropped to the area they share, and it is put on the "
-                        "partner's intensity scale")
-    p.add_argument("--csv", default="msrgan_evaluation.csv", help="where to write per-image figures")
+                        "partner's intensity scale and shading")
+    p.add_argument("--csv", help=f"where to write per-image figures (default: {EVALUATION_CSV} in --out, or here)")
     p.add_argument("--features", action="store_true",
                    help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "
                         "image, msrgan's output, bicubic's and a repeat of the high-resolution image (its own noise drawn "
                         "again), match them by overlap and compare every feature")
-    p.add_argument("--out", type=Path, help="with --features: folder for the images, CSVs and scatter plot")
+    p.add_argument("--out", type=Path, help="folder for what evaluate writes: the per-image CSV, or with --features "
+                                             "the images, feature CSVs and scatter plot")
     p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
