@@ -86,6 +86,14 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_made_with_given(option: str, value) -> None:
+    """``option`` makes the low-resolution images from --hr; given with --lr, it is an error."""
+    if value:
+        from .errors import UserError
+
+        raise UserError(f"{option} makes low-resolution images from --hr; with --lr they are given: use one or the other")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate, calibrate_on_pairs
     from .data import spread
@@ -97,11 +105,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     files = find_images(args.hr)
     if args.lr:
-        from .errors import UserError
         from .pairs import pair_files
 
-        if args.cells:
-            raise UserError("--cells makes low-resolution images from --hr; with --lr they are given: use one or the other")
+        refuse_made_with_given("--cells", args.cells)
         pairs = sample(pair_files(find_images(args.lr), files))
         upscaler = make_upscaler(args)
         found = calibrate_on_pairs(upscaler, [lr for lr, _ in pairs], [hr for _, hr in pairs], args.channel_axis,
@@ -126,8 +132,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     files = find_images(args.hr)
     if args.features and args.out is None:
         raise UserError("--features needs --out DIR for its images, CSVs and scatter plot")
-    if args.lr and args.degradation:
-        raise UserError("--degradation makes low-resolution images from --hr; with --lr they are given: use one or the other")
+    if args.lr:
+        refuse_made_with_given("--degradation", args.degradation)
     upscaler = make_upscaler(args)
     scale = upscaler.scale
     progress, desc = not args.quiet, "upscaling" if args.features else "evaluating"

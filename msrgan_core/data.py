@@ -23,6 +23,7 @@ from .binning import crop_to_multiple
 from .degradation import degrade
 from .io import read_image
 from .normalize import normalize, percentile_stats
+from .pairs import oriented, registered_pair
 
 log = logging.getLogger("msrgan")
 
@@ -157,7 +158,6 @@ def load_pairs(
     with a warning; a pair that cannot be registered is an error naming its files.
     """
     from .evaluate import BlankField
-    from .pairs import registered_pair
 
     found, used = [], 0
     for lr_path, hr_path in tqdm(pairs, desc="registering", unit="pair", disable=not progress, leave=False):
@@ -199,10 +199,7 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, step: in
 
 def cut(image: np.ndarray, size: int, y: int, x: int, turns: int, mirrored: bool) -> np.ndarray:
     """The ``(C, size, size)`` patch of :func:`random_crop`'s choice, turned and mirrored."""
-    patch = image[:, y:y + size, x:x + size]
-    if mirrored:
-        patch = patch[:, :, ::-1]
-    return np.ascontiguousarray(np.rot90(patch, k=turns, axes=(1, 2)))
+    return np.ascontiguousarray(oriented(image[:, y:y + size, x:x + size], turns, mirrored))
 
 
 def sample_batch(

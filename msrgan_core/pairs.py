@@ -502,21 +502,18 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
         log.log(log_level, "msrgan: %s %s to match %s", hr_path.name,
                 " and ".join(filter(None, ["mirrored" if mirrored else "", f"turned {90 * turns} deg" if turns else ""])),
                 lr_path.name)
-    try:
+    try:  # every error of the pair names both files
         registration = register(lr[0], hr[0], scale)
-    except RegistrationError as error:
-        raise RegistrationError(f"{lr_path.name} / {hr_path.name}: {error}") from None
-    lr_crop, hr_crop, resampled = align(lr, hr, registration, scale)
+        lr_crop, hr_crop, resampled = align(lr, hr, registration, scale)
+        matched, (low, high) = match_intensities(lr_crop, hr_crop, scale)
+    except UserError as error:
+        raise type(error)(f"{lr_path.name} / {hr_path.name}: {error}") from None
     log.log(log_level, "msrgan: %s registered: %s; %d x %d low-resolution pixels shared%s", hr_path.name,
              registration.describe(scale), lr_crop.shape[1], lr_crop.shape[2],
              ", the high-resolution image resampled" if resampled else "")
     if registration.residual > MAX_PATCH_RESIDUAL / 2:
         log.warning("msrgan: %s: the registration fits loosely (%s): the comparison may be unfair to every method",
                     hr_path.name, registration.describe(scale))
-    try:
-        matched, (low, high) = match_intensities(lr_crop, hr_crop, scale)
-    except UserError as error:
-        raise UserError(f"{lr_path.name} / {hr_path.name}: {error}") from None
     if high - low > SHADING_NOTICE:
         log.log(log_level, "msrgan: %s: the two acquisitions' shading differs: the low-resolution field's relative "
                 "gain runs from %.2f to %.2f over the shared area (corrected)", hr_path.name, low, high)
