@@ -216,16 +216,57 @@ def check_model_file(path):
     return problem
 
 
-def available_cores():
-    """The CPU cores this process may run on (its affinity, e.g. a cluster job's share).
+#: where Linux mounts the control groups, and where a process finds its own
+CGROUP_ROOT, CGROUP_MEMBERSHIP = "/sys/fs/cgroup", "/proc/self/cgroup"
 
-    Counted as :func:`msrgan_core.device.available_cores` counts them, here because CellProfiler's
-    own environment may have neither msrgan nor PyTorch.
+
+def cpu_quota():
+    """The cores a CPU limit on this process's control group allows (a container's ``--cpus``), or None.
+
+    Read as :func:`msrgan_core.device.cpu_quota` reads it (see there; the tests hold them to one
+    answer), here because CellProfiler's own environment may have neither msrgan nor PyTorch.
     """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        with open(CGROUP_MEMBERSHIP) as memberships:
+            lines = memberships.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: QUOTA PERIOD (or max PERIOD) in cpu.max
+            mounts, files = [CGROUP_ROOT], ["cpu.max"]
+        elif "cpu" in controllers.split(","):  # v1: the quota (-1: none) and the period in two files
+            mounts = [os.path.join(CGROUP_ROOT, controllers), os.path.join(CGROUP_ROOT, "cpu")]
+            files = ["cpu.cfs_quota_us", "cpu.cfs_period_us"]
+        else:
+            continue
+        parts = [part for part in group.strip().split("/") if part]
+        for mount in mounts:
+            for folder in {os.path.join(mount, *parts[:n]) for n in range(len(parts) + 1)}:
+                try:
+                    words = []
+                    for name in files:
+                        with open(os.path.join(folder, name)) as file:
+                            words += file.read().split()
+                    quota, period = int(words[0]), int(words[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if quota > 0 and period > 0:
+                    limits.append(-(-quota // period))
+    return min(limits) if limits else None
+
+
+def available_cores():
+    """The CPU cores this process may use: its affinity (e.g. a cluster job's share), or its CPU quota if fewer.
+
+    Counted as :func:`msrgan_core.device.available_cores` counts them, for the reason above.
+    """
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return min(cores, cpu_quota() or cores)
 
 
 def worker_threads(setting):

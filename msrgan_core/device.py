@@ -7,8 +7,10 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import platform
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -34,12 +36,56 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity, e.g. a cluster job's share), not the machine's."""
+#: where Linux mounts the control groups, and where a process finds its own
+CGROUP_ROOT, CGROUP_MEMBERSHIP = Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
+
+
+def cpu_quota() -> Optional[int]:
+    """The cores a CPU bandwidth limit on this process's control group allows (a container's
+    ``--cpus``, a Kubernetes CPU limit), rounded up; None without one.
+
+    Such a limit leaves every core of the node in the process's affinity: torch would start a
+    thread per core and the kernel would throttle them all. Read from cgroup v2's ``cpu.max``
+    (``QUOTA PERIOD``, or ``max PERIOD``) or v1's ``cpu.cfs_quota_us`` (-1: none) and
+    ``cpu.cfs_period_us``, in the process's group and those above it (the tightest holds) and in
+    the mount's top folder, which is the container's own group where its paths are the host's.
+    The plugin reads it the same way (``cellprofiler_plugin/upscalemsrgan.py``; the tests hold
+    them to one answer): CellProfiler's own environment may have neither msrgan nor PyTorch.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        memberships = CGROUP_MEMBERSHIP.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in memberships:
+        _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: one tree
+            mounts, files = [CGROUP_ROOT], ["cpu.max"]
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's tree
+            mounts, files = [CGROUP_ROOT / controllers, CGROUP_ROOT / "cpu"], ["cpu.cfs_quota_us", "cpu.cfs_period_us"]
+        else:
+            continue
+        parts = [part for part in group.strip().split("/") if part]
+        for mount in mounts:
+            for folder in {mount.joinpath(*parts[:n]) for n in range(len(parts) + 1)}:
+                try:
+                    words = [word for name in files for word in (folder / name).read_text().split()]
+                    quota, period = int(words[0]), int(words[1])
+                except (OSError, ValueError, IndexError):  # no such file, or "max": no limit
+                    continue
+                if quota > 0 and period > 0:
+                    limits.append(math.ceil(quota / period))
+    return min(limits) if limits else None
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use, not the machine's: its affinity (e.g. a cluster job's
+    cores), or fewer where its control group's CPU quota (:func:`cpu_quota`) allows fewer."""
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return min(cores, cpu_quota() or cores)
 
 
 def set_threads(threads: Optional[int] = None) -> int:

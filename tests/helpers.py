@@ -64,3 +64,33 @@ def smooth_image(
     image = ndimage.gaussian_filter(white, sigma) + noise * white
     image = (image - image.min()) / (image.max() - image.min())
     return low + (high - low) * image
+
+
+#: control groups as a container or a cluster job sees them: (the process's /proc/self/cgroup,
+#: files under the cgroup mount, the cores their CPU limit allows)
+CGROUP_CASES = [
+    # a Kubernetes container, cgroup v2: its own limit of 2.5 cores (rounded up), none above it
+    ("0::/kubepods/pod1/ctr\n", {"kubepods/cpu.max": "max 100000", "kubepods/pod1/ctr/cpu.max": "250000 100000"}, 3),
+    # the pod's limit is tighter than the container's
+    ("0::/kubepods/pod1/ctr\n", {"kubepods/pod1/cpu.max": "150000 100000", "kubepods/pod1/ctr/cpu.max": "max 100000"}, 2),
+    # docker --cpus 0.5, cgroup v1 without a cgroup namespace: the host's path, the container's own group at the mount
+    ("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n",
+     {"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1),
+    # cgroup v1, no quota (this kind of machine)
+    ("1:cpu:/\n2:cpuacct:/\n0::/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    # no control groups at all (not Linux, or /proc not mounted)
+    (None, {}, None),
+]
+
+
+def cgroup_tree(tmp_path: Path, membership: "str | None", files: "dict[str, str]") -> "tuple[Path, Path]":
+    """Write one of :data:`CGROUP_CASES` under ``tmp_path``: (the cgroup mount, the membership file)."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    root.mkdir(exist_ok=True)
+    proc = tmp_path / "proc_self_cgroup"
+    if membership is not None:
+        proc.write_text(membership)
+    return root, proc

@@ -10,7 +10,7 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
-from helpers import smooth_image, tiny_model
+from helpers import CGROUP_CASES, cgroup_tree, smooth_image, tiny_model
 from msrgan_core.binning import bin_mean
 from msrgan_core.inference import (
     InferenceError, Upscaler, axis_tiles, orient, orientations, tile_slices, unorient, upscale, upscale_file,
@@ -439,6 +439,21 @@ def test_calibration_scales_the_uncertainty_to_the_mean_absolute_error(model_x4,
         errors.append(np.abs(out - hr).sum())
         spreads.append(spread.sum())
     assert sum(spreads) == pytest.approx(sum(errors), rel=1e-3)  # the mean uncertainty is now the mean error
+
+
+@pytest.mark.parametrize("membership, files, quota", CGROUP_CASES)
+def test_threads_follow_a_containers_cpu_limit_not_the_nodes_cores(membership, files, quota, tmp_path, monkeypatch):
+    """A container limited to 1 core on a 64-core node still has all 64 in its affinity."""
+    import msrgan_core.device as device
+
+    root, proc = cgroup_tree(tmp_path, membership, files)
+    monkeypatch.setattr(device, "CGROUP_ROOT", root)
+    monkeypatch.setattr(device, "CGROUP_MEMBERSHIP", proc)
+    assert device.cpu_quota() == quota
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert device.available_cores() == min(affinity, quota or affinity)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert device.available_cores() == (quota or 64)
 
 
 FAULTS_PROBE = """

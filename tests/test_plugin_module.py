@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from helpers import tiny_generator
+from helpers import CGROUP_CASES, cgroup_tree, tiny_generator
 from msrgan_core.inference import Upscaler
 from msrgan_core.modelfile import load_model, save_model
 
@@ -446,6 +446,20 @@ def test_cpu_threads_are_shared_among_analysis_workers(plugin, monkeypatch):
     assert plugin.worker_threads(0) == max(1, available_cores() // 2)
     monkeypatch.setattr(preferences, "get_max_workers", lambda: 64)
     assert plugin.worker_threads(0) == 1
+
+
+@pytest.mark.parametrize("membership, files, quota", CGROUP_CASES)
+def test_plugin_reads_a_cpu_limit_as_msrgan_does(plugin, membership, files, quota, tmp_path, monkeypatch):
+    """The plugin's own copy (for a CellProfiler without msrgan) gives msrgan's answer."""
+    import msrgan_core.device as device
+
+    root, proc = cgroup_tree(tmp_path, membership, files)
+    monkeypatch.setattr(device, "CGROUP_ROOT", root)
+    monkeypatch.setattr(device, "CGROUP_MEMBERSHIP", proc)
+    monkeypatch.setattr(plugin, "CGROUP_ROOT", str(root))
+    monkeypatch.setattr(plugin, "CGROUP_MEMBERSHIP", str(proc))
+    assert plugin.cpu_quota() == device.cpu_quota() == quota
+    assert plugin.available_cores() == device.available_cores()
 
 
 def test_uncertainty_image_and_the_scale_and_model_measurements(upscale_module_class, fly_dna):
