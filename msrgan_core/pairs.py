@@ -55,10 +55,13 @@ MAX_SHADING = 2.0
 #: a shared area narrower than this (low-resolution pixels) gets one gain and offset: on 16 x 16
 #: pixels at 300 photons the fields fitted noise (smoothed error 0.86 % of the range against 0.63 %)
 MIN_SHADING_FIELD = 32
-#: a corrected shading spanning more than this is printed (unshaded pairs at 300 photons fit 1-5 %)
+#: a corrected shading spanning more than this is printed. Unshaded pairs at 300 photons read 0.5-1.1 %
+#: (6 test fields of 160 x 160 pixels); the gain field alone, which noise trades against the offset's, 5-14 %
 SHADING_NOTICE = 0.05
 #: the shared area must be at least this many low-resolution pixels on each side
 MIN_SHARED = 16
+#: what may follow a low-resolution file's name in the names of the high-resolution fields inside it
+SITE_SEPARATORS = "_-. "
 #: low-resolution pixels per binned high-resolution pixel (``scale`` over the pixel size ratio) that
 #: the whole-pixel search tries: ratios of 3.70 to 4.35 at 4x, for nominal 10x and 40x objectives
 #: a few % from 4. Beyond 1 % from the truth the search's correlation falls (on a test specimen
@@ -105,22 +108,31 @@ class Registration:
 
 
 def pair_files(lr_paths: Sequence[Path], hr_paths: Sequence[Path]) -> List[Tuple[Path, Path]]:
-    """``(low, high)`` resolution files matched by file name without its suffix; a file without a
+    """``(low, high)`` resolution files matched by file name without its suffix: a high-resolution
+    file partners the low-resolution one of its name, or else the one whose name, followed by one
+    of :data:`SITE_SEPARATORS`, begins its own (the longest such), so one low-magnification field
+    can hold several high-magnification ones. In the order of ``lr_paths``; a file without a
     partner is an error that names it."""
     for name, paths in (("--lr", lr_paths), ("--hr", hr_paths)):
         stems = [Path(p).stem for p in paths]
         twice = sorted({stem for stem in stems if stems.count(stem) > 1})
         if twice:
             raise UserError(f"{name} has several files named {twice[0]} (other suffixes or folders): pairs are made by name")
-    hr_by_stem = {Path(p).stem: Path(p) for p in hr_paths}
-    lr_stems = {Path(p).stem for p in lr_paths}
-    alone = sorted({Path(p).name for p in lr_paths if Path(p).stem not in hr_by_stem}
-                   | {p.name for s, p in hr_by_stem.items() if s not in lr_stems})
+    lr_by_stem = {Path(p).stem: Path(p) for p in lr_paths}
+
+    def partner(stem: str) -> Optional[Path]:
+        holders = [lr for lr in lr_by_stem if stem == lr or (stem.startswith(lr) and stem[len(lr)] in SITE_SEPARATORS)]
+        return lr_by_stem[max(holders, key=len)] if holders else None
+
+    partners = {Path(p): partner(Path(p).stem) for p in hr_paths}
+    alone = sorted({p.name for p in lr_by_stem.values() if p not in partners.values()}
+                   | {hr.name for hr, lr in partners.items() if lr is None})
     if alone:
         shown = ", ".join(alone[:3]) + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
         raise UserError(f"--lr and --hr files are paired by name, and {shown} has no partner: give each "
-                        "low-resolution field the name of its high-resolution one")
-    return [(Path(p), hr_by_stem[Path(p).stem]) for p in lr_paths]
+                        "high-resolution field the name of the low-resolution one it lies in, alone or followed by "
+                        "_, -, . or a space and more (A01.tif holds A01_s1.tif, A01_s2.tif)")
+    return [(lr, hr) for lr in lr_by_stem.values() for hr, holder in partners.items() if holder == lr]
 
 
 def _standardized(image: np.ndarray) -> np.ndarray:
@@ -437,7 +449,8 @@ def shading_terms(shape: Tuple[int, int], degree: int = SHADING_DEGREE) -> List[
 
 def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[np.ndarray, Tuple[float, float]]:
     """``lr`` (``(C, Y, X)``) mapped, per channel, onto the intensity scale of ``hr`` binned onto its
-    grid, and the range of the relative gain it corrected (lowest, highest over the median).
+    grid, and the range of the relative shading it corrected: the fitted response to the
+    bright half's median intensity, lowest and highest over its median.
 
     Two acquisitions differ in exposure, gain and offset, and two objectives in how the light falls
     off towards the field's edges (vignetting, uneven illumination): the map is the least-squares
@@ -476,7 +489,10 @@ def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[np.nd
             raise UserError("the low-resolution field's intensities do not rise with the high-resolution one's: "
                             "is one of them inverted or a different channel?")
         gain = np.clip(gain, median / MAX_SHADING, median * MAX_SHADING)
-        low, high = min(low, float(gain[signal].min()) / median), max(high, float(gain[signal].max()) / median)
+        # the shading as seen at the signal's level: gain and offset fields trade off against each
+        # other where the truth varies little, and noise moves either alone more than their sum
+        seen = gain[signal] * np.median(x[signal.ravel()]) + offset[signal]
+        low, high = min(low, float(seen.min() / np.median(seen))), max(high, float(seen.max() / np.median(seen)))
         out[c] = (lr[c] - offset) / gain
     return out, (low, high)
 
@@ -508,15 +524,15 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
         matched, (low, high) = match_intensities(lr_crop, hr_crop, scale)
     except UserError as error:
         raise type(error)(f"{lr_path.name} / {hr_path.name}: {error}") from None
-    log.log(log_level, "msrgan: %s registered: %s; %d x %d low-resolution pixels shared%s", hr_path.name,
-             registration.describe(scale), lr_crop.shape[1], lr_crop.shape[2],
+    log.log(log_level, "msrgan: %s registered in %s: %s; %d x %d low-resolution pixels shared%s", hr_path.name,
+             lr_path.name, registration.describe(scale), lr_crop.shape[1], lr_crop.shape[2],
              ", the high-resolution image resampled" if resampled else "")
     if registration.residual > MAX_PATCH_RESIDUAL / 2:
         log.warning("msrgan: %s: the registration fits loosely (%s): the comparison may be unfair to every method",
                     hr_path.name, registration.describe(scale))
     if high - low > SHADING_NOTICE:
         log.log(log_level, "msrgan: %s: the two acquisitions' shading differs: the low-resolution field's relative "
-                "gain runs from %.2f to %.2f over the shared area (corrected)", hr_path.name, low, high)
+                "intensity at the signal's level runs from %.2f to %.2f over the shared area (corrected)", hr_path.name, low, high)
     return hr_crop, matched, hr.dtype
 
 

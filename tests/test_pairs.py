@@ -12,7 +12,7 @@ from msrgan_core.binning import bin_mean
 from msrgan_core.config import NormalizationConfig
 from msrgan_core.errors import UserError
 from msrgan_core.pairs import (RegistrationError, align, match_intensities, pair_files, register,
-                               registered_pair)
+                               registered_pair, registered_pairs, SHADING_NOTICE)
 from helpers import smooth_image
 
 
@@ -117,13 +117,25 @@ def test_shading_that_differs_between_the_objectives_is_corrected():
     lr = bin_mean(specimen[None], 4)
     gain = vignetting(lr.shape[1:], 0.15)
     shaded = (lr - 100) * gain * 0.3 + 250  # the camera's offset (100 and 250) is not shaded
-    matched, shading = match_intensities(shaded, specimen[None], 4)
+    matched, _ = match_intensities(shaded, specimen[None], 4)
     np.testing.assert_allclose(matched, lr, rtol=5e-3)  # both smoothed before the fit: not exact
+    _, shading = match_intensities(lr * gain * 0.3, specimen[None], 4)  # the range reported: the shading's
     assert shading == pytest.approx((gain.min() / np.median(gain), gain.max() / np.median(gain)), abs=0.005)
     _, narrow = match_intensities(shaded[:, :24, :24], specimen[None, :96, :96], 4)
     assert narrow == (1.0, 1.0)  # too few pixels for fields: one gain and offset
     with pytest.raises(UserError, match="do not rise with"):
         match_intensities(lr, -specimen[None], 4)  # another channel, or an inverted image
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_noise_is_not_reported_as_shading(seed):
+    """At 300 photons the gain and offset fields trade off against each other (the gain alone
+    spanned 0.89-1.07 on these fields); the response at the signal's level stays flat."""
+    specimen = sample(seed)
+    lr = bin_mean(specimen[None], 4)
+    noisy = np.random.default_rng(seed).poisson(lr / lr.max() * 300) * 7.0 + 90
+    low, high = match_intensities(noisy, specimen[None], 4)[1]
+    assert high - low < 0.02 < SHADING_NOTICE
 
 
 def test_files_pair_by_name(tmp_path):
@@ -134,6 +146,29 @@ def test_files_pair_by_name(tmp_path):
         pair_files(lr, hr + [tmp_path / "hr" / "B01.tif"])
     with pytest.raises(UserError, match="several files named A01"):
         pair_files(lr, hr + [tmp_path / "hr" / "A01.png"])
+
+
+def test_one_low_magnification_field_partners_the_sites_named_after_it(tmp_path):
+    lr = [tmp_path / "lr" / "A01.tif", tmp_path / "lr" / "A01_s2.tif", tmp_path / "lr" / "A010.tif"]
+    hr = [tmp_path / "hr" / n for n in ("A01_s1.tif", "A01_s2.tif", "A01-3.tif", "A01.s4.tif", "A010 s1.tif")]
+    assert pair_files(lr, hr) == [(lr[0], hr[0]), (lr[0], hr[2]), (lr[0], hr[3]), (lr[1], hr[1]), (lr[2], hr[4])]
+    with pytest.raises(UserError, match="A01x.tif has no partner"):  # no separator: another field
+        pair_files(lr, hr + [tmp_path / "hr" / "A01x.tif"])
+    with pytest.raises(UserError, match="A02.tif has no partner"):  # a low-resolution field with no site
+        pair_files(lr + [tmp_path / "lr" / "A02.tif"], hr)
+
+
+def test_several_sites_inside_one_low_magnification_field_are_each_registered(tmp_path):
+    specimen = sample(9)
+    tifffile.imwrite(tmp_path / "A01.tif", low_magnification(specimen, zoom=1.005).astype(np.float32))
+    sites = {"A01_s1.tif": (slice(40, 296), slice(60, 316)), "A01_s2.tif": (slice(320, 576), slice(300, 620))}
+    for name, (rows, cols) in sites.items():
+        tifffile.imwrite(tmp_path / name, specimen[rows, cols].astype(np.uint16))
+    found = list(registered_pairs([tmp_path / "A01.tif"], [tmp_path / n for n in sites], NormalizationConfig(), 4,
+                                  progress=False))
+    assert [path.name for path, *_ in found] == list(sites)
+    for path, hr, lr, _ in found:  # each site's own pixels, on the truth's scale
+        assert np.corrcoef(bin_mean(hr, 4).ravel(), lr.ravel())[0, 1] > 0.99
 
 
 def test_a_noisy_pair_of_files_is_registered_as_the_noise_free_one(tmp_path):
