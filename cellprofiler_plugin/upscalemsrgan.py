@@ -55,6 +55,10 @@ Which model should I use?
 -  *Default: perceptual*: trained with an adversarial and a perceptual (feature) loss, as in
    SRGAN. Its images look sharper and more natural, but some of the fine texture is invented
    by the network. Prefer it for figures and visual inspection, not for quantification.
+-  *Default: fidelity-clean*: the previous, larger network (about 10 times slower), trained on
+   noise-free binning. Better than *fidelity* only where the low-magnification image is itself
+   nearly noise-free (long exposures, camera binning); on noisy or blurred images it draws noise
+   as texture.
 -  *Custom model file*: a ``.safetensors`` model trained and exported with ``msrgan train``
    (for example on your own microscope's images). The file describes itself (architecture,
    scale, normalisation), so any msrgan model loads without further settings.
@@ -138,9 +142,10 @@ except ImportError:  # no msrgan in CellProfiler's environment: the same values,
 
 MODEL_FIDELITY = "Default: fidelity"
 MODEL_PERCEPTUAL = "Default: perceptual"
+MODEL_FIDELITY_CLEAN = "Default: fidelity-clean"
 MODEL_CUSTOM = "Custom model file"
-MODEL_ALL = [MODEL_FIDELITY, MODEL_PERCEPTUAL, MODEL_CUSTOM]
-PACKAGED_MODEL = {MODEL_FIDELITY: "fidelity", MODEL_PERCEPTUAL: "perceptual"}
+MODEL_ALL = [MODEL_FIDELITY, MODEL_PERCEPTUAL, MODEL_FIDELITY_CLEAN, MODEL_CUSTOM]
+PACKAGED_MODEL = {MODEL_FIDELITY: "fidelity", MODEL_PERCEPTUAL: "perceptual", MODEL_FIDELITY_CLEAN: "fidelity-clean"}
 
 #: the model file's own choice of orientations and bin matching (msrgan_core.modelcard.InferenceDefaults)
 MODEL_DEFAULT = "Model's default"
@@ -546,11 +551,15 @@ Choose the network that upscales the image:
 -  *{MODEL_PERCEPTUAL}:* trained with an adversarial and a perceptual loss (SRGAN); sharper
    looking, but part of the fine texture is made up by the network. Use it for display, not for
    measurements.
+-  *{MODEL_FIDELITY_CLEAN}:* the previous, larger network (about 10 times slower), trained on
+   noise-free binning. Best only where the low-magnification image is itself nearly noise-free
+   (long exposures, camera binning); on noisy or blurred images it draws noise as texture.
 -  *{MODEL_CUSTOM}:* an msrgan model file (``.safetensors``) that you trained or were given,
    for example one fitted to your own microscope.""".format(
                 **{
                     "MODEL_FIDELITY": MODEL_FIDELITY,
                     "MODEL_PERCEPTUAL": MODEL_PERCEPTUAL,
+                    "MODEL_FIDELITY_CLEAN": MODEL_FIDELITY_CLEAN,
                     "MODEL_CUSTOM": MODEL_CUSTOM,
                 }
             ),

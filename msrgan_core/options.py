@@ -9,8 +9,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: orientations an upscaler may average (:func:`msrgan_core.inference.orientations`)
 ENSEMBLES = (1, 2, 4, 8)
-#: the packaged models, selectable by name instead of a path; the first is the default
-DEFAULT_MODELS = ("fidelity", "perceptual")
+#: the packaged models, selectable by name instead of a path; the first is the default. ``fidelity-clean``
+#: is round 1's 16 x 64 SRResNet, kept for noise-free binned inputs, where it is still the best (README)
+DEFAULT_MODELS = ("fidelity", "perceptual", "fidelity-clean")
 #: what the command line and the module say of an option left unset
 AS_THE_MODEL_SAYS = "as the model file says (msrgan info MODEL)"
 

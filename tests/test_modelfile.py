@@ -200,7 +200,7 @@ def test_blend_refuses_models_that_do_not_match_and_weights_outside_0_1(tmp_path
         blend_models(adv, load_model(other), 0.5)
 
 
-@pytest.mark.parametrize("name,defaults", [("fidelity", (1, False)), ("perceptual", (1, False))])
+@pytest.mark.parametrize("name,defaults", [("fidelity", (1, False)), ("perceptual", (1, False)), ("fidelity-clean", (1, True))])
 def test_packaged_models_load_by_name(name, defaults):
     loaded = load_model(name)
     assert loaded.source == str(packaged_model_path(name))
