@@ -348,10 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(QUALITY_GRID)} (default bin: 4 x 4 binning; +Nph: shot noise of N photons)")
     p.add_argument("--lr", nargs="+",
                    help="instead of --degradation, real low-resolution acquisitions of the --hr fields (files, "
-                        "folders or globs; paired by file name, A01.tif with A01.tif or with the sites A01_s1.tif, A01_s2.tif inside it): "
-                        "each is registered to its partner (offset, pixel "
-                        "size ratio, rotation), both are cropped to the area they share, and it is put on the "
-                        "partner's intensity scale and shading")
+                        "folders or globs; paired by file name: A01.tif with A01.tif, or with the sites A01_s1.tif, "
+                        "A01_s2.tif ... inside it): each is registered to its partner (offset, pixel size ratio, "
+                        "rotation), both are cropped to the area they share, and it is put on the partner's "
+                        "intensity scale and shading")
     p.add_argument("--csv", help=f"where to write per-image figures (default: {EVALUATION_CSV} in --out, or here)")
     p.add_argument("--features", action="store_true",
                    help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "

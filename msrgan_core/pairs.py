@@ -492,7 +492,8 @@ def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[np.nd
         # the shading as seen at the signal's level: gain and offset fields trade off against each
         # other where the truth varies little, and noise moves either alone more than their sum
         seen = gain[signal] * np.median(x[signal.ravel()]) + offset[signal]
-        low, high = min(low, float(seen.min() / np.median(seen))), max(high, float(seen.max() / np.median(seen)))
+        seen /= np.median(seen)
+        low, high = min(low, float(seen.min())), max(high, float(seen.max()))
         out[c] = (lr[c] - offset) / gain
     return out, (low, high)
 
