@@ -11,8 +11,8 @@ same torch thread count (``--threads``, default 2):
 - ``sgemm``: a 2048 x 2048 float32 matrix product, the rate this machine's BLAS reaches;
 - ``network 256``: the generator alone on one untiled 256 x 256 input, and its share of that rate
   (multiply-adds counted layer by layer, 2 FLOP each);
-- ``msrgan NxN``: ``Upscaler.upscale`` of a uint16 field as ``msrgan upscale`` runs it (tiles,
-  normalisation, orientations, dtype), its throughput over the untiled network's, and peak RSS;
+- ``msrgan NxN``: ``Upscaler.upscale`` of a uint16 field as ``msrgan upscale`` runs it (strips or
+  tiles, normalisation, orientations, dtype), its throughput over the untiled network's, and peak RSS;
 - ``bicubic NxN``: scikit-image's order-3 resize of the same field.
 
 With ``--device cuda`` it measures ``Upscaler.upscale`` on the GPU instead, in fp32 and in each
@@ -103,7 +103,7 @@ def measure(what: str, size: int, model: str, repeats: int, threads: int, option
             upscaler = Upscaler(load_model(model), device="cpu", threads=threads, **options)
             run, scale = (lambda: upscaler.upscale(image)), upscaler.scale
             result["options"] = upscaler.options
-            result["tile"] = upscaler.plan().tile
+            result["layout"] = upscaler.layout((size, size))
         else:
             from msrgan_core.metrics import upscale_bicubic
 
@@ -192,7 +192,7 @@ def main() -> None:
             b = child("bicubic", size)
             print(f"{'bicubic %dx%d' % (size, size):<20} {b['mp_per_s']:>9.3f} {b['seconds']:>8.3f} {'':>10} {'':>8} {'':>8} "
                   f"{b['peak_rss_mib']:>13.0f}")
-    print(f"(msrgan: {r['options']}, {r['tile']}-pixel tiles; peak RSS of a fresh process, Python and torch included)")
+    print(f"(msrgan: {r['options']}, {r['layout']} at {size}; peak RSS of a fresh process, Python and torch included)")
 
 
 if __name__ == "__main__":

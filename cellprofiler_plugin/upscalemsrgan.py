@@ -84,10 +84,11 @@ Technical notes
 The model is loaded once per CellProfiler worker and reused for every image set. With
 *Automatic*, the GPU is used when PyTorch finds a CUDA GPU, otherwise the CPU; when *GPU* is
 chosen but no GPU is usable, the module warns and runs on the CPU. On the CPU, the cores are
-shared out among CellProfiler's analysis workers. Large images are processed in tiles, each
-with the context the network needs around it, so no seams show; set a tile size when the GPU
-runs out of memory (the module already retries with smaller tiles, then on the CPU). The log
-says which device, precision and how many threads ran.
+shared out among CellProfiler's analysis workers. Large images are processed in parts, so no
+seams show: on the CPU in full-width strips that carry the network's context from one to the
+next, on a GPU in tiles, each with the context the network needs around it; set a tile size when
+the GPU runs out of memory (the module already retries with smaller tiles, then on the CPU). The
+log says which device, precision and how many threads ran.
 
 The module needs the ``msrgan`` Python package (and PyTorch) installed in the same Python
 environment as CellProfiler, or, with *Run msrgan in* set to *Another Python environment*, in
@@ -624,10 +625,11 @@ Choose where the network runs:
             0,
             minval=0,
             doc="""\
-Large images are processed in square tiles of this many input pixels, each with the context
-the network needs around it, so that memory use stays bounded and no seams show. Leave 0 to size
-the tiles to the device's memory. Enter a smaller size (for example 256) if the GPU runs out of
-memory; the result does not depend on the tile size.""",
+Large images are processed in parts, so that memory use stays bounded and no seams show. Leave 0
+to size them to the device's memory (on the CPU, full-width strips that recompute nothing). A
+size above 0 processes square tiles of this many input pixels, each with the context the network
+needs around it: enter a smaller size (for example 256) if the GPU runs out of memory. The result
+does not depend on the tile size.""",
         )
 
         self.orientations = Choice(

@@ -1,14 +1,17 @@
 """Tiled inference: ``Upscaler.upscale()`` an image of any size in bounded memory, without seams.
 
-The image is normalised once, on the whole image. It is cut into a grid of tile cores that
+The image is normalised once, on the whole image. On the CPU (with the automatic tile size) it
+goes through the network in full-width strips of rows, each layer keeping the rows the next
+strip needs (:mod:`msrgan_core.streaming`), so no context is computed twice. Otherwise (a GPU,
+a tile size set, orientations turned by a quarter) it is cut into a grid of tile cores that
 partition it; each core is computed with ``margin`` input pixels of context on every side and
 only the core's output is kept. The margin is the generator's measured influence radius (input
 farther away moves no output pixel by more than 1e-4 of the range, :func:`~msrgan_core.models.
 influence_radius`) plus :data:`MARGIN_SPARE`, so the tiled result equals the untiled one within
-that bound, with no blending weights and no float copy of the whole output: each core is
-averaged over orientations, matched to its input bins, mapped back to the image's intensities
-and cast to its dtype on the device, then written into the output. Tiles of one shape go
-through the network together, as one batch, up to the memory budget.
+that bound. Either way there are no blending weights and no float copy of the whole output:
+each strip or core is averaged over orientations, matched to its input bins, mapped back to the
+image's intensities and cast to its dtype on the device, then written into the output. Tiles of
+one shape go through the network together, as one batch, up to the memory budget.
 """
 from __future__ import annotations
 
@@ -35,12 +38,12 @@ from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_s
 log = logging.getLogger("msrgan")
 
 MIB = 1 << 20
-#: activation memory a tile batch may take when ``tile=0`` (automatic), per device type. On the
-#: CPU the budget is set by memory, not speed: with freed memory reused (:func:`~msrgan_core.
-#: device.reuse_freed_memory`) the compact 12 x 48 network ran as fast on 1024-pixel inputs as on
-#: 256-pixel ones (6.7 and 5.3 output MP/s, 2 cores of an Intel Xeon), so a 512 x 512 field is one tile and a
-#: 2048 x 2048 one 16 tiles, within 1 GiB of peak memory. On a GPU, at most CUDA_MEMORY_SHARE of the
-#: memory free when the upscaler is made.
+#: activation memory a strip or a tile batch may take when ``tile=0`` (automatic), per device
+#: type. On the CPU the budget is set by memory, not speed: with freed memory reused
+#: (:func:`~msrgan_core.device.reuse_freed_memory`) the compact 12 x 48 network ran as fast on
+#: 1024-pixel inputs as on 256-pixel ones (6.7 and 5.3 output MP/s, 2 cores of an Intel Xeon), so
+#: a 512 x 512 field is one strip and a 2048 x 2048 one strips of 186 rows, within 1 GiB of peak
+#: memory. On a GPU, at most CUDA_MEMORY_SHARE of the memory free when the upscaler is made.
 TILE_MEMORY = {"cpu": 256 * MIB, "cuda": 8192 * MIB}
 CUDA_MEMORY_SHARE = 0.5
 #: a tile's core is at least this many margins wide, whatever the budget: context stays a small cost
@@ -331,7 +334,10 @@ class Upscaler:
 
     def _upscale_group(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
                        source: str) -> int:
-        """Tiles with bounded retries: halve the tile on CUDA out-of-memory, then use the CPU."""
+        """Strips where the generator streams (:meth:`streams`), else tiles with bounded retries: halve
+        the tile on CUDA out-of-memory, then use the CPU."""
+        if self.streams(spread is not None):
+            return self._run_strips(image, stats, out, spread, source)
         plan = self.plan()
         for _ in range(MAX_TILE_HALVINGS + 1):
             try:
@@ -348,6 +354,28 @@ class Upscaler:
         self.threads = use_cpu(None)
         self.generator = self.generator.to(self.device)
         return self._run_tiles(image, stats, out, spread, self.plan(0), source)
+
+    def streams(self, uncertainty: bool = False) -> bool:
+        """Whether images go through the network in full-width strips (:meth:`~msrgan_core.models.
+        CompactGenerator.stream`) rather than square tiles: on the CPU, with the automatic tile
+        size, for a generator that streams, when every orientation keeps rows as rows."""
+        runs = self.uncertainty_orientations() if uncertainty else self.orientations
+        return (self.device.type == "cpu" and self.requested_tile == 0 and hasattr(self.generator, "stream")
+                and all(turns == 0 for turns, _ in runs))
+
+    def layout(self, shape: Tuple[int, int], uncertainty: bool = False) -> str:
+        """How an image of ``(Y, X)`` input pixels goes through the network, in words."""
+        if self.streams(uncertainty):
+            return f"full-width strips of {min(self.strip_rows(shape[1], uncertainty), shape[0])} rows"
+        plan = self.plan()
+        count = len(plan.tiles(shape, self.scale))
+        return f"{count} tile(s) of {plan.tile} pixels" + (f", {plan.margin} of context" if count > 1 else "")
+
+    def strip_rows(self, width: int, uncertainty: bool = False) -> int:
+        """Input rows per strip for an image ``width`` pixels wide: as many as the memory budget holds."""
+        runs = len(self.uncertainty_orientations() if uncertainty else self.orientations)
+        room = activation_room(self.model.config, self.memory, self.device.type)
+        return max(room // (forward_bytes_per_pixel(self.model.config, self.device.type) * width * runs), 1)
 
     def _run_tiles(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
                    plan: TilePlan, source: str) -> int:
@@ -382,6 +410,33 @@ class Upscaler:
         bar.close()
         return clipped
 
+    @torch.inference_mode()
+    def _run_strips(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
+                    source: str) -> int:
+        """:meth:`_run_tiles` in full-width strips, every orientation of a strip in one batch."""
+        runs = self.uncertainty_orientations() if spread is not None else self.orientations
+        height, width = image.shape[1:]
+        low = torch.as_tensor(stats.low, dtype=torch.float32)
+        span = torch.as_tensor(stats.span, dtype=torch.float32)
+        x = torch.stack([orient(image, *o) for o in runs]).contiguous(memory_format=torch.channels_last)
+        rows = self.strip_rows(width, spread is not None)
+        clipped = 0
+        bar = tqdm(total=height, desc="rows", unit="row", disable=not self.progress or height <= rows, leave=False)
+        for start, y in self.generator.stream(x, rows):
+            stop = start + y.shape[2] // self.scale
+            strip = Tile(source=(slice(start, stop), slice(0, width)), core=(slice(0, stop - start), slice(0, width)),
+                         destination=(slice(start * self.scale, stop * self.scale), slice(0, width * self.scale)))
+            y = _finite(y, source, self.model.source)
+            pixels, n_clipped, deviation = self._finish(strip, [unorient(r, *o) for r, o in zip(y, runs)], image, low,
+                                                        span, out.dtype, spread is not None)
+            out[(slice(None),) + strip.destination] = pixels.numpy()
+            if deviation is not None:
+                spread[(slice(None),) + strip.destination] = deviation.numpy()
+            clipped += int(n_clipped)
+            bar.update(stop - start)
+        bar.close()
+        return clipped
+
     def _finish(self, tile: Tile, results: List[torch.Tensor], image: torch.Tensor, low: torch.Tensor, span: torch.Tensor,
                 dtype: np.dtype, with_spread: bool) -> "tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]":
         """A tile's core: averaged, bins matched, on the image's scale and dtype, on its way to the
@@ -411,11 +466,15 @@ class Upscaler:
             if bool(torch.isfinite(y).all()):
                 return y
             log.warning("msrgan: %s: %s output was not finite; recomputing the batch in fp32", source, self.precision)
-        y = self.generator(x).float()
-        if not bool(torch.isfinite(y).all()):
-            raise InferenceError(f"{source}: the model {Path(self.model.source).name} gave non-finite output "
-                                 "(NaN or infinity): its weights are damaged, or the input is far outside its range")
-        return y
+        return _finite(self.generator(x).float(), source, self.model.source)
+
+
+def _finite(y: torch.Tensor, source: str, model: str) -> torch.Tensor:
+    """``y``, which must be finite: a model that gives NaN or infinity is refused."""
+    if not bool(torch.isfinite(y).all()):
+        raise InferenceError(f"{source}: the model {Path(model).name} gave non-finite output "
+                             "(NaN or infinity): its weights are damaged, or the input is far outside its range")
+    return y
 
 
 def _batches(items: list, memory: int, bytes_per_pixel: int) -> Iterator[list]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from typing import Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import DiscriminatorConfig, GeneratorConfig
+from .streaming import RowPass
 
 
 class ResidualBlock(nn.Module):
@@ -94,6 +96,34 @@ class Generator(nn.Module):
             part = self.upsample_tail(hidden[:, :, sy:min(h, y1 + TAIL_HALO), sx:min(w, x1 + TAIL_HALO)])
             out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = part[:, :, (y0 - sy) * s:(y1 - sy) * s, (x0 - sx) * s:(x1 - sx) * s]
         return out
+
+
+    def stream(self, x: torch.Tensor, rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
+        """:meth:`forward` of ``x`` in full-width strips of about ``rows`` input rows
+        (:class:`~msrgan_core.streaming.RowPass`): ``(first input row, output rows)`` pairs that
+        cover the output from top to bottom, the same numbers up to float rounding. Only the
+        upsampling recomputes context: :data:`TAIL_HALO` rows on either side of a strip."""
+        run = RowPass(x)
+        lag = self.config.n_blocks * 2 + 1 + self.head[0].padding[0] + TAIL_HALO
+        skip = BicubicRows(x, self.config.scale) if self.config.input_skip else None
+        for strip in run.strips(max(int(rows), lag + TAIL_HALO + 1)):  # the first strip reaches the output
+            head = run.conv(self.head[0], strip).map(self.head[1])
+            hidden = head
+            for module in self.body:
+                if isinstance(module, ResidualBlock):
+                    branch = hidden
+                    for layer in module.body:
+                        branch = run.conv(layer, branch) if isinstance(layer, nn.Conv2d) else branch.map(layer)
+                    hidden = run.add(module, hidden, branch)
+                else:  # the body's last convolution (and its batch norm)
+                    hidden = run.conv(module, hidden) if isinstance(module, nn.Conv2d) else hidden.map(module)
+            hidden = run.add(self.body, head, hidden)
+            del strip, head, branch  # the upsampling's parts need the room
+            start, out = run.window(self.upsample, hidden, TAIL_HALO, self._upsample_tail_in_parts)
+            if skip is not None:
+                out = out + F.pixel_shuffle(skip.unshuffled(start, start + out.shape[2] // self.config.scale),
+                                            self.config.scale)
+            yield start, out
 
 
 #: on the CPU without autograd, SRResNet's upsampling stages and tail run on squares of the body's
@@ -193,6 +223,37 @@ class CompactGenerator(nn.Module):
             r = self.skip_kernel.shape[-1] // 2  # replicate padding: torch's bicubic clamps at the border too
             out = out + F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), self.skip_kernel, groups=x.shape[1])
         return F.pixel_shuffle(out, self.config.scale)
+
+    def stream(self, x: torch.Tensor, rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
+        """:meth:`forward` of ``x`` in full-width strips of about ``rows`` input rows, with nothing
+        computed twice (:class:`~msrgan_core.streaming.RowPass`): ``(first input row, output
+        rows)`` pairs that cover the output from top to bottom. The same numbers up to float rounding."""
+        run = RowPass(x)
+        layers = [*self.body, self.tail]
+        skip = BicubicRows(x, self.config.scale) if self.config.input_skip else None
+        for strip in run.strips(max(int(rows), len(layers) // 2 + 2)):  # the first strip reaches the tail
+            for layer in layers:
+                strip = run.conv(layer, strip) if isinstance(layer, nn.Conv2d) else strip.map(layer)
+            for start, block in strip.located():
+                if skip is not None:
+                    block = block + skip.unshuffled(start, start + block.shape[2])
+                yield start, F.pixel_shuffle(block, self.config.scale)
+
+
+class BicubicRows:
+    """torch's bicubic upsampling of rows of ``x`` (:func:`bicubic_kernel`), for strips of it."""
+
+    def __init__(self, x: torch.Tensor, scale: int) -> None:
+        self.scale, self.channels = scale, x.shape[1]
+        self.kernel = bicubic_kernel(scale).repeat(self.channels, 1, 1, 1).to(x.device, x.dtype)
+        self.radius = self.kernel.shape[-1] // 2
+        r = self.radius
+        self.padded = F.pad(x, (r, r, r, r), mode="replicate")  # torch's bicubic clamps at the border too
+
+    def unshuffled(self, start: int, stop: int) -> torch.Tensor:
+        """Input rows ``start`` to ``stop`` upsampled, before the pixel shuffle: ``scale**2`` channels each."""
+        rows = self.padded[:, :, start:stop + 2 * self.radius]
+        return F.conv2d(rows, self.kernel, groups=self.channels)
 
 
 @functools.lru_cache(maxsize=None)

@@ -158,6 +158,53 @@ def test_batched_tiles_equal_tiles_one_at_a_time(compact_x4, model_x4):
         np.testing.assert_allclose(batched.upscale(image), single.upscale(image), rtol=1e-5, atol=1e-3)
 
 
+def _in_strips(model, rows, width, **options):
+    """An upscaler on the CPU whose memory budget holds strips of ``rows`` input rows ``width`` wide."""
+    from msrgan_core.models import forward_bytes_per_pixel, forward_fixed_bytes
+
+    upscaler = Upscaler(model, device="cpu", **options)
+    runs = len(upscaler.uncertainty_orientations())
+    upscaler.memory = forward_fixed_bytes(model.config) + rows * width * forward_bytes_per_pixel(model.config) * runs
+    assert upscaler.streams() and upscaler.strip_rows(width, uncertainty=True) == rows
+    return upscaler
+
+
+@pytest.mark.parametrize("name,shape", [("compact_x4", (131, 70)), ("model_x4", (97, 61)), ("compact_2ch", (2, 77, 59))])
+def test_strips_equal_the_whole_image(name, shape, request):
+    """On the CPU, with the automatic tile size, images go through the network in full-width strips
+    that recompute no context: the whole image's result, whatever the strips' height, with bins
+    matched, and with the uncertainty image (the mirror image as a second pass, in one batch)."""
+    model = request.getfixturevalue(name)
+    image = smooth_image(shape[-2:], seed=40).astype(np.float32)
+    if len(shape) == 3:
+        image = np.stack([image, smooth_image(shape[-2:], seed=41, low=0, high=300).astype(np.float32)])
+    tolerance = 1e-3 * (image.max() - image.min())
+    for match_bins in (False, True):
+        whole, whole_spread = Upscaler(model, device="cpu", tile=UNTILED, match_bins=match_bins).upscale(image, uncertainty=True)
+        for rows in (7, 30):
+            strips = _in_strips(model, rows, shape[-1], match_bins=match_bins)
+            assert np.max(np.abs(strips.upscale(image) - whole)) <= tolerance, (rows, match_bins)
+            out, spread = strips.upscale(image, uncertainty=True)
+            assert np.max(np.abs(out - whole)) <= tolerance and np.max(np.abs(spread - whole_spread)) <= tolerance
+
+
+def test_strips_are_for_the_cpu_automatic_tile_and_orientations_that_keep_rows(compact_x4, model_x4):
+    """Strips need every orientation's rows to stay rows (the image and its mirror); a tile size
+    the user sets is kept; each strip's activations fit the memory budget."""
+    from msrgan_core.inference import activation_room
+    from msrgan_core.models import forward_bytes_per_pixel
+
+    for model in (compact_x4, model_x4):
+        assert Upscaler(model, device="cpu").streams() and Upscaler(model, device="cpu", ensemble=2).streams()
+        assert not Upscaler(model, device="cpu", ensemble=4).streams()
+        assert not Upscaler(model, device="cpu", tile=64).streams()
+        upscaler = Upscaler(model, device="cpu")
+        room, per_pixel = activation_room(model.config, upscaler.memory, "cpu"), forward_bytes_per_pixel(model.config)
+        for width, runs in ((2048, 1), (517, 2)):
+            rows = upscaler.strip_rows(width, uncertainty=runs == 2)
+            assert rows * width * per_pixel * runs <= room < (rows + 1) * width * per_pixel * runs
+
+
 def test_tiled_equals_untiled_multichannel_model(model_2ch):
     image = np.stack([smooth_image((97, 130), seed=3), smooth_image((97, 130), seed=4, low=0, high=300)]).astype(np.float32)
     _assert_tiled_equals_untiled(model_2ch, image, tiles=(64, 100))

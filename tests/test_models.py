@@ -284,3 +284,35 @@ def test_few_channel_convolution_by_shifted_sums_is_the_convolution(k, channels,
             got = conv_to_few_channels(x.contiguous(memory_format=layout), kernel, bias)
             assert got.shape == expected.shape
             assert torch.allclose(got, expected, atol=1e-4), float((got - expected).abs().max())
+
+
+@pytest.mark.parametrize("architecture,batch_norm,scale,channels", [
+    ("compact", False, 4, 1), ("compact", False, 2, 2), ("srresnet", False, 4, 1), ("srresnet", True, 2, 2)])
+@pytest.mark.parametrize("shape,rows", [((97, 61), 20), ((131, 70), 3), ((50, 40), 500), ((1, 5), 1)])
+def test_streaming_in_strips_is_the_whole_computation(architecture, batch_norm, scale, channels, shape, rows):
+    """On the CPU, images go through the network in full-width strips, each convolution and residual
+    sum keeping the rows the next strip needs: the same numbers as the whole image at once, at the
+    seams, at the image's top and bottom, for strips shorter than the network is deep, and for a
+    last strip of any height."""
+    g = tiny_generator(scale=scale, channels=channels, n_blocks=3, n_features=8, architecture=architecture,
+                       batch_norm=batch_norm, seed=2)
+    with torch.no_grad():  # a trained-looking network, whose output depends on far context
+        for module in g.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.normal_(0, 1.5 / (module.in_channels * module.kernel_size[0] ** 2) ** 0.5)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 2)
+    x = _input((2, channels, *shape), seed=3).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        whole = g(x)
+        strips = list(g.stream(x, rows))
+    starts = [start for start, _ in strips]
+    assert starts[0] == 0
+    for (start, out), following in zip(strips, starts[1:] + [shape[0]]):
+        assert out.shape[2] == (following - start) * scale  # strips meet: no row twice, none left out
+    if shape[0] > 2 * rows:
+        assert len(strips) > 2
+    streamed = torch.cat([out for _, out in strips], dim=2)
+    assert streamed.shape == whole.shape
+    assert torch.allclose(streamed, whole, atol=1e-5), float((streamed - whole).abs().max())
