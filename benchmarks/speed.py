@@ -3,6 +3,7 @@
     python benchmarks/speed.py                       # the packaged fidelity: 512 and 2048 input
     python benchmarks/speed.py --model fidelity-clean --sizes 512   # another model file or name
     python benchmarks/speed.py --ensemble 2 --match-bins            # options of msrgan upscale
+    python benchmarks/speed.py --tile 617                           # square tiles instead of strips
     python benchmarks/speed.py --device cuda --sizes 2048           # a GPU: bf16 against fp32
 
 Each figure comes from a fresh process (so one's memory does not inflate another's), with the
@@ -154,13 +155,14 @@ def main() -> None:
     parser.add_argument("--model", default="fidelity")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure at 512 or less (1 above)")
+    parser.add_argument("--tile", type=int, default=0, help="tile edge as msrgan upscale's (0: strips on the CPU)")
     add_inference_options(parser)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    options = {"ensemble": args.ensemble, "match_bins": args.match_bins}
+    options = {"ensemble": args.ensemble, "match_bins": args.match_bins, "tile": args.tile}
     if args.child:
         print(json.dumps(measure(args.child, args.size, args.model, args.repeats, args.threads, options)))
         return
@@ -170,7 +172,7 @@ def main() -> None:
 
     def child(what: str, size: int) -> dict:
         cmd = [sys.executable, __file__, "--child", what, "--size", str(size), "--model", args.model,
-               "--threads", str(args.threads), "--repeats", str(args.repeats if size <= 512 else 1)]
+               "--threads", str(args.threads), "--repeats", str(args.repeats if size <= 512 else 1), "--tile", str(args.tile)]
         cmd += [] if args.ensemble is None else ["--ensemble", str(args.ensemble)]
         cmd += [] if args.match_bins is None else ["--match-bins" if args.match_bins else "--no-match-bins"]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)

@@ -97,7 +97,6 @@ class Generator(nn.Module):
             out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = part[:, :, (y0 - sy) * s:(y1 - sy) * s, (x0 - sx) * s:(x1 - sx) * s]
         return out
 
-
     def stream(self, x: torch.Tensor, rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
         """:meth:`forward` of ``x`` in full-width strips of about ``rows`` input rows
         (:class:`~msrgan_core.streaming.RowPass`): ``(first input row, output rows)`` pairs that
@@ -107,18 +106,15 @@ class Generator(nn.Module):
         lag = self.config.n_blocks * 2 + 1 + self.head[0].padding[0] + TAIL_HALO
         skip = BicubicRows(x, self.config.scale) if self.config.input_skip else None
         for strip in run.strips(max(int(rows), lag + TAIL_HALO + 1)):  # the first strip reaches the output
-            head = run.conv(self.head[0], strip).map(self.head[1])
+            head = run.through(self.head, strip)
             hidden = head
-            for module in self.body:
+            for module in self.body:  # residual blocks, then a convolution (and its batch norm)
                 if isinstance(module, ResidualBlock):
-                    branch = hidden
-                    for layer in module.body:
-                        branch = run.conv(layer, branch) if isinstance(layer, nn.Conv2d) else branch.map(layer)
-                    hidden = run.add(module, hidden, branch)
-                else:  # the body's last convolution (and its batch norm)
-                    hidden = run.conv(module, hidden) if isinstance(module, nn.Conv2d) else hidden.map(module)
+                    hidden = run.add(module, hidden, run.through(module.body, hidden))
+                else:
+                    hidden = run.through([module], hidden)
             hidden = run.add(self.body, head, hidden)
-            del strip, head, branch  # the upsampling's parts need the room
+            del strip, head  # the upsampling's parts need the room
             start, out = run.window(self.upsample, hidden, TAIL_HALO, self._upsample_tail_in_parts)
             if skip is not None:
                 out = out + F.pixel_shuffle(skip.unshuffled(start, start + out.shape[2] // self.config.scale),
@@ -231,9 +227,9 @@ class CompactGenerator(nn.Module):
         run = RowPass(x)
         layers = [*self.body, self.tail]
         skip = BicubicRows(x, self.config.scale) if self.config.input_skip else None
-        for strip in run.strips(max(int(rows), len(layers) // 2 + 2)):  # the first strip reaches the tail
-            for layer in layers:
-                strip = run.conv(layer, strip) if isinstance(layer, nn.Conv2d) else strip.map(layer)
+        convolutions = sum(isinstance(layer, nn.Conv2d) for layer in layers)
+        for strip in run.strips(max(int(rows), convolutions + 1)):  # the first strip reaches the tail
+            strip = run.through(layers, strip)
             for start, block in strip.located():
                 if skip is not None:
                     block = block + skip.unshuffled(start, start + block.shape[2])

@@ -14,7 +14,7 @@ a convolution convolves each large block where it lies and joins only the few ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -76,8 +76,9 @@ class RowPass:
     """One image's way through a network, strip by strip: what each layer keeps between strips.
 
     ``x`` is the whole input ``(N, C, Y, X)``; :meth:`strips` yields it ``rows`` rows at a time,
-    and the network's forward pass for a strip is written with :meth:`conv`, :meth:`add` and
-    :meth:`window` in place of convolutions, residual sums and row-local stages.
+    and the network's forward pass for a strip is written with :meth:`conv` (or :meth:`through`
+    for a chain of layers), :meth:`add` and :meth:`window` in place of convolutions, residual sums
+    and row-local stages.
     """
 
     def __init__(self, x: torch.Tensor) -> None:
@@ -94,6 +95,13 @@ class RowPass:
     def _zeros(self, channels: int, rows: int) -> torch.Tensor:
         n, _, _, width = self.x.shape
         return self.x.new_zeros(n, channels, rows, width).contiguous(memory_format=torch.channels_last)
+
+    def through(self, layers: Iterable[nn.Module], strip: Strip) -> Strip:
+        """``layers`` in order: convolutions by :meth:`conv`, the rest (activations, batch norm at
+        inference) block by block."""
+        for layer in layers:
+            strip = self.conv(layer, strip) if isinstance(layer, nn.Conv2d) else strip.map(layer)
+        return strip
 
     def conv(self, layer: nn.Conv2d, strip: Strip) -> Strip:
         """``layer`` (k x k, stride 1, zero padding k // 2) on the rows that the strip completes."""
@@ -122,8 +130,9 @@ class RowPass:
         return Strip(before.start + pad, _tidy(out))
 
     def add(self, key: object, identity: Strip, branch: Strip) -> Strip:
-        """``identity + branch`` row for row (a residual connection named ``key``): the branch lags
-        behind its input, so the identity's rows it has not reached wait for the next strip."""
+        """``identity + branch`` row for row (a residual connection named ``key``), summed into the
+        branch's blocks, which no one else holds: the branch lags behind its input, so the
+        identity's rows it has not reached wait for the next strip."""
         waiting = self._kept.pop(key, None)
         if waiting is not None:
             identity = Strip(waiting.start, waiting.blocks + identity.blocks)
@@ -132,7 +141,7 @@ class RowPass:
         ones, others, out = list(identity.blocks), list(branch.blocks), []
         while others:
             rows = min(ones[0].shape[2], others[0].shape[2])
-            out.append(_rows(ones[0], 0, rows) + _rows(others[0], 0, rows))
+            out.append(_rows(others[0], 0, rows).add_(_rows(ones[0], 0, rows)))  # the branch's own, fresh rows
             ones[0], others[0] = _rows(ones[0], rows, ones[0].shape[2]), _rows(others[0], rows, others[0].shape[2])
             ones, others = [b for b in ones if b.shape[2]], [b for b in others if b.shape[2]]
         if ones:
