@@ -10,7 +10,7 @@ the absolute error itself, on the output's intensity scale.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,16 +38,17 @@ def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATIO
     return _scale(upscaler, totals, len(used), list(cells))
 
 
-def calibrate_on_pairs(upscaler, lr_paths: Sequence[Path], hr_paths: Sequence[Path], channel_axis: Optional[int] = None,
+def calibrate_on_pairs(upscaler, pairs: Sequence[Tuple[Path, Path]], channel_axis: Optional[int] = None,
                        progress: bool = True) -> Dict[str, object]:
-    """As :func:`calibrate`, on real pairs of acquisitions (:func:`~msrgan_core.pairs.registered_pairs`):
-    the scale of the errors the model makes on one's own microscope, registration included."""
+    """As :func:`calibrate`, on real ``(low, high)`` pairs of acquisition files
+    (:func:`~msrgan_core.pairs.registered_pairs`): the scale of the errors the model makes on one's
+    own microscope, registration included."""
     from .pairs import registered_pairs
 
     totals = np.zeros(2)
-    pairs = registered_pairs(lr_paths, hr_paths, upscaler.model.normalization, upscaler.scale, channel_axis,
-                             desc="calibrating on real pairs", progress=progress)
-    used = _add_pairs(upscaler, pairs, totals)
+    registered = registered_pairs(pairs, upscaler.model.normalization, upscaler.scale, channel_axis,
+                                  desc="calibrating on real pairs", progress=progress)
+    used = _add_pairs(upscaler, registered, totals)
     return _scale(upscaler, totals, len(used), ["real pairs"])
 
 

@@ -105,13 +105,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     files = find_images(args.hr)
     if args.lr:
-        from .pairs import pair_files
+        from .pairs import find_pairs
 
         refuse_made_with_given("--cells", args.cells)
-        pairs = sample(pair_files(find_images(args.lr), files))
+        pairs = sample(find_pairs(args.lr, files))
         upscaler = make_upscaler(args)
-        found = calibrate_on_pairs(upscaler, [lr for lr, _ in pairs], [hr for _, hr in pairs], args.channel_axis,
-                                   progress=not args.quiet)
+        found = calibrate_on_pairs(upscaler, pairs, args.channel_axis, progress=not args.quiet)
     else:
         upscaler = make_upscaler(args)
         found = calibrate(upscaler, sample(files), args.cells or CALIBRATION_CELLS,
@@ -138,10 +137,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scale = upscaler.scale
     progress, desc = not args.quiet, "upscaling" if args.features else "evaluating"
     if args.lr:
-        from .pairs import registered_pairs
+        from .pairs import find_pairs, registered_pairs
 
         what = "real pairs (--lr)"
-        pairs = registered_pairs(find_images(args.lr), files, upscaler.model.normalization, scale, args.channel_axis,
+        pairs = registered_pairs(find_pairs(args.lr, files), upscaler.model.normalization, scale, args.channel_axis,
                                  first_channel=args.features, desc=desc, progress=progress)
     else:
         what = args.degradation or "bin"
@@ -349,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", nargs="+",
                    help="instead of --degradation, real low-resolution acquisitions of the --hr fields (files, "
                         "folders or globs; paired by file name: A01.tif with A01.tif, or with the sites A01_s1.tif, "
-                        "A01_s2.tif ... inside it): each is registered to its partner (offset, pixel size ratio, "
+                        "A01_s2.tif ... inside it), or one CSV file of pairs (columns lr, hr: paths relative to it): "
+                        "each is registered to its partner (offset, pixel size ratio, "
                         "rotation), both are cropped to the area they share, and it is put on the partner's "
                         "intensity scale and shading")
     p.add_argument("--csv", help=f"where to write per-image figures (default: {EVALUATION_CSV} in --out, or here)")
@@ -375,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", nargs="+", choices=list(QUALITY_GRID), metavar="ACQUISITION",
                    help=f"the acquisitions to calibrate on (default: {' '.join(CALIBRATION_CELLS)})")
     p.add_argument("--lr", nargs="+",
-                   help="instead of --cells, real low-resolution acquisitions of the --hr fields, paired by file name "
-                        "and registered as msrgan evaluate --lr does: calibrates on your own microscope")
+                   help="instead of --cells, real low-resolution acquisitions of the --hr fields, paired (by file name "
+                        "or a CSV of pairs) and registered as msrgan evaluate --lr does: calibrates on your own microscope")
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)

@@ -265,7 +265,7 @@ class DataConfig:
         Files, folders or globs of high-resolution images.
     train_lr : list of str
         Files, folders or globs of low-resolution acquisitions of the ``train`` fields, paired by
-        file name. When given, training patches are cut from these real pairs, registered as
+        file name, or one CSV file of pairs (columns ``lr``, ``hr``). When given, training patches are cut from these real pairs, registered as
         ``msrgan evaluate --lr`` registers them, and ``[degradation]`` is not used (but its
         ``scale``); the split is still made over ``train``.
     well_regex : str or None

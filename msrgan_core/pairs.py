@@ -30,7 +30,7 @@ import numpy as np
 from .binning import bin_mean
 from .config import NormalizationConfig
 from .errors import UserError
-from .io import read_image
+from .io import find_images, read_image
 
 log = logging.getLogger("msrgan")
 
@@ -133,6 +133,57 @@ def pair_files(lr_paths: Sequence[Path], hr_paths: Sequence[Path]) -> List[Tuple
                         "high-resolution field the name of the low-resolution one it lies in, alone or followed by "
                         "_, -, . or a space and more (A01.tif holds A01_s1.tif, A01_s2.tif)")
     return [(lr, hr) for lr in lr_by_stem.values() for hr, holder in partners.items() if holder == lr]
+
+
+def pairs_from_csv(path: Path, hr_paths: Sequence[Path]) -> List[Tuple[Path, Path]]:
+    """``(low, high)`` resolution files as a CSV lists them, for names that do not pair by
+    themselves (a 10x ``A01_s1_w1.tif`` holding the 40x ``A01_s3_w1.tif``): a header row with the
+    columns ``lr`` and ``hr``, then a row per high-resolution file, each path absolute or relative to
+    the CSV's folder. In the order of ``hr_paths``, each of which needs a row; rows for other files
+    are left out. A bad file or row is an error that names it."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = [name.strip().lower() for name in reader.fieldnames or [] if name]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"{path}: cannot be read as a CSV of pairs: {error}") from None
+    if not {"lr", "hr"} <= set(header):
+        raise UserError(f"{path}: a CSV of pairs needs a header row with the columns lr and hr "
+                        f"(found {', '.join(header) or 'nothing'})")
+    partner = {}
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        row = {key.strip().lower(): (value or "").strip() for key, value in row.items() if key}
+        if not row["lr"] or not row["hr"]:
+            raise UserError(f"{path}, row {number}: both lr and hr must be given")
+        lr, hr = (path.parent / row["lr"]).resolve(), (path.parent / row["hr"]).resolve()
+        if partner.get(hr, lr) != lr:
+            raise UserError(f"{path}, row {number}: {row['hr']} is listed with two low-resolution files")
+        partner[hr] = lr
+    pairs, missing = [], []
+    for hr in map(Path, hr_paths):
+        lr = partner.get(hr.resolve())
+        if lr is None:
+            missing.append(hr.name)
+        elif not lr.is_file():
+            raise UserError(f"{path}: {lr}, listed for {hr.name}, does not exist")
+        else:
+            pairs.append((lr, hr))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(f"{path} lists no low-resolution partner for {shown}: add a row (lr, hr) for each high-resolution file")
+    return pairs
+
+
+def find_pairs(lr: Sequence["str | Path"], hr_paths: Sequence[Path]) -> List[Tuple[Path, Path]]:
+    """The ``(low, high)`` pairs that ``--lr`` (or ``data.train_lr``) gives for ``hr_paths``: one CSV
+    file of pairs (:func:`pairs_from_csv`), else low-resolution images paired by name (:func:`pair_files`)."""
+    tables = [Path(item) for item in lr if Path(item).suffix.lower() == ".csv"]
+    if tables and len(lr) > 1:
+        raise UserError(f"{tables[0]}: a CSV of pairs names every low-resolution file itself: give it alone")
+    return pairs_from_csv(tables[0], hr_paths) if tables else pair_files(find_images(lr), hr_paths)
 
 
 def _standardized(image: np.ndarray) -> np.ndarray:
@@ -537,15 +588,15 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
     return hr_crop, matched, hr.dtype
 
 
-def registered_pairs(lr_paths: Sequence[Path], hr_paths: Sequence[Path], normalization: NormalizationConfig, scale: int,
+def registered_pairs(pairs: Sequence[Tuple[Path, Path]], normalization: NormalizationConfig, scale: int,
                      channel_axis: Optional[int] = None, first_channel: bool = False, desc: str = "registering",
                      progress: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
-    """``(high-resolution path, hr, lr, dtype)`` of :func:`registered_pair` for each pair of files
-    (:func:`pair_files`), with a progress bar; blank fields are left out as in evaluation."""
+    """``(high-resolution path, hr, lr, dtype)`` of :func:`registered_pair` for each ``(low, high)``
+    pair of files (:func:`find_pairs`), with a progress bar; blank fields are left out as in evaluation."""
     from .evaluate import without_blanks
 
     def make(pair: Tuple[Path, Path]):
         lr_path, hr_path = pair
         return (hr_path, *registered_pair(lr_path, hr_path, normalization, scale, channel_axis, first_channel))
 
-    return without_blanks(pair_files(lr_paths, hr_paths), make, desc, progress)
+    return without_blanks(list(pairs), make, desc, progress)

@@ -464,9 +464,9 @@ def load_data(config: ExperimentConfig, progress: bool
     files = find_images(config.data.train)
     split = split_files(files, config.data.well_regex, config.data.val_fraction, tc.seed)
     if config.data.train_lr:  # real pairs: the split is the high-resolution files', each takes its partner
-        from .pairs import pair_files
+        from .pairs import find_pairs
 
-        partner = {hr: lr for lr, hr in pair_files(find_images(config.data.train_lr), files)}
+        partner = {hr: lr for lr, hr in find_pairs(config.data.train_lr, files)}
 
         def load(paths, min_size, show):
             return load_pairs([(partner[p], p) for p in paths], config.normalization, g_cfg.in_channels, g_cfg.scale,

@@ -11,7 +11,7 @@ from skimage.transform import AffineTransform, warp
 from msrgan_core.binning import bin_mean
 from msrgan_core.config import NormalizationConfig
 from msrgan_core.errors import UserError
-from msrgan_core.pairs import (RegistrationError, align, match_intensities, pair_files, register,
+from msrgan_core.pairs import (RegistrationError, align, find_pairs, match_intensities, pair_files, register,
                                registered_pair, registered_pairs, SHADING_NOTICE)
 from helpers import smooth_image
 
@@ -158,14 +158,43 @@ def test_one_low_magnification_field_partners_the_sites_named_after_it(tmp_path)
         pair_files(lr + [tmp_path / "lr" / "A02.tif"], hr)
 
 
+def test_a_csv_of_pairs_partners_files_whose_names_do_not(tmp_path):
+    """ImageXpress numbers the sites of each magnification on its own: the 10x A01_s1_w1 holds the 40x
+    A01_s1_w1 to A01_s16_w1, which names cannot say. A CSV of pairs can, its paths relative to it
+    or absolute; every high-resolution file needs a row, and a bad row is a one-line error."""
+    (tmp_path / "10x").mkdir()
+    lr = [tmp_path / "10x" / f"A01_s{i}_w1.tif" for i in (1, 2)]
+    for path in lr:
+        path.write_bytes(b"")
+    hr = [tmp_path / "40x" / f"A01_s{i}_w1.tif" for i in (1, 2, 3)]
+    table = tmp_path / "pairs.csv"
+    table.write_text("LR, hr\n10x/A01_s1_w1.tif,40x/A01_s1_w1.tif\n10x/A01_s1_w1.tif,40x/A01_s2_w1.tif\n"
+                     f"{lr[1]},40x/A01_s3_w1.tif\n10x/A01_s2_w1.tif,40x/B07_s1_w1.tif\n")
+    assert find_pairs([table], hr) == [(lr[0], hr[0]), (lr[0], hr[1]), (lr[1], hr[2])]
+    with pytest.raises(UserError, match="A01_s3_w1.tif has no partner"):  # by name, the 40x s2 went to the 10x s2
+        find_pairs([tmp_path / "10x"], hr)
+    with pytest.raises(UserError, match="give it alone"):
+        find_pairs([table, tmp_path / "10x"], hr)
+    with pytest.raises(UserError, match="lists no low-resolution partner for A02_s1_w1.tif"):
+        find_pairs([table], hr + [tmp_path / "40x" / "A02_s1_w1.tif"])
+    for text, message in [("low,high\n10x/A01_s1_w1.tif,40x/A01_s1_w1.tif\n", "columns lr and hr .found low, high"),
+                          ("lr,hr\n10x/A01_s9_w1.tif,40x/A01_s1_w1.tif\n", "A01_s9_w1.tif, listed for A01_s1_w1.tif, does not exist"),
+                          ("lr,hr\n10x/A01_s1_w1.tif,40x/A01_s1_w1.tif\n10x/A01_s2_w1.tif,40x/A01_s1_w1.tif\n",
+                           "row 3: 40x/A01_s1_w1.tif is listed with two"),
+                          ("lr,hr\n,40x/A01_s1_w1.tif\n", "row 2: both lr and hr"), ("", "found nothing")]:
+        table.write_text(text)
+        with pytest.raises(UserError, match=message):
+            find_pairs([table], hr[:1])
+
+
 def test_several_sites_inside_one_low_magnification_field_are_each_registered(tmp_path):
     specimen = sample(9)
     tifffile.imwrite(tmp_path / "A01.tif", low_magnification(specimen, zoom=1.005).astype(np.float32))
     sites = {"A01_s1.tif": (slice(40, 296), slice(60, 316)), "A01_s2.tif": (slice(320, 576), slice(300, 620))}
     for name, (rows, cols) in sites.items():
         tifffile.imwrite(tmp_path / name, specimen[rows, cols].astype(np.uint16))
-    found = list(registered_pairs([tmp_path / "A01.tif"], [tmp_path / n for n in sites], NormalizationConfig(), 4,
-                                  progress=False))
+    pairs = pair_files([tmp_path / "A01.tif"], [tmp_path / n for n in sites])
+    found = list(registered_pairs(pairs, NormalizationConfig(), 4, progress=False))
     assert [path.name for path, *_ in found] == list(sites)
     for path, hr, lr, _ in found:  # each site's own pixels, on the truth's scale
         assert np.corrcoef(bin_mean(hr, 4).ravel(), lr.ravel())[0, 1] > 0.99
@@ -203,6 +232,16 @@ def test_cli_evaluates_and_calibrates_on_real_pairs(tmp_path):
     psnr = {(r["image"], r["method"]): float(r["psnr"]) for r in rows}
     for image in ("A01.tif", "A02.tif"):  # registered well enough that upscaling beats pixel replication
         assert psnr[image, "bicubic"] > psnr[image, "nearest"] + 1
+    (tmp_path / "10x").mkdir()  # names that do not pair, and a CSV that pairs them: the same figures
+    for name in ("A01.tif", "A02.tif"):
+        (tmp_path / "lr" / name).rename(tmp_path / "10x" / f"plate1_{name}")
+    (tmp_path / "pairs.csv").write_text("lr,hr\n10x/plate1_A01.tif,hr/A01.tif\n10x/plate1_A02.tif,hr/A02.tif\n")
+    listed = msrgan("evaluate", "--hr", tmp_path / "hr", "--lr", tmp_path / "pairs.csv", "--csv", tmp_path / "listed.csv", "-q")
+    assert "A01.tif registered in plate1_A01.tif" in listed.stderr
+    with open(tmp_path / "listed.csv", newline="") as fh:
+        assert {(r["image"], r["method"]): float(r["psnr"]) for r in csv.DictReader(fh)} == psnr
+    for name in ("A01.tif", "A02.tif"):
+        (tmp_path / "10x" / f"plate1_{name}").rename(tmp_path / "lr" / name)
     both = msrgan("evaluate", "--hr", tmp_path / "hr", "--lr", tmp_path / "lr", "--degradation", "bin", check=False)
     assert both.returncode == 2 and "one or the other" in both.stderr
     calibrated = tmp_path / "mine.safetensors"
@@ -229,7 +268,7 @@ def test_calibrating_on_a_pair_that_is_an_exact_binning_gives_the_binning_cells_
         tifffile.imwrite(tmp_path / "lr" / name, bin_mean(hr[None].astype(np.float32), 4)[0])
     upscaler = Upscaler(load_model("fidelity"), device="cpu")
     hr_files, lr_files = sorted((tmp_path / "hr").iterdir()), sorted((tmp_path / "lr").iterdir())
-    real = calibrate_on_pairs(upscaler, lr_files, hr_files, progress=False)
+    real = calibrate_on_pairs(upscaler, list(zip(lr_files, hr_files)), progress=False)
     synthetic = calibrate(upscaler, hr_files, cells=["bin"], progress=False)
     assert real["uncertainty_calibration"]["degradations"] == ["real pairs"]
     assert real["uncertainty_calibration"]["images"] == 2
