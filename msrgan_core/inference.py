@@ -332,6 +332,11 @@ class Upscaler:
         added to a single pass (one more pass; the output itself stays the ensemble's mean)."""
         return self.orientations if len(self.orientations) > 1 else orientations(2)
 
+    def runs(self, uncertainty: bool = False) -> List[Tuple[int, bool]]:
+        """The orientations each image goes through the network in: the ensemble's, or with
+        ``uncertainty`` :meth:`uncertainty_orientations`."""
+        return self.uncertainty_orientations() if uncertainty else self.orientations
+
     def _upscale_group(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
                        source: str) -> int:
         """Strips where the generator streams (:meth:`streams`), else tiles with bounded retries: halve
@@ -359,9 +364,8 @@ class Upscaler:
         """Whether images go through the network in full-width strips (:meth:`~msrgan_core.models.
         CompactGenerator.stream`) rather than square tiles: on the CPU, with the automatic tile
         size, for a generator that streams, when every orientation keeps rows as rows."""
-        runs = self.uncertainty_orientations() if uncertainty else self.orientations
         return (self.device.type == "cpu" and self.requested_tile == 0 and hasattr(self.generator, "stream")
-                and all(turns == 0 for turns, _ in runs))
+                and all(turns == 0 for turns, _ in self.runs(uncertainty)))
 
     def layout(self, shape: Tuple[int, int], uncertainty: bool = False) -> str:
         """How an image of ``(Y, X)`` input pixels goes through the network, in words."""
@@ -373,9 +377,9 @@ class Upscaler:
 
     def strip_rows(self, width: int, uncertainty: bool = False) -> int:
         """Input rows per strip for an image ``width`` pixels wide: as many as the memory budget holds."""
-        runs = len(self.uncertainty_orientations() if uncertainty else self.orientations)
         room = activation_room(self.model.config, self.memory, self.device.type)
-        return max(room // (forward_bytes_per_pixel(self.model.config, self.device.type) * width * runs), 1)
+        per_row = forward_bytes_per_pixel(self.model.config, self.device.type) * width * len(self.runs(uncertainty))
+        return max(room // per_row, 1)
 
     def _run_tiles(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
                    plan: TilePlan, source: str) -> int:
@@ -383,7 +387,7 @@ class Upscaler:
         orientations into ``spread``); returns the pixels clipped."""
         cuda = self.device.type == "cuda"
         tiles = plan.tiles(tuple(image.shape[1:]), self.scale)
-        runs = self.uncertainty_orientations() if spread is not None else self.orientations
+        runs = self.runs(spread is not None)
         items = [(index, tile, o) for index, tile in enumerate(tiles) for o in runs]
         per_item = forward_bytes_per_pixel(self.model.config, self.device.type)
         room = activation_room(self.model.config, self.memory, self.device.type)
@@ -401,11 +405,8 @@ class Upscaler:
                     finished.append((tile, self._finish(tile, outputs.pop(index), image, low, span, out.dtype, spread is not None)))
             if cuda:
                 torch.cuda.current_stream(self.device).synchronize()  # the host copies have landed
-            for tile, (pixels, n_clipped, deviation) in finished:
-                out[(slice(None),) + tile.destination] = pixels.numpy()
-                if deviation is not None:
-                    spread[(slice(None),) + tile.destination] = deviation.numpy()
-                clipped += int(n_clipped)
+            for tile, result in finished:
+                clipped += _store(tile, result, out, spread)
                 bar.update(1)
         bar.close()
         return clipped
@@ -414,7 +415,7 @@ class Upscaler:
     def _run_strips(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
                     source: str) -> int:
         """:meth:`_run_tiles` in full-width strips, every orientation of a strip in one batch."""
-        runs = self.uncertainty_orientations() if spread is not None else self.orientations
+        runs = self.runs(spread is not None)
         height, width = image.shape[1:]
         low = torch.as_tensor(stats.low, dtype=torch.float32)
         span = torch.as_tensor(stats.span, dtype=torch.float32)
@@ -427,12 +428,9 @@ class Upscaler:
             strip = Tile(source=(slice(start, stop), slice(0, width)), core=(slice(0, stop - start), slice(0, width)),
                          destination=(slice(start * self.scale, stop * self.scale), slice(0, width * self.scale)))
             y = _finite(y, source, self.model.source)
-            pixels, n_clipped, deviation = self._finish(strip, [unorient(r, *o) for r, o in zip(y, runs)], image, low,
-                                                        span, out.dtype, spread is not None)
-            out[(slice(None),) + strip.destination] = pixels.numpy()
-            if deviation is not None:
-                spread[(slice(None),) + strip.destination] = deviation.numpy()
-            clipped += int(n_clipped)
+            result = self._finish(strip, [unorient(r, *o) for r, o in zip(y, runs)], image, low, span, out.dtype,
+                                  spread is not None)
+            clipped += _store(strip, result, out, spread)
             bar.update(stop - start)
         bar.close()
         return clipped
@@ -475,6 +473,16 @@ def _finite(y: torch.Tensor, source: str, model: str) -> torch.Tensor:
         raise InferenceError(f"{source}: the model {Path(model).name} gave non-finite output "
                              "(NaN or infinity): its weights are damaged, or the input is far outside its range")
     return y
+
+
+def _store(tile: Tile, result: tuple, out: np.ndarray, spread: Optional[np.ndarray]) -> int:
+    """Write a finished tile or strip (:meth:`Upscaler._finish`) into the output and the spread;
+    the number of its pixels that were clipped."""
+    pixels, n_clipped, deviation = result
+    out[(slice(None),) + tile.destination] = pixels.numpy()
+    if deviation is not None:
+        spread[(slice(None),) + tile.destination] = deviation.numpy()
+    return int(n_clipped)
 
 
 def _batches(items: list, memory: int, bytes_per_pixel: int) -> Iterator[list]:

@@ -104,7 +104,8 @@ class Generator(nn.Module):
         upsampling recomputes context: :data:`TAIL_HALO` rows on either side of a strip."""
         run = RowPass(x)
         lag = self.config.n_blocks * 2 + 1 + self.head[0].padding[0] + TAIL_HALO
-        skip = BicubicRows(x, self.config.scale) if self.config.input_skip else None
+        kernel = bicubic_kernel(self.config.scale).repeat(x.shape[1], 1, 1, 1).to(x.device, x.dtype)
+        skip = BicubicRows(x, kernel) if self.config.input_skip else None
         for strip in run.strips(max(int(rows), lag + TAIL_HALO + 1)):  # the first strip reaches the output
             head = run.through(self.head, strip)
             hidden = head
@@ -216,8 +217,7 @@ class CompactGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.tail(self.body(x))
         if self.config.input_skip:
-            r = self.skip_kernel.shape[-1] // 2  # replicate padding: torch's bicubic clamps at the border too
-            out = out + F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), self.skip_kernel, groups=x.shape[1])
+            out = out + BicubicRows(x, self.skip_kernel).unshuffled(0, x.shape[2])
         return F.pixel_shuffle(out, self.config.scale)
 
     def stream(self, x: torch.Tensor, rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
@@ -226,7 +226,7 @@ class CompactGenerator(nn.Module):
         rows)`` pairs that cover the output from top to bottom. The same numbers up to float rounding."""
         run = RowPass(x)
         layers = [*self.body, self.tail]
-        skip = BicubicRows(x, self.config.scale) if self.config.input_skip else None
+        skip = BicubicRows(x, self.skip_kernel) if self.config.input_skip else None
         convolutions = sum(isinstance(layer, nn.Conv2d) for layer in layers)
         for strip in run.strips(max(int(rows), convolutions + 1)):  # the first strip reaches the tail
             strip = run.through(layers, strip)
@@ -237,13 +237,12 @@ class CompactGenerator(nn.Module):
 
 
 class BicubicRows:
-    """torch's bicubic upsampling of rows of ``x`` (:func:`bicubic_kernel`), for strips of it."""
+    """torch's bicubic upsampling of rows of ``x``, by ``kernel`` (:func:`bicubic_kernel`, one per
+    channel), for the whole image or strips of it."""
 
-    def __init__(self, x: torch.Tensor, scale: int) -> None:
-        self.scale, self.channels = scale, x.shape[1]
-        self.kernel = bicubic_kernel(scale).repeat(self.channels, 1, 1, 1).to(x.device, x.dtype)
-        self.radius = self.kernel.shape[-1] // 2
-        r = self.radius
+    def __init__(self, x: torch.Tensor, kernel: torch.Tensor) -> None:
+        self.kernel, self.channels = kernel, x.shape[1]
+        self.radius = r = kernel.shape[-1] // 2
         self.padded = F.pad(x, (r, r, r, r), mode="replicate")  # torch's bicubic clamps at the border too
 
     def unshuffled(self, start: int, stop: int) -> torch.Tensor:

@@ -149,8 +149,8 @@ def pairs_from_csv(path: Path, hr_paths: Sequence[Path]) -> List[Tuple[Path, Pat
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
+            header = reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
             rows = list(reader)
-            header = [name.strip().lower() for name in reader.fieldnames or [] if name]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"{path}: cannot be read as a CSV of pairs: {error}") from None
     if not {"lr", "hr"} <= set(header):
@@ -158,12 +158,12 @@ def pairs_from_csv(path: Path, hr_paths: Sequence[Path]) -> List[Tuple[Path, Pat
                         f"(found {', '.join(header) or 'nothing'})")
     partner = {}
     for number, row in enumerate(rows, start=2):  # row 1 is the header
-        row = {key.strip().lower(): (value or "").strip() for key, value in row.items() if key}
-        if not row["lr"] or not row["hr"]:
+        low, high = (row["lr"] or "").strip(), (row["hr"] or "").strip()
+        if not low or not high:
             raise UserError(f"{path}, row {number}: both lr and hr must be given")
-        lr, hr = (path.parent / row["lr"]).resolve(), (path.parent / row["hr"]).resolve()
+        lr, hr = (path.parent / low).resolve(), (path.parent / high).resolve()
         if partner.get(hr, lr) != lr:
-            raise UserError(f"{path}, row {number}: {row['hr']} is listed with two low-resolution files")
+            raise UserError(f"{path}, row {number}: {high} is listed with two low-resolution files")
         partner[hr] = lr
     pairs, missing = [], []
     for hr in map(Path, hr_paths):
