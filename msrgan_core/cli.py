@@ -16,6 +16,8 @@ from .options import AS_THE_MODEL_SAYS, CALIBRATION_CELLS, DEFAULT_MODELS, DEVIC
 
 #: the per-image figures of `msrgan evaluate`, unless --csv names another file
 EVALUATION_CSV = "msrgan_evaluation.csv"
+#: the folder under ``evaluate --out`` for its pictures
+PICTURES = "side_by_side"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -157,7 +159,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"note: {line}")
         print("msrgan: " + ", ".join(str(p) for p in report.files))
         return 0
-    rows = score_pairs(pairs, upscaler, scale)
+    pictures = args.out / PICTURES if args.out else None
+    rows = score_pairs(pairs, upscaler, scale, pictures)
     summary = summarize(rows)
     print(format_table(summary))
     print(against_baseline(rows))
@@ -165,6 +168,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report.parent.mkdir(parents=True, exist_ok=True)
     write_csv(report, rows, summary)
     print(f"msrgan: per-image figures in {report}")
+    if pictures is not None:
+        print(f"msrgan: a picture of each image in {pictures} (input | bicubic | msrgan | truth, differences beneath)")
     return 0
 
 
@@ -357,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "
                         "image, msrgan's output, bicubic's and a repeat of the high-resolution image (its own noise drawn "
                         "again), match them by overlap and compare every feature")
-    p.add_argument("--out", type=Path, help="folder for what evaluate writes: the per-image CSV, or with --features "
-                                             "the images, feature CSVs and scatter plot")
+    p.add_argument("--out", type=Path, help="folder for what evaluate writes: the per-image CSV and a picture of each "
+                                             f"image ({PICTURES}/NAME.png: input, bicubic, msrgan and the truth side by "
+                                             "side), or with --features the images, feature CSVs and scatter plot")
     p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])

@@ -36,8 +36,6 @@ PIPELINE = "compare_with_bicubic"
 SCALE = 4
 #: centre crop (truth pixels) of each 1006 x 1000 field
 DEFAULT_CROP = 512
-#: edge, in truth pixels, of the region shown in the PNG
-PANEL_EDGE = 192
 
 
 def example_fly_images() -> List[Path]:
@@ -84,49 +82,17 @@ def psnr(truth: np.ndarray, test: np.ndarray) -> float:
     return _psnr(truth, test, float(truth.max() - truth.min()) or 1.0)
 
 
-def figure(out: Path, name: str, destination: Path, edge: int = PANEL_EDGE) -> Path:
-    """PNG of one busy region: input (pixels repeated) | bicubic | msrgan | truth, differences beneath."""
-    from PIL import Image, ImageDraw
+def figure(out: Path, name: str, destination: Path) -> Path:
+    """PNG of one busy region (:func:`~msrgan_core.pictures.side_by_side`): input (pixels repeated) |
+    bicubic | msrgan | truth, differences beneath."""
+    from .pictures import side_by_side
 
     stem = Path(name).stem
     truth = to_unit(tifffile.imread(out / "truth" / name))
-    low = np.kron(to_unit(tifffile.imread(out / "inputs" / name)), np.ones((SCALE, SCALE)))
-    bicubic = to_unit(tifffile.imread(out / "cellprofiler" / f"{stem}_bicubic.tiff"))
-    msrgan = to_unit(tifffile.imread(out / "cellprofiler" / f"{stem}_msrgan.tiff"))
-    edge = min(edge, *truth.shape)
-    best, corner = -1.0, (0, 0)
-    for y in range(0, truth.shape[0] - edge + 1, edge // 4):
-        for x in range(0, truth.shape[1] - edge + 1, edge // 4):
-            score = float(np.std(truth[y:y + edge, x:x + edge]))
-            if score > best:
-                best, corner = score, (y, x)
-    y, x = corner
-    window = (slice(y, y + edge), slice(x, x + edge))
-    lo, hi = np.percentile(truth[window], [0.5, 99.8])
-    hi = hi if hi > lo else lo + 1e-6
-    spread = max(1e-6, float(np.percentile(np.abs(bicubic[window] - truth[window]), 99.5)))
-
-    def tile(a: np.ndarray, difference: bool = False) -> "Image.Image":
-        scaled = np.abs(a) / spread if difference else (a - lo) / (hi - lo)
-        return Image.fromarray((np.clip(scaled, 0, 1) * 255).astype(np.uint8))
-
-    labels = ["synthetic input (4 x 4 binned)", f"bicubic {psnr(truth, bicubic):.1f} dB",
-              f"msrgan {psnr(truth, msrgan):.1f} dB", "truth (high resolution)"]
-    top = [tile(low[window]), tile(bicubic[window]), tile(msrgan[window]), tile(truth[window])]
-    bottom = [None, tile(bicubic[window] - truth[window], True), tile(msrgan[window] - truth[window], True), None]
-    gap, caption = 6, 16
-    canvas = Image.new("L", (4 * edge + 3 * gap, 2 * (edge + caption) + gap), color=255)
-    draw = ImageDraw.Draw(canvas)
-    for i, (label, a, b) in enumerate(zip(labels, top, bottom)):
-        left = i * (edge + gap)
-        draw.text((left + 2, 2), label, fill=0)
-        canvas.paste(a, (left, caption))
-        if b is not None:
-            draw.text((left + 2, edge + caption + gap + 2), "|difference from the truth|", fill=0)
-            canvas.paste(b, (left, edge + 2 * caption + gap))
-    with open(destination, "wb") as fh:
-        canvas.save(fh, format="PNG")
-    return destination
+    outputs = [(method, to_unit(tifffile.imread(out / "cellprofiler" / f"{stem}_{method}.tiff")))
+               for method in ("bicubic", "msrgan")]
+    return side_by_side(destination, to_unit(tifffile.imread(out / "inputs" / name)), SCALE, "synthetic input (4 x 4 binned)",
+                        [(f"{method} {psnr(truth, image):.1f} dB", image) for method, image in outputs], truth)
 
 
 def measure(out: Path, names: Sequence[str]) -> "tuple[list, list]":

@@ -248,6 +248,7 @@ def test_cli_evaluates_and_calibrates_on_real_pairs(tmp_path):
     psnr = {(r["image"], r["method"]): float(r["psnr"]) for r in rows}
     for image in ("A01.tif", "A02.tif"):  # registered well enough that upscaling beats pixel replication
         assert psnr[image, "bicubic"] > psnr[image, "nearest"] + 1
+    assert sorted(p.name for p in (tmp_path / "scores" / "side_by_side").iterdir()) == ["A01.png", "A02.png"]
     (tmp_path / "10x").mkdir()  # names that do not pair, and a CSV that pairs them: the same figures
     for name in ("A01.tif", "A02.tif"):
         (tmp_path / "lr" / name).rename(tmp_path / "10x" / f"plate1_{name}")
