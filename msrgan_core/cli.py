@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .options import AS_THE_MODEL_SAYS, CALIBRATION_CELLS, DEFAULT_MODELS, DEVICES, ENSEMBLES, PRECISIONS, QUALITY_GRID
+from .options import (AS_THE_MODEL_SAYS, CALIBRATION_CELLS, DEFAULT_MODELS, DEVICES, ENSEMBLES, EVALUATION_PICTURES,
+                      PRECISIONS, QUALITY_GRID)
 
 #: the per-image figures of `msrgan evaluate`, unless --csv names another file
 EVALUATION_CSV = "msrgan_evaluation.csv"
-#: the folder under ``evaluate --out`` for its pictures
-PICTURES = "side_by_side"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -159,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"note: {line}")
         print("msrgan: " + ", ".join(str(p) for p in report.files))
         return 0
-    pictures = args.out / PICTURES if args.out else None
+    pictures = args.out / EVALUATION_PICTURES if args.out else None
     rows = score_pairs(pairs, upscaler, scale, pictures)
     summary = summarize(rows)
     print(format_table(summary))
@@ -362,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure nuclei with CellProfiler (pipelines/measure_nuclei.cppipe) on the high-resolution "
                         "image, msrgan's output, bicubic's and a repeat of the high-resolution image (its own noise drawn "
                         "again), match them by overlap and compare every feature")
-    p.add_argument("--out", type=Path, help="folder for what evaluate writes: the per-image CSV and a picture of each "
-                                             f"image ({PICTURES}/NAME.png: input, bicubic, msrgan and the truth side by "
-                                             "side), or with --features the images, feature CSVs and scatter plot")
+    p.add_argument("--out", type=Path, help="folder for what evaluate writes: a picture of each image "
+                                             f"({EVALUATION_PICTURES}/NAME.png: input, bicubic, msrgan and the truth side by "
+                                             "side) and the per-image CSV, or with --features the images, feature CSVs "
+                                             "and scatter plot")
     p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])

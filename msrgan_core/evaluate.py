@@ -146,19 +146,17 @@ def evaluate_images(
 def score_pairs(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], upscaler: Upscaler,
                 scale: int, pictures: Optional[Path] = None) -> List[Dict[str, object]]:
     """Per-image, per-method :data:`METRICS` of ``(path, hr, lr, dtype)`` pairs; with ``pictures``, a
-    PNG per image there (:data:`PICTURED` and the truth, :func:`picture`)."""
+    PNG per image there (:func:`picture`)."""
     rows = []
     for path, hr, lr, _ in pairs:
         outputs = {name: fn(lr, scale) for name, fn in BASELINES.items()}
         outputs["msrgan"] = upscaler.upscale(lr, source=str(path))
-        mine = []
         for method in METHOD_ORDER:
             out = outputs[method]
             hf = float(np.mean([high_frequency_ratio(t, o, scale) for t, o in zip(hr, out)]))
-            mine.append({"image": Path(path).name, "method": method, **image_metrics(hr, out), "hf_ratio": hf})
+            rows.append({"image": Path(path).name, "method": method, **image_metrics(hr, out), "hf_ratio": hf})
         if pictures is not None:
-            picture(pictures / f"{Path(path).stem}.png", hr, lr, outputs, mine, scale)
-        rows += mine
+            picture(pictures / f"{Path(path).stem}.png", hr, lr, outputs, scale)
     return rows
 
 
@@ -166,16 +164,14 @@ def score_pairs(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], 
 PICTURED = ("bicubic", "msrgan")
 
 
-def picture(destination: Path, hr: np.ndarray, lr: np.ndarray, outputs: Dict[str, np.ndarray],
-            rows: List[Dict[str, object]], scale: int) -> Path:
-    """:func:`~msrgan_core.pictures.side_by_side` of one pair's first channel: input | bicubic |
-    msrgan | truth, each labelled with its PSNR on the whole image (``rows``)."""
+def picture(destination: Path, hr: np.ndarray, lr: np.ndarray, outputs: Dict[str, np.ndarray], scale: int) -> Path:
+    """:func:`~msrgan_core.pictures.side_by_side` of one pair's first channel: input |
+    :data:`PICTURED` | truth, each method labelled with its PSNR on the whole image."""
     from .pictures import side_by_side
 
-    psnr = {row["method"]: row["psnr"] for row in rows}
     channel = f", channel 1 of {hr.shape[0]}" if hr.shape[0] > 1 else ""
-    return side_by_side(destination, lr[0], scale, f"input{channel}",
-                        [(f"{method} {psnr[method]:.1f} dB", outputs[method][0]) for method in PICTURED], hr[0])
+    shown = [(f"{method} {image_metrics(hr, outputs[method])['psnr']:.1f} dB", outputs[method][0]) for method in PICTURED]
+    return side_by_side(destination, lr[0], scale, f"input{channel}", shown, hr[0])
 
 
 def summarize(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:

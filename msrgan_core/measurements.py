@@ -27,6 +27,7 @@ import tifffile
 
 from .errors import UserError
 from .io import atomic_write
+from .options import EVALUATION_PICTURES
 
 log = logging.getLogger("msrgan")
 
@@ -104,14 +105,15 @@ def repeat_exposure(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def prepare_images(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], upscaler, scale: int, folder: Path,
-                   seed: int = 0) -> List[str]:
+                   seed: int = 0, pictures: Optional[Path] = None) -> List[str]:
     """Write ``FIELD__high-res.tif``, ``FIELD__msrgan.tif``, ``FIELD__bicubic.tif`` and ``FIELD__repeat.tif``
     for each ``(path, hr, lr, dtype)`` pair (:func:`~msrgan_core.evaluate.degraded_pairs` or
-    :func:`~msrgan_core.pairs.registered_pairs`, first channel only).
+    :func:`~msrgan_core.pairs.registered_pairs`, first channel only), and with ``pictures`` a
+    ``FIELD.png`` there (:func:`~msrgan_core.evaluate.picture`).
 
     Returns the field names.
     """
-    from .evaluate import image_seed
+    from .evaluate import image_seed, picture
     from .metrics import upscale_bicubic
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,8 @@ def prepare_images(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]
                    REPEAT: repeat_exposure(hr, np.random.default_rng([*image_seed(path, seed), 1]))}
         for method, pixels in outputs.items():
             tifffile.imwrite(folder / f"{field}__{method}.tif", _as_saved(pixels[0], dtype))
+        if pictures is not None:
+            picture(pictures / f"{field}.png", hr, lr, outputs, scale)
         fields.append(field)
     return fields
 
@@ -280,7 +284,7 @@ def evaluate_features(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dty
     from .headless import run_pipeline
 
     out_dir = Path(out_dir)
-    fields = prepare_images(pairs, upscaler, scale, out_dir / "images", seed)
+    fields = prepare_images(pairs, upscaler, scale, out_dir / "images", seed, pictures=out_dir / EVALUATION_PICTURES)
     if not fields:
         raise FeatureEvaluationError("no high-resolution images to measure")
     cp_out = out_dir / "cellprofiler"
@@ -291,5 +295,6 @@ def evaluate_features(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dty
         raise FeatureEvaluationError(f"CellProfiler found no nuclei on the high-resolution images in {out_dir / 'images'}")
     summary = summarize(rows)
     files = [write_rows(out_dir / "features_objects.csv", rows), write_rows(out_dir / "features_summary.csv", summary),
-             scatter_plot(rows, out_dir / "features_scatter.png", f"{name}: {len(fields)} image(s)")]
+             scatter_plot(rows, out_dir / "features_scatter.png", f"{name}: {len(fields)} image(s)"),
+             out_dir / EVALUATION_PICTURES]
     return FeatureReport(objects=rows, summary=summary, files=files)

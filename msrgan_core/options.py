@@ -26,3 +26,5 @@ QUALITY_GRID = {
 GRID_READ_NOISE = 0.0015
 #: the acquisitions ``msrgan calibrate`` measures the uncertainty image's scale on by default
 CALIBRATION_CELLS = ("bin", "bin+1000ph", "bin+300ph", "blur1.5+bin+300ph")
+#: the folder under ``msrgan evaluate --out`` that holds a picture of each image (``NAME.png``)
+EVALUATION_PICTURES = "side_by_side"

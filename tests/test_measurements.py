@@ -95,7 +95,9 @@ def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_comm
     upscaler = Upscaler(load_model("fidelity"), device="cpu")
     pairs = degraded_pairs([crop], upscaler.model.normalization, grid_degradation("bin"), first_channel=True, progress=False)
     report = evaluate_features(pairs, upscaler, 4, tmp_path / "out", name="test")
-    assert [p.name for p in report.files] == ["features_objects.csv", "features_summary.csv", "features_scatter.png"]
+    assert [p.name for p in report.files] == ["features_objects.csv", "features_summary.csv", "features_scatter.png",
+                                              "side_by_side"]
+    assert [p.name for p in report.files[-1].iterdir()] == [f"{source.stem}.png"]  # a picture to look at too
     by = {(e["method"], e["feature"]): e for e in report.summary}
     assert set(FEATURES["size and shape"]) <= {f for _, f in by}
     for method in ("msrgan", "bicubic", REPEAT):
