@@ -19,7 +19,7 @@ from typing import Iterable, List, Optional, Tuple
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .io import find_images, read_header, read_image, same_name_tif, write_image
+from .io import clashes, find_images, read_header, read_image, same_name_tif, write_image
 
 log = logging.getLogger("msrgan")
 
@@ -107,10 +107,9 @@ def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool 
     out_dir = prepare_output_folder(Path(out_dir))
     jobs = [Job(source, same_name_tif(source, out_dir),
                 same_name_tif(source, out_dir, UNCERTAINTY_SUFFIX) if uncertainty else None) for source in files]
-    names = [output.name for job in jobs for output in job.outputs]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise BatchError(f"several inputs would write the same output name(s) {clashes}: upscale them into separate folders")
+    clashing = clashes(output.name for job in jobs for output in job.outputs)
+    if clashing:
+        raise BatchError(f"several inputs would write the same output name(s) {clashing}: upscale them into separate folders")
     sources = {os.path.realpath(f) for f in files}
     for output in (output for job in jobs for output in job.outputs):
         if os.path.realpath(output) in sources:

@@ -127,9 +127,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .errors import UserError
     from .evaluate import (against_baseline, degraded_pairs, format_table, grid_degradation, score_pairs, summarize,
                            write_csv)
-    from .io import find_images
+    from .io import clashes, find_images
 
     files = find_images(args.hr)
+    clashing = clashes(Path(f).stem for f in files)
+    if clashing:  # figures, pictures and CellProfiler's fields are named after each image
+        raise UserError(f"several --hr images share the name(s) {clashing}: their figures and pictures would mix; "
+                        "evaluate them one folder at a time")
     if args.features and args.out is None:
         raise UserError("--features needs --out DIR for its images, CSVs and scatter plot")
     if args.lr:

@@ -309,6 +309,13 @@ def atomic_write(path: "str | Path") -> Iterator[str]:
             os.unlink(tmp)
 
 
+def clashes(names: Iterable[str]) -> List[str]:
+    """The names that occur more than once, sorted: files that would write (or be reported
+    under) the same name."""
+    names = list(names)
+    return sorted({name for name in names if names.count(name) > 1})
+
+
 def find_images(inputs: Iterable["str | Path"]) -> List[Path]:
     """Expand files, folders and glob patterns into a sorted list of image files.
 

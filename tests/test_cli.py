@@ -105,6 +105,11 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     result = msrgan("upscale", stack, "-o", tmp_path / "o", check=False)
     assert result.returncode == 2 and "stack.tif" in result.stderr and "3-D stack" in result.stderr
     assert not (tmp_path / "o" / "stack.tif").exists()
+    for plate in ("plate1", "plate2"):  # one well name on two plates: its figures and pictures would mix
+        (tmp_path / plate).mkdir()
+        tifffile.imwrite(tmp_path / plate / "A01.tif", smooth_image((64, 64), seed=len(plate)).astype(np.uint16))
+    mixed = msrgan("evaluate", "--hr", tmp_path / "plate1", tmp_path / "plate2", "--out", tmp_path / "e", check=False)
+    assert mixed.returncode == 2 and "['A01']" in mixed.stderr and not (tmp_path / "e").exists()
 
 
 def test_blend_writes_a_model_between_the_packaged_two(tmp_path):
