@@ -30,7 +30,7 @@ import numpy as np
 from .binning import bin_mean
 from .config import NormalizationConfig
 from .errors import UserError
-from .io import find_images, read_image
+from .io import clashes, find_images, read_image
 
 log = logging.getLogger("msrgan")
 
@@ -117,8 +117,7 @@ def pair_files(lr_paths: Sequence[Path], hr_paths: Sequence[Path]) -> List[Tuple
     can hold several high-magnification ones. In the order of ``lr_paths``; a file without a
     partner is an error that names it."""
     for name, paths in (("--lr", lr_paths), ("--hr", hr_paths)):
-        stems = [Path(p).stem for p in paths]
-        twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+        twice = clashes(Path(p).stem for p in paths)
         if twice:
             raise UserError(f"{name} has several files named {twice[0]} (other suffixes or folders): pairs are made by name")
     lr_by_stem = {Path(p).stem: Path(p) for p in lr_paths}
