@@ -15,7 +15,7 @@ from .binning import crop_to_multiple
 from .degradation import degrade
 from .errors import UserError
 from .inference import Upscaler
-from .io import atomic_write, read_image
+from .io import MIN_EDGE, atomic_write, read_image
 from .metrics import BASELINES, high_frequency_ratio, image_metrics, noise_levels
 from .normalize import denormalize, normalize, percentile_stats
 from .options import GRID_READ_NOISE, QUALITY_GRID
@@ -96,6 +96,11 @@ def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degrad
     file's dtype. Raises :class:`BlankField` for a blank image.
     """
     image, _ = read_image(path, channel_axis=channel_axis)
+    smallest = MIN_EDGE * degradation.scale
+    if min(image.shape[1:]) < smallest:
+        raise UserError(f"{path}: the image is {image.shape[1]} x {image.shape[2]} pixels; scoring a {degradation.scale}x "
+                        f"upscaler needs at least {smallest} x {smallest}, so that its low-resolution version is "
+                        f"{MIN_EDGE} x {MIN_EDGE}")
     hr = crop_to_multiple(image[:1] if first_channel else image, degradation.scale).astype(np.float32)
     check_not_blank(hr, normalization, path)
     lr = low_resolution(hr, normalization, degradation, np.random.default_rng(image_seed(path, seed)))

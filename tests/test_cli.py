@@ -110,6 +110,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
         tifffile.imwrite(tmp_path / plate / "A01.tif", smooth_image((64, 64), seed=len(plate)).astype(np.uint16))
     mixed = msrgan("evaluate", "--hr", tmp_path / "plate1", tmp_path / "plate2", "--out", tmp_path / "e", check=False)
     assert mixed.returncode == 2 and "['A01']" in mixed.stderr and not (tmp_path / "e").exists()
+    tifffile.imwrite(tmp_path / "small.tif", smooth_image((6, 40)).astype(np.uint16))  # binned 4 x 4: one row
+    small = msrgan("evaluate", "--hr", tmp_path / "small.tif", check=False)
+    assert small.returncode == 2 and "small.tif" in small.stderr and "at least 8 x 8" in small.stderr
 
 
 def test_blend_writes_a_model_between_the_packaged_two(tmp_path):
