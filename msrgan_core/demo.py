@@ -77,9 +77,9 @@ def to_unit(pixels: np.ndarray) -> np.ndarray:
 
 
 def psnr(truth: np.ndarray, test: np.ndarray) -> float:
-    from .metrics import psnr as _psnr
+    from .metrics import psnr as _psnr, true_range
 
-    return _psnr(truth, test, float(truth.max() - truth.min()) or 1.0)
+    return _psnr(truth, test, true_range(truth))
 
 
 def figure(out: Path, name: str, destination: Path) -> Path:

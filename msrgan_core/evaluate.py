@@ -16,7 +16,7 @@ from .degradation import degrade
 from .errors import UserError
 from .inference import Upscaler
 from .io import MIN_EDGE, atomic_write, read_image
-from .metrics import BASELINES, high_frequency_ratio, image_metrics, noise_levels
+from .metrics import BASELINES, high_frequency_ratio, image_metrics, noise_levels, psnr, true_range
 from .normalize import denormalize, normalize, percentile_stats
 from .options import GRID_READ_NOISE, QUALITY_GRID
 
@@ -175,7 +175,7 @@ def picture(destination: Path, hr: np.ndarray, lr: np.ndarray, outputs: Dict[str
     from .pictures import side_by_side
 
     channel = f", channel 1 of {hr.shape[0]}" if hr.shape[0] > 1 else ""
-    shown = [(f"{method} {image_metrics(hr, outputs[method])['psnr']:.1f} dB", outputs[method][0]) for method in PICTURED]
+    shown = [(f"{method} {psnr(hr, outputs[method], true_range(hr)):.1f} dB", outputs[method][0]) for method in PICTURED]
     return side_by_side(destination, lr[0], scale, f"input{channel}", shown, hr[0])
 
 

@@ -7,6 +7,7 @@ line naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import os
@@ -312,8 +313,7 @@ def atomic_write(path: "str | Path") -> Iterator[str]:
 def clashes(names: Iterable[str]) -> List[str]:
     """The names that occur more than once, sorted: files that would write (or be reported
     under) the same name."""
-    names = list(names)
-    return sorted({name for name in names if names.count(name) > 1})
+    return sorted(name for name, count in collections.Counter(names).items() if count > 1)
 
 
 def find_images(inputs: Iterable["str | Path"]) -> List[Path]:

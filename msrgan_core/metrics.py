@@ -27,9 +27,14 @@ def nrmse(truth: np.ndarray, test: np.ndarray) -> float:
     return float(normalized_root_mse(truth.astype(np.float64), test.astype(np.float64)))
 
 
+def true_range(truth: np.ndarray) -> float:
+    """The data range every figure here is measured on: the true image's intensity range (1 if flat)."""
+    return float(truth.max() - truth.min()) or 1.0
+
+
 def image_metrics(truth: np.ndarray, test: np.ndarray) -> Dict[str, float]:
-    """PSNR, SSIM (data range = the true image's range) and NRMSE."""
-    data_range = float(truth.max() - truth.min()) or 1.0
+    """PSNR, SSIM (data range = :func:`true_range`) and NRMSE."""
+    data_range = true_range(truth)
     return {"psnr": psnr(truth, test, data_range), "ssim": ssim(truth, test, data_range), "nrmse": nrmse(truth, test)}
 
 

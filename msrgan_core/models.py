@@ -104,8 +104,9 @@ class Generator(nn.Module):
         upsampling recomputes context: :data:`TAIL_HALO` rows on either side of a strip."""
         run = RowPass(x)
         lag = self.config.n_blocks * 2 + 1 + self.head[0].padding[0] + TAIL_HALO
-        kernel = bicubic_kernel(self.config.scale).repeat(x.shape[1], 1, 1, 1).to(x.device, x.dtype)
-        skip = BicubicRows(x, kernel) if self.config.input_skip else None
+        skip = None
+        if self.config.input_skip:
+            skip = BicubicRows(x, bicubic_kernel(self.config.scale).repeat(x.shape[1], 1, 1, 1).to(x.device, x.dtype))
         for strip in run.strips(max(int(rows), lag + TAIL_HALO + 1)):  # the first strip reaches the output
             head = run.through(self.head, strip)
             hidden = head

@@ -110,6 +110,11 @@ class Registration:
                 f"residual {self.residual:.2f} px over {self.patches} patch(es)")
 
 
+def _few(names: Sequence[str]) -> str:
+    """The first three names, and how many more: for an error that names files."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def pair_files(lr_paths: Sequence[Path], hr_paths: Sequence[Path]) -> List[Tuple[Path, Path]]:
     """``(low, high)`` resolution files matched by file name without its suffix: a high-resolution
     file partners the low-resolution one of its name, or else the one whose name, followed by one
@@ -130,8 +135,7 @@ def pair_files(lr_paths: Sequence[Path], hr_paths: Sequence[Path]) -> List[Tuple
     alone = sorted({p.name for p in lr_by_stem.values() if p not in partners.values()}
                    | {hr.name for hr, lr in partners.items() if lr is None})
     if alone:
-        shown = ", ".join(alone[:3]) + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
-        raise UserError(f"--lr and --hr files are paired by name, and {shown} has no partner: give each "
+        raise UserError(f"--lr and --hr files are paired by name, and {_few(alone)} has no partner: give each "
                         "high-resolution field the name of the low-resolution one it lies in, alone or followed by "
                         "_, -, . or a space and more (A01.tif holds A01_s1.tif, A01_s2.tif)")
     return [(lr, hr) for lr in lr_by_stem.values() for hr, holder in partners.items() if holder == lr]
@@ -174,8 +178,7 @@ def pairs_from_csv(path: Path, hr_paths: Sequence[Path]) -> List[Tuple[Path, Pat
         else:
             pairs.append((lr, hr))
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise UserError(f"{path} lists no low-resolution partner for {shown}: add a row (lr, hr) for each high-resolution file")
+        raise UserError(f"{path} lists no low-resolution partner for {_few(missing)}: add a row (lr, hr) for each high-resolution file")
     return pairs
 
 
