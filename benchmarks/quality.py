@@ -47,7 +47,7 @@ from msrgan_core.metrics import (
     BASELINES, CLASSICAL, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
 from msrgan_core.modelfile import LoadedModel, load_model
-from msrgan_core.options import QUALITY_GRID
+from msrgan_core.options import PRECISIONS, QUALITY_GRID
 
 SCALE = 4
 DATASETS = {"BBBC039": "bbbc039/images", "DSB2018": "dsb2018_fluorescence"}
@@ -192,11 +192,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as msrgan upscale's")
     add_inference_options(parser)
     args = parser.parse_args()
 
     fidelity = load_model(args.fidelity)
-    options = dict(device="auto", ensemble=args.ensemble, match_bins=args.match_bins, threads=args.threads)
+    options = dict(device="auto", ensemble=args.ensemble, match_bins=args.match_bins, threads=args.threads,
+                   precision=args.precision)
     named = {"fidelity": fidelity, "perceptual": load_model(args.perceptual)}
     for item in args.previous:
         name, _, model = item.partition("=")
@@ -208,7 +210,7 @@ def main() -> None:
         for dataset, paths in files.items():
             rows += score(cell, dataset, paths[: args.limit] if args.limit else paths, models, args.data / "bbbc039" / "masks")
     print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
-          + "; ".join(f"{name}: {up.options}" for name, up in models.items()))
+          + "; ".join(f"{name}: {up.options}, {up.precision}" for name, up in models.items()))
     table = summarize(rows)
     print(format_table(table))
     print()

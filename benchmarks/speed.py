@@ -4,14 +4,17 @@
     python benchmarks/speed.py --model fidelity-clean --sizes 512   # another model file or name
     python benchmarks/speed.py --ensemble 2 --match-bins            # options of msrgan upscale
     python benchmarks/speed.py --tile 617                           # square tiles instead of strips
+    python benchmarks/speed.py --precision fp32                     # fp32 where the CPU would run bf16
     python benchmarks/speed.py --device cuda --sizes 2048           # a GPU: bf16 against fp32
 
 Each figure comes from a fresh process (so one's memory does not inflate another's), with the
 same torch thread count (``--threads``, default 2):
 
-- ``sgemm``: a 2048 x 2048 float32 matrix product, the rate this machine's BLAS reaches;
-- ``network 256``: the generator alone on one untiled 256 x 256 input, and its share of that rate
-  (multiply-adds counted layer by layer, 2 FLOP each);
+- ``sgemm``: a 2048 x 2048 float32 matrix product, the rate this machine's BLAS reaches (and,
+  where the network runs in bf16, the same product in bf16);
+- ``network 256``: the generator alone on one untiled 256 x 256 input, in the precision
+  ``msrgan upscale`` runs (``--precision``, default auto: bf16 on CPUs with AVX-512 BF16 or AMX),
+  and its share of those rates (multiply-adds counted layer by layer, 2 FLOP each);
 - ``msrgan NxN``: ``Upscaler.upscale`` of a uint16 field as ``msrgan upscale`` runs it (strips or
   tiles, normalisation, orientations, dtype), its throughput over the untiled network's, and peak RSS;
 - ``bicubic NxN``: scikit-image's order-3 resize of the same field.
@@ -81,9 +84,13 @@ def measure(what: str, size: int, model: str, repeats: int, threads: int, option
     from msrgan_core.device import use_cpu
 
     use_cpu(threads)  # as Upscaler does, so the untiled network is measured the same way
-    result = {"what": what, "size": size}
-    if what == "sgemm":
-        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    from msrgan_core.inference import resolve_precision
+
+    precision = resolve_precision(options["precision"], torch.device("cpu"))
+    result = {"what": what, "size": size, "precision": precision}
+    if what == "gemm":
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
         result["gflops"] = 2 * 2048 ** 3 / timed(lambda: a @ b, 10) / 1e9
     elif what == "network":
         from msrgan_core.modelfile import load_model
@@ -91,7 +98,13 @@ def measure(what: str, size: int, model: str, repeats: int, threads: int, option
         loaded = load_model(model)
         generator = loaded.generator.to(memory_format=torch.channels_last)
         x = torch.rand(1, loaded.config.in_channels, size, size).contiguous(memory_format=torch.channels_last)
-        seconds = timed(lambda: torch.inference_mode()(generator)(x), repeats)
+
+        @torch.inference_mode()
+        def network():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):  # as Upscaler runs it
+                return generator(x)
+
+        seconds = timed(network, repeats)
         macs = conv_macs(loaded.generator, size, size)
         result.update(seconds=seconds, mp_per_s=size * size * loaded.scale ** 2 / seconds / 1e6,
                       gflops=2 * macs / seconds / 1e9, macs_per_pixel=macs / size ** 2)
@@ -156,43 +169,51 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure at 512 or less (1 above)")
     parser.add_argument("--tile", type=int, default=0, help="tile edge as msrgan upscale's (0: strips on the CPU)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="as msrgan upscale's (auto: bf16 on CPUs that compute it, else fp32)")
     add_inference_options(parser)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    options = {"ensemble": args.ensemble, "match_bins": args.match_bins, "tile": args.tile}
+    options = {"ensemble": args.ensemble, "match_bins": args.match_bins, "tile": args.tile, "precision": args.precision}
     if args.child:
         print(json.dumps(measure(args.child, args.size, args.model, args.repeats, args.threads, options)))
         return
     if args.device == "cuda":
-        gpu(args, options)
+        gpu(args, {key: value for key, value in options.items() if key != "precision"})  # it runs every precision
         return
 
-    def child(what: str, size: int) -> dict:
+    def child(what: str, size: int, precision: str = args.precision) -> dict:
         cmd = [sys.executable, __file__, "--child", what, "--size", str(size), "--model", args.model,
-               "--threads", str(args.threads), "--repeats", str(args.repeats if size <= 512 else 1), "--tile", str(args.tile)]
+               "--threads", str(args.threads), "--repeats", str(args.repeats if size <= 512 else 1), "--tile", str(args.tile),
+               "--precision", precision]
         cmd += [] if args.ensemble is None else ["--ensemble", str(args.ensemble)]
         cmd += [] if args.match_bins is None else ["--match-bins" if args.match_bins else "--no-match-bins"]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    sgemm = child("sgemm", 2048)["gflops"]
+    sgemm = child("gemm", 2048, "fp32")["gflops"]
     net = child("network", 256)
-    print(f"model {args.model}, {args.threads} CPU threads; SGEMM {sgemm:.0f} GFLOP/s; "
-          f"{net['macs_per_pixel'] / 1e6:.3f} M multiply-adds per input pixel")
-    print(f"{'what':<20} {'out MP/s':>9} {'s/image':>8} {'vs net 256':>10} {'GFLOP/s':>8} {'of SGEMM':>8} {'peak RSS MiB':>13}")
+    bf16 = net["precision"] == "bf16"
+    gemm = child("gemm", 2048)["gflops"] if bf16 else sgemm
+    print(f"model {args.model}, {args.threads} CPU threads, {net['precision']}; SGEMM {sgemm:.0f} GFLOP/s"
+          + (f", bf16 GEMM {gemm:.0f}" if bf16 else "") + f"; {net['macs_per_pixel'] / 1e6:.3f} M multiply-adds per input pixel")
+    shares = lambda gflops: f"{gflops / sgemm:>8.0%}" + (f" {gflops / gemm:>9.0%}" if bf16 else "")  # noqa: E731
+    blank = f"{'':>8}" + (f" {'':>9}" if bf16 else "")
+    print(f"{'what':<20} {'out MP/s':>9} {'s/image':>8} {'vs net 256':>10} {'GFLOP/s':>8} {'of SGEMM':>8}"
+          + (f" {'of bf16 GEMM':>9}" if bf16 else "") + f" {'peak RSS MiB':>13}")
     print(f"{'network 256 untiled':<20} {net['mp_per_s']:>9.3f} {net['seconds']:>8.3f} {'1.00':>10} "
-          f"{net['gflops']:>8.0f} {net['gflops'] / sgemm:>8.0%} {net['peak_rss_mib']:>13.0f}")
+          f"{net['gflops']:>8.0f} {shares(net['gflops'])} {net['peak_rss_mib']:>13.0f}")
     for size in args.sizes:
         r = child("msrgan", size)
         gflops = r["mp_per_s"] / net["mp_per_s"] * net["gflops"]
         print(f"{'msrgan %dx%d' % (size, size):<20} {r['mp_per_s']:>9.3f} {r['seconds']:>8.3f} "
-              f"{r['mp_per_s'] / net['mp_per_s']:>10.2f} {gflops:>8.0f} {gflops / sgemm:>8.0%} {r['peak_rss_mib']:>13.0f}")
+              f"{r['mp_per_s'] / net['mp_per_s']:>10.2f} {gflops:>8.0f} {shares(gflops)} {r['peak_rss_mib']:>13.0f}")
         if size <= 1024:
             b = child("bicubic", size)
-            print(f"{'bicubic %dx%d' % (size, size):<20} {b['mp_per_s']:>9.3f} {b['seconds']:>8.3f} {'':>10} {'':>8} {'':>8} "
+            print(f"{'bicubic %dx%d' % (size, size):<20} {b['mp_per_s']:>9.3f} {b['seconds']:>8.3f} {'':>10} {'':>8} {blank} "
                   f"{b['peak_rss_mib']:>13.0f}")
     print(f"(msrgan: {r['options']}, {r['layout']} at {size}; peak RSS of a fresh process, Python and torch included)")
 

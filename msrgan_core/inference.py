@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .binning import match_bins
 from .config import GeneratorConfig
-from .device import describe_device, resolve_device, use_cpu
+from .device import cpu_has_bf16, describe_device, resolve_device, use_cpu
 from .errors import UserError
 from .io import ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel
@@ -163,15 +163,19 @@ def unorient(image: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision that runs: ``auto`` is bf16 on a GPU that supports it, else fp32; the CPU runs fp32."""
+    """The precision that runs: ``auto`` is bf16 where the device computes it itself (a GPU that
+    supports it, a CPU with AVX-512 BF16 or AMX: :func:`~msrgan_core.device.cpu_has_bf16`), else
+    fp32. fp16 is for GPUs: the CPU runs fp32 instead."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if device.type != "cuda":
-        if precision in _AUTOCAST:
-            log.info("msrgan: %s is for CUDA GPUs; the CPU runs fp32", precision)
-        return "fp32"
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
     if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if native else "fp32"
+    if device.type != "cuda" and precision == "fp16":
+        log.info("msrgan: fp16 is for CUDA GPUs; the CPU runs fp32")
+        return "fp32"
+    if precision == "bf16" and not native:
+        log.warning("msrgan: this %s does not compute bf16 itself: bf16 runs emulated, slower than fp32", device.type.upper())
     return precision
 
 
@@ -189,8 +193,10 @@ class Upscaler:
     tile : int
         Tile edge in input pixels, context included; 0 sizes it to :data:`TILE_MEMORY`.
     precision : str
-        ``auto`` (bf16 on GPUs that support it, else fp32), ``fp32``, ``bf16`` or ``fp16``
-        (CUDA only; a batch whose reduced-precision output is not finite is redone in fp32).
+        ``auto`` (bf16 where the device computes it itself, see :func:`resolve_precision`; else
+        fp32), ``fp32``, ``bf16`` or ``fp16`` (CUDA only). The network's convolutions run in the
+        reduced precision, the bicubic skip and everything after the network in fp32; an image or
+        batch whose reduced-precision output is not finite is redone in fp32.
     progress : bool
         Show a progress bar over tiles.
     ensemble : int or None
@@ -342,7 +348,11 @@ class Upscaler:
         """Strips where the generator streams (:meth:`streams`), else tiles with bounded retries: halve
         the tile on CUDA out-of-memory, then use the CPU."""
         if self.streams(spread is not None):
-            return self._run_strips(image, stats, out, spread, source)
+            try:
+                return self._run_strips(image, stats, out, spread, source, self.precision)
+            except _NotFinite:
+                log.warning("msrgan: %s: %s output was not finite; recomputing the image in fp32", source, self.precision)
+                return self._run_strips(image, stats, out, spread, source, "fp32")
         plan = self.plan()
         for _ in range(MAX_TILE_HALVINGS + 1):
             try:
@@ -411,10 +421,16 @@ class Upscaler:
         bar.close()
         return clipped
 
+    def _reduced(self, precision: str):
+        """The context that runs the network's convolutions in ``precision`` (autocast), or none."""
+        return torch.autocast(self.device.type, dtype=_AUTOCAST.get(precision, torch.float32),
+                              enabled=precision in _AUTOCAST)
+
     @torch.inference_mode()
     def _run_strips(self, image: torch.Tensor, stats: Stats, out: np.ndarray, spread: Optional[np.ndarray],
-                    source: str) -> int:
-        """:meth:`_run_tiles` in full-width strips, every orientation of a strip in one batch."""
+                    source: str, precision: str) -> int:
+        """:meth:`_run_tiles` in full-width strips, every orientation of a strip in one batch; in
+        reduced ``precision``, a strip whose output is not finite raises :class:`_NotFinite`."""
         runs = self.runs(spread is not None)
         height, width = image.shape[1:]
         low = torch.as_tensor(stats.low, dtype=torch.float32)
@@ -423,11 +439,13 @@ class Upscaler:
         rows = self.strip_rows(width, spread is not None)
         clipped = 0
         bar = tqdm(total=height, desc="rows", unit="row", disable=not self.progress or height <= rows, leave=False)
-        for start, y in self.generator.stream(x, rows):
+        for start, y in _each_in(self.generator.stream(x, rows), lambda: self._reduced(precision)):
             stop = start + y.shape[2] // self.scale
             strip = Tile(source=(slice(start, stop), slice(0, width)), core=(slice(0, stop - start), slice(0, width)),
                          destination=(slice(start * self.scale, stop * self.scale), slice(0, width * self.scale)))
-            y = _finite(y, source, self.model.source)
+            y = y.float()
+            if not bool(torch.isfinite(y).all()):
+                raise _NotFinite if precision in _AUTOCAST else _not_finite(source, self.model.source)
             result = self._finish(strip, [unorient(r, *o) for r, o in zip(y, runs)], image, low, span, out.dtype,
                                   spread is not None)
             clipped += _store(strip, result, out, spread)
@@ -459,7 +477,7 @@ class Upscaler:
         """The generator's output for a batch, in fp32; reduced precision is redone in fp32 if not finite."""
         x = x.contiguous(memory_format=torch.channels_last)
         if self.precision in _AUTOCAST:
-            with torch.autocast("cuda", dtype=_AUTOCAST[self.precision]):
+            with self._reduced(self.precision):
                 y = self.generator(x).float()
             if bool(torch.isfinite(y).all()):
                 return y
@@ -467,11 +485,31 @@ class Upscaler:
         return _finite(self.generator(x).float(), source, self.model.source)
 
 
+class _NotFinite(Exception):
+    """A reduced-precision strip that was not finite: the image is redone in fp32."""
+
+
+def _each_in(items: Iterator, context) -> Iterator:
+    """The items of an iterator (a generator's strips), each one computed inside ``context()``
+    (autocast), and the code that takes it outside it."""
+    while True:
+        with context():
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
+
+
+def _not_finite(source: str, model: str) -> InferenceError:
+    """The error for a model that gives NaN or infinity in fp32."""
+    return InferenceError(f"{source}: the model {Path(model).name} gave non-finite output "
+                          "(NaN or infinity): its weights are damaged, or the input is far outside its range")
+
+
 def _finite(y: torch.Tensor, source: str, model: str) -> torch.Tensor:
     """``y``, which must be finite: a model that gives NaN or infinity is refused."""
     if not bool(torch.isfinite(y).all()):
-        raise InferenceError(f"{source}: the model {Path(model).name} gave non-finite output "
-                             "(NaN or infinity): its weights are damaged, or the input is far outside its range")
+        raise _not_finite(source, model)
     return y
 
 

@@ -63,7 +63,8 @@ class Generator(nn.Module):
         else:
             out = self.upsample_tail(hidden)
         if self.config.input_skip:
-            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+            with full_precision(x):
+                out = out + F.interpolate(x.float(), scale_factor=self.config.scale, mode="bicubic", align_corners=False)
         return out
 
     def upsample_tail(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -247,9 +248,18 @@ class BicubicRows:
         self.padded = F.pad(x, (r, r, r, r), mode="replicate")  # torch's bicubic clamps at the border too
 
     def unshuffled(self, start: int, stop: int) -> torch.Tensor:
-        """Input rows ``start`` to ``stop`` upsampled, before the pixel shuffle: ``scale**2`` channels each."""
+        """Input rows ``start`` to ``stop`` upsampled, before the pixel shuffle: ``scale**2`` channels
+        each, in fp32 whatever the network's precision (:func:`full_precision`)."""
         rows = self.padded[:, :, start:stop + 2 * self.radius]
-        return F.conv2d(rows, self.kernel, groups=self.channels)
+        with full_precision(rows):
+            return F.conv2d(rows.float(), self.kernel.float(), groups=self.channels)
+
+
+def full_precision(x: torch.Tensor):
+    """A context where ``x``'s device computes in fp32 even inside autocast: for the bicubic skip,
+    which carries the image itself: in bf16 it would round the output to 8 significant bits, while
+    rounding the network's residual, a fraction of the output, costs far less (docs/benchmarks.md)."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 #: where the network runs: ``auto`` is CUDA when present, else the CPU
 DEVICES = ("auto", "cpu", "cuda")
-#: inference precisions; ``auto`` is bf16 on GPUs that support it, else fp32 (the CPU always runs fp32)
+#: inference precisions; ``auto`` is bf16 where the device computes it (GPUs, CPUs with AVX-512 BF16 or
+#: AMX), else fp32; fp16 runs on GPUs only
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: orientations an upscaler may average (:func:`msrgan_core.inference.orientations`)
 ENSEMBLES = (1, 2, 4, 8)

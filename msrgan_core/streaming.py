@@ -92,9 +92,11 @@ class RowPass:
             self.last = start + rows >= height
             yield Strip(start, [_rows(self.x, start, start + rows)])
 
-    def _zeros(self, channels: int, rows: int) -> torch.Tensor:
+    def _zeros(self, channels: int, rows: int, like: Strip) -> torch.Tensor:
+        """Rows of zero padding for a layer's input, in the dtype of that input (bf16 under autocast)."""
         n, _, _, width = self.x.shape
-        return self.x.new_zeros(n, channels, rows, width).contiguous(memory_format=torch.channels_last)
+        dtype = like.blocks[0].dtype if like.blocks else self.x.dtype
+        return self.x.new_zeros(n, channels, rows, width, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
     def through(self, layers: Iterable[nn.Module], strip: Strip) -> Strip:
         """``layers`` in order: convolutions by :meth:`conv`, the rest (activations, batch norm at
@@ -106,8 +108,8 @@ class RowPass:
     def conv(self, layer: nn.Conv2d, strip: Strip) -> Strip:
         """``layer`` (k x k, stride 1, zero padding k // 2) on the rows that the strip completes."""
         k, pad = layer.kernel_size[0], layer.padding[0]
-        before = self._kept.pop(layer, None) or Strip(strip.start - pad, [self._zeros(layer.in_channels, pad)])
-        sequence = before.blocks + strip.blocks + ([self._zeros(layer.in_channels, pad)] if self.last else [])
+        before = self._kept.pop(layer, None) or Strip(strip.start - pad, [self._zeros(layer.in_channels, pad, strip)])
+        sequence = before.blocks + strip.blocks + ([self._zeros(layer.in_channels, pad, strip)] if self.last else [])
 
         def valid(blocks: List[torch.Tensor]) -> List[torch.Tensor]:  # no padding across rows, zeros across columns
             joined = _join(blocks)

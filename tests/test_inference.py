@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from helpers import CGROUP_CASES, cgroup_tree, smooth_image, tiny_model
 from msrgan_core.binning import bin_mean
 from msrgan_core.inference import (
-    InferenceError, Upscaler, axis_tiles, orient, orientations, tile_slices, unorient, upscale, upscale_file,
+    InferenceError, Upscaler, axis_tiles, orient, orientations, resolve_precision, tile_slices, unorient, upscale,
+    upscale_file,
 )
 from msrgan_core.io import ImageError, read_image
 from msrgan_core.modelfile import with_inference_defaults
+from msrgan_core.options import PRECISIONS
 
 UNTILED = 100_000  # a tile edge larger than any test image: one tile
 
@@ -54,6 +56,11 @@ def compact_2ch(model_dir):
 @pytest.fixture(scope="module")
 def bicubic_x4(model_dir):
     return tiny_model(model_dir, "bicubic.safetensors", scale=4, zero_tail=True)
+
+
+@pytest.fixture(scope="module")
+def compact_bicubic_x4(model_dir):
+    return tiny_model(model_dir, "compact_bicubic.safetensors", scale=4, n_blocks=2, architecture="compact", zero_tail=True)
 
 
 def _run(model, image, tile):
@@ -285,10 +292,10 @@ def test_orientations_are_distinct_and_undone(count):
 
 def test_ensemble_is_the_mean_over_orientations(model_x4):
     image = smooth_image((26, 33), seed=13).astype(np.float32)
-    single = Upscaler(model_x4, device="cpu")
+    single = Upscaler(model_x4, device="cpu", precision="fp32")
     oriented = [(k, m, orient(torch.from_numpy(image), k, m).numpy().copy()) for k, m in orientations(4)]
     by_hand = np.mean([unorient(torch.from_numpy(single.upscale(o)), k, m).numpy() for k, m, o in oriented], axis=0)
-    np.testing.assert_allclose(Upscaler(model_x4, device="cpu", ensemble=4).upscale(image), by_hand,
+    np.testing.assert_allclose(Upscaler(model_x4, device="cpu", ensemble=4, precision="fp32").upscale(image), by_hand,
                                rtol=1e-5, atol=1e-3)
 
 
@@ -361,7 +368,68 @@ def test_bad_tile_and_precision_raise(model_x4):
         Upscaler(model_x4, device="cpu", tile=-5)
     with pytest.raises(ValueError, match="int8"):
         Upscaler(model_x4, device="cpu", precision="int8")
-    assert Upscaler(model_x4, device="cpu", precision="bf16").precision == "fp32"  # reduced precision is for GPUs
+
+
+def test_the_cpu_runs_bf16_by_default_only_where_it_computes_bf16_itself(monkeypatch, caplog):
+    import logging
+
+    from msrgan_core import inference
+
+    cpu = torch.device("cpu")
+    for native, auto in [(True, "bf16"), (False, "fp32")]:
+        monkeypatch.setattr(inference, "cpu_has_bf16", lambda: native)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="msrgan"):
+            ran = {precision: resolve_precision(precision, cpu) for precision in PRECISIONS}
+        assert ran == {"auto": auto, "fp32": "fp32", "bf16": "bf16", "fp16": "fp32"}  # fp16 is for GPUs
+        assert ("emulated" in caplog.text) == (not native) and "fp16 is for CUDA GPUs" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["compact_x4", "model_x4"])
+@pytest.mark.parametrize("tile", [0, 40])
+def test_bf16_on_the_cpu_stays_close_to_fp32_in_strips_and_in_tiles(name, tile, request):
+    """bf16 runs (the output differs from fp32's), in the image's dtype, and close to fp32."""
+    from msrgan_core.metrics import psnr
+
+    model = request.getfixturevalue(name)
+    image = smooth_image((67, 90), seed=16, low=100, high=4000).round().astype(np.uint16)
+    fp32 = Upscaler(model, device="cpu", tile=tile, precision="fp32").upscale(image).astype(np.float64)
+    upscaler = Upscaler(model, device="cpu", tile=tile, precision="bf16")
+    assert upscaler.streams() == (tile == 0)
+    bf16 = upscaler.upscale(image)
+    assert bf16.dtype == image.dtype and bf16.shape == fp32.shape
+    assert 50 < psnr(fp32, bf16, 3900) < np.inf
+
+
+@pytest.mark.parametrize("name", ["bicubic_x4", "compact_bicubic_x4"])
+def test_the_bicubic_skip_stays_fp32_in_bf16(name, request):
+    """A generator whose tail is zero is bicubic upsampling: in bf16 exactly fp32's output, since only
+    the network runs in bf16 (the image rounded to bf16's 8 significant bits would be far off)."""
+    model = request.getfixturevalue(name)
+    image = smooth_image((37, 45), seed=17, low=100, high=60000).astype(np.float32)
+    for tile in (0, 24):
+        fp32 = Upscaler(model, device="cpu", tile=tile, precision="fp32").upscale(image)
+        np.testing.assert_array_equal(Upscaler(model, device="cpu", tile=tile, precision="bf16").upscale(image), fp32)
+
+
+@pytest.mark.parametrize("tile", [0, 40])
+def test_a_bf16_output_that_is_not_finite_is_redone_in_fp32(compact_x4, tile, monkeypatch, caplog):
+    """In strips the whole image is redone (a strip's layers hold rows of the one before), in tiles the batch."""
+    import logging
+
+    image = smooth_image((67, 90), seed=18, low=100, high=4000).round().astype(np.uint16)
+    fp32 = Upscaler(compact_x4, device="cpu", tile=tile, precision="fp32").upscale(image)
+    upscaler = Upscaler(compact_x4, device="cpu", tile=tile, precision="bf16")
+    last = upscaler.generator.body[-1]  # a PReLU: strips call it as a module too (their convolutions are F.conv2d)
+    # what an overflow in reduced precision gives, under autocast only
+    hook = last.register_forward_hook(lambda module, args, y: y.fill_(float("nan")) if torch.is_autocast_enabled("cpu") else y)
+    try:
+        with caplog.at_level(logging.WARNING, logger="msrgan"):
+            out = upscaler.upscale(image)
+    finally:
+        hook.remove()
+    np.testing.assert_array_equal(out, fp32)
+    assert "bf16 output was not finite; recomputing the " + ("image" if tile == 0 else "batch") in caplog.text
 
 
 # --- files --------------------------------------------------------------------------------
@@ -547,7 +615,7 @@ def test_gpu_gives_the_cpu_result_tiled_batched_and_in_reduced_precision(name, r
 
     model = request.getfixturevalue(name)
     image = smooth_image((131, 97), seed=8, low=100, high=4000).round().astype(np.uint16)
-    cpu = Upscaler(model, device="cpu", tile=UNTILED).upscale(image).astype(np.float64)
+    cpu = Upscaler(model, device="cpu", tile=UNTILED, precision="fp32").upscale(image).astype(np.float64)
     span = cpu.max() - cpu.min()
     whole = Upscaler(model, device=GPU, precision="fp32", tile=UNTILED).upscale(image).astype(np.float64)
     tiled = Upscaler(model, device=GPU, precision="fp32", tile=40)
