@@ -1,8 +1,9 @@
 """The training loop, written out: SRResNet pretraining, then adversarial mSRGAN training.
 
 Phase 1 (``pretrain_steps``) minimises the pixel loss; phase 2 (``gan_steps``) continues from
-it with the perceptual loss. The same code runs on CUDA (bf16 mixed precision) and on the CPU,
-and data-parallel across processes when started by ``torchrun`` (NCCL on GPUs, gloo on CPUs).
+it with the perceptual loss. The same code runs on CUDA and on the CPU (in bf16 mixed precision
+where the device computes bf16), and data-parallel across processes when started by ``torchrun``
+(NCCL on GPUs, gloo on CPUs).
 
 A run directory holds:
 
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import ExperimentConfig, TrainConfig
 from .data import Split, load_images, load_pairs, sample_batch, split_files, spread, validation_pairs
-from .device import Distributed, describe_device, reuse_freed_memory, setup_distributed
+from .device import Distributed, cpu_has_bf16, describe_device, reuse_freed_memory, setup_distributed
 from .errors import UserError
 from .features import make_feature_extractor
 from .io import atomic_write, find_images
@@ -217,7 +218,8 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
             "patch_size": config.train.patch_size,
             "seed": config.train.seed,
             "init": init,
-            "hardware": f"{describe_device(device)} x {world_size}, {platform.machine()}",
+            "hardware": f"{describe_device(device)} x {world_size}, {platform.machine()}, "
+                        f"{training_precision(config.train, device, adversarial=name == 'perceptual')}",
             "torch": torch.__version__,
         },
         "validation": metrics,
@@ -327,7 +329,7 @@ def train(
     if dist.is_main:
         _prepare_metrics_csv(run.out_dir / METRICS, run.step)
     writer = _tensorboard(run.out_dir) if tc.tensorboard and dist.is_main else None
-    autocast = autocast_for(tc, device)
+    autocast = {phase: autocast_for(tc, device, adversarial=phase == "gan") for phase in ("pretrain", "gan")}
     total = tc.pretrain_steps + tc.gan_steps
     bar = tqdm(total=total, initial=run.step, desc="training", unit="step", disable=not (progress and dist.is_main))
     started, loss_value = time.time(), float("nan")
@@ -347,9 +349,9 @@ def train(
         set_learning_rate((run.opt_g, run.opt_d), lr_now)
         lr_t, hr_t = (t.to(device, non_blocking=True) for t in next(stream))
         if pretraining:
-            loss, terms = pretrain_step(run, lr_t, hr_t, autocast)
+            loss, terms = pretrain_step(run, lr_t, hr_t, autocast["pretrain"])
         else:
-            loss, terms = adversarial_step(run, lr_t, hr_t, autocast)
+            loss, terms = adversarial_step(run, lr_t, hr_t, autocast["gan"])
         if run.average is not None:
             run.average.update(unwrap(run.generator))
         run.step += 1
@@ -415,8 +417,9 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
         raise TrainingError(f"--resume: {out_dir} holds no {CHECKPOINT} to continue from")
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
-        log.info("msrgan: training on %s (%d process%s)", describe_device(device), dist.world_size,
-                 "es" if dist.world_size > 1 else "")
+        log.info("msrgan: training on %s, pixel loss in %s, adversarial in %s (%d process%s)", describe_device(device),
+                 training_precision(config.train, device), training_precision(config.train, device, adversarial=True),
+                 dist.world_size, "es" if dist.world_size > 1 else "")
 
     split, train_images, val_pairs = load_data(config, progress and dist.is_main)
     baseline = bicubic_scores(val_pairs) if val_pairs else {}
@@ -512,16 +515,27 @@ def feature_extractor(config: ExperimentConfig, discriminator: Discriminator,
     return features
 
 
-def autocast_for(train_config: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """The context for forward passes: bf16 autocast on CUDA with ``train.mixed_precision``, else none.
+def training_precision(train_config: TrainConfig, device: torch.device, adversarial: bool = False) -> str:
+    """``bf16`` (mixed: weights, optimiser and losses in fp32) with ``train.mixed_precision`` on
+    CUDA, and on a CPU that computes bf16 itself (:func:`~msrgan_core.device.cpu_has_bf16`) in the
+    pixel-loss phase; else ``fp32``. The CPU's adversarial phase stays fp32, as the packaged
+    ``perceptual`` was trained: in bf16 one such run drew markedly less texture (docs/training.md)."""
+    if not train_config.mixed_precision:
+        return "fp32"
+    return "bf16" if device.type == "cuda" or (cpu_has_bf16() and not adversarial) else "fp32"
+
+
+def autocast_for(train_config: TrainConfig, device: torch.device,
+                 adversarial: bool = False) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context for forward passes of a phase: bf16 autocast where :func:`training_precision`
+    says so, else none.
 
     On CUDA it also lets cuDNN time its kernels for the fixed patch shapes and keep the fastest.
     """
-    on_cuda = device.type == "cuda"
-    if on_cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if train_config.mixed_precision and on_cuda:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if training_precision(train_config, device, adversarial) == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 

@@ -206,12 +206,34 @@ def test_kill_9_loses_only_steps_since_the_last_checkpoint(tmp_path):
     assert read_metadata(run / "fidelity.safetensors")["name"] == "fidelity"
 
 
-def test_mixed_precision_is_cuda_only_and_cpu_training_is_fp32(tmp_path):
-    data = make_plate(tmp_path / "plate")
-    run = train(tiny_config(data, pretrain_steps=2, gan_steps=0), tmp_path / "run", progress=False)
+@pytest.mark.parametrize("native", [False, True])
+def test_cpu_training_is_mixed_bf16_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, native):
+    """train.mixed_precision runs the pixel-loss phase's forward passes in bf16 on a CPU with bf16
+    instructions (it works, slower, on any CPU), fp32 elsewhere and in the adversarial phase;
+    weights and optimiser stay fp32 either way."""
+    from msrgan_core import train as training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    config = tiny_config(make_plate(tmp_path / "plate"), pretrain_steps=2, gan_steps=2)
+    precision = "bf16" if native else "fp32"
+    assert training.training_precision(config.train, cpu) == precision
+    assert training.training_precision(config.train, cpu, adversarial=True) == "fp32"
+    config.train.mixed_precision = False
+    assert training.training_precision(config.train, cpu) == "fp32"
+    config.train.mixed_precision = True
+    autocasts = []  # the dtypes of the autocast contexts entered and enabled
+    original = torch.autocast.__enter__
+    monkeypatch.setattr(torch.autocast, "__enter__",
+                        lambda self: (self._enabled and autocasts.append(self.fast_dtype), original(self))[1])
+    run = train(config, tmp_path / "run", progress=False)
+    assert autocasts == ([torch.bfloat16] * 2 if native else [])  # one per pixel-loss step, none in the adversarial ones
     state = load_checkpoint(run / CHECKPOINT)
     assert all(v.dtype == torch.float32 for v in state["generator"].values())
-    assert "cpu" in read_metadata(run / "fidelity.safetensors")["training"]["hardware"]
+    assert all(np.isfinite(v.numpy()).all() for v in state["generator"].values())
+    for name, ran in (("fidelity", precision), ("perceptual", "fp32")):
+        hardware = read_metadata(run / f"{name}.safetensors")["training"]["hardware"]
+        assert "cpu" in hardware and hardware.endswith(ran), (name, hardware)
 
 
 def test_trains_on_real_pairs_of_acquisitions(tmp_path):
