@@ -422,8 +422,9 @@ class Upscaler:
         return clipped
 
     def _reduced(self, precision: str):
-        """The context that runs the network's convolutions in ``precision`` (autocast), or none."""
-        return torch.autocast(self.device.type, dtype=_AUTOCAST.get(precision, torch.float32),
+        """The context that runs the network's convolutions in ``precision`` (autocast), or none: a
+        disabled autocast, given bf16, a dtype that every torch version's CPU autocast accepts."""
+        return torch.autocast(self.device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16),
                               enabled=precision in _AUTOCAST)
 
     @torch.inference_mode()
