@@ -200,10 +200,10 @@ def main() -> None:
     gemm = child("gemm", 2048)["gflops"] if bf16 else sgemm
     print(f"model {args.model}, {args.threads} CPU threads, {net['precision']}; SGEMM {sgemm:.0f} GFLOP/s"
           + (f", bf16 GEMM {gemm:.0f}" if bf16 else "") + f"; {net['macs_per_pixel'] / 1e6:.3f} M multiply-adds per input pixel")
-    shares = lambda gflops: f"{gflops / sgemm:>8.0%}" + (f" {gflops / gemm:>9.0%}" if bf16 else "")  # noqa: E731
-    blank = f"{'':>8}" + (f" {'':>9}" if bf16 else "")
+    shares = lambda gflops: f"{gflops / sgemm:>8.0%}" + (f" {gflops / gemm:>12.0%}" if bf16 else "")  # noqa: E731
+    blank = f"{'':>8}" + (f" {'':>12}" if bf16 else "")
     print(f"{'what':<20} {'out MP/s':>9} {'s/image':>8} {'vs net 256':>10} {'GFLOP/s':>8} {'of SGEMM':>8}"
-          + (f" {'of bf16 GEMM':>9}" if bf16 else "") + f" {'peak RSS MiB':>13}")
+          + (f" {'of bf16 GEMM':>12}" if bf16 else "") + f" {'peak RSS MiB':>13}")
     print(f"{'network 256 untiled':<20} {net['mp_per_s']:>9.3f} {net['seconds']:>8.3f} {'1.00':>10} "
           f"{net['gflops']:>8.0f} {shares(net['gflops'])} {net['peak_rss_mib']:>13.0f}")
     for size in args.sizes:
