@@ -465,7 +465,7 @@ class Upscaler:
         core = results[0] if n == 1 else torch.stack(results[:n]).mean(dim=0)
         deviation = None
         if with_spread:
-            deviation = torch.stack(results).std(dim=0, correction=0) * span[:, None, None]
+            deviation = _spread(results) * span[:, None, None]
             deviation = _to_host(deviation * self.model.card.uncertainty_scale)
         if self.match_bins:
             lowres = image[:, tile.source[0], tile.source[1]][:, tile.core[0], tile.core[1]]
@@ -484,6 +484,14 @@ class Upscaler:
                 return y
             log.warning("msrgan: %s: %s output was not finite; recomputing the batch in fp32", source, self.precision)
         return _finite(self.generator(x).float(), source, self.model.source)
+
+
+def _spread(results: List[torch.Tensor]) -> torch.Tensor:
+    """The standard deviation (population) over ``results``, pixel by pixel, written out: torch's
+    ``std`` over the stacked dimension ran 30 times slower on the CPU (440 against 14 ms for two
+    2080 x 2784 outputs), as long as the network's pass itself."""
+    stacked = torch.stack(results)
+    return stacked.sub_(stacked.mean(dim=0)).square_().mean(dim=0).sqrt_()
 
 
 class _NotFinite(Exception):
