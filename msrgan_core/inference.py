@@ -175,7 +175,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         log.info("msrgan: fp16 is for CUDA GPUs; the CPU runs fp32")
         return "fp32"
     if precision == "bf16" and not native:
-        log.warning("msrgan: this %s does not compute bf16 itself: bf16 runs emulated, slower than fp32", device.type.upper())
+        log.warning("msrgan: this %s does not compute bf16 itself: bf16 runs emulated, slower than fp32",
+                    "GPU" if device.type == "cuda" else "CPU")
     return precision
 
 

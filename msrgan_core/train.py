@@ -329,7 +329,7 @@ def train(
     if dist.is_main:
         _prepare_metrics_csv(run.out_dir / METRICS, run.step)
     writer = _tensorboard(run.out_dir) if tc.tensorboard and dist.is_main else None
-    autocast = {phase: autocast_for(tc, device, adversarial=phase == "gan") for phase in ("pretrain", "gan")}
+    autocast = {"pretrain": autocast_for(tc, device), "gan": autocast_for(tc, device, adversarial=True)}
     total = tc.pretrain_steps + tc.gan_steps
     bar = tqdm(total=total, initial=run.step, desc="training", unit="step", disable=not (progress and dist.is_main))
     started, loss_value = time.time(), float("nan")
@@ -348,10 +348,7 @@ def train(
         lr_now = learning_rate(run.step, config)
         set_learning_rate((run.opt_g, run.opt_d), lr_now)
         lr_t, hr_t = (t.to(device, non_blocking=True) for t in next(stream))
-        if pretraining:
-            loss, terms = pretrain_step(run, lr_t, hr_t, autocast["pretrain"])
-        else:
-            loss, terms = adversarial_step(run, lr_t, hr_t, autocast["gan"])
+        loss, terms = (pretrain_step if pretraining else adversarial_step)(run, lr_t, hr_t, autocast[phase])
         if run.average is not None:
             run.average.update(unwrap(run.generator))
         run.step += 1
