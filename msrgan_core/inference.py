@@ -446,7 +446,7 @@ class Upscaler:
             strip = Tile(source=(slice(start, stop), slice(0, width)), core=(slice(0, stop - start), slice(0, width)),
                          destination=(slice(start * self.scale, stop * self.scale), slice(0, width * self.scale)))
             y = y.float()
-            if not bool(torch.isfinite(y).all()):
+            if not _all_finite(y):
                 raise _NotFinite if precision in _AUTOCAST else _not_finite(source, self.model.source)
             result = self._finish(strip, [unorient(r, *o) for r, o in zip(y, runs)], image, low, span, out.dtype,
                                   spread is not None)
@@ -481,7 +481,7 @@ class Upscaler:
         if self.precision in _AUTOCAST:
             with self._reduced(self.precision):
                 y = self.generator(x).float()
-            if bool(torch.isfinite(y).all()):
+            if _all_finite(y):
                 return y
             log.warning("msrgan: %s: %s output was not finite; recomputing the batch in fp32", source, self.precision)
         return _finite(self.generator(x).float(), source, self.model.source)
@@ -510,6 +510,13 @@ def _each_in(items: Iterator, context) -> Iterator:
         yield item
 
 
+def _all_finite(y: torch.Tensor) -> bool:
+    """Whether every value of ``y`` is finite. NaN and infinities carry through a sum, so one sum
+    answers for almost every tensor, in one read (``isfinite().all()`` takes four, 1.7 % of a bf16
+    upscale); only where the sum is not finite (finite values could overflow it) is each value asked."""
+    return bool(torch.isfinite(y.sum())) or bool(torch.isfinite(y).all())
+
+
 def _not_finite(source: str, model: str) -> InferenceError:
     """The error for a model that gives NaN or infinity in fp32."""
     return InferenceError(f"{source}: the model {Path(model).name} gave non-finite output "
@@ -518,7 +525,7 @@ def _not_finite(source: str, model: str) -> InferenceError:
 
 def _finite(y: torch.Tensor, source: str, model: str) -> torch.Tensor:
     """``y``, which must be finite: a model that gives NaN or infinity is refused."""
-    if not bool(torch.isfinite(y).all()):
+    if not _all_finite(y):
         raise _not_finite(source, model)
     return y
 

@@ -441,6 +441,19 @@ def test_a_bf16_output_that_is_not_finite_is_redone_in_fp32(compact_x4, tile, mo
     assert "bf16 output was not finite; recomputing the " + ("image" if tile == 0 else "batch") in caplog.text
 
 
+def test_the_finiteness_check_sees_nan_and_infinity_and_not_an_overflowing_sum():
+    from msrgan_core.inference import _all_finite
+
+    big = torch.full((4, 1000), 3e38)  # finite, but its sum overflows to infinity
+    assert _all_finite(big) and _all_finite(torch.zeros(3))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = big.clone()
+        y[2, 17] = bad
+        assert not _all_finite(y)
+    opposite = torch.tensor([float("inf"), -float("inf"), 1.0])  # sums to NaN
+    assert not _all_finite(opposite)
+
+
 # --- files --------------------------------------------------------------------------------
 
 def test_upscale_file_keeps_dtype_and_layout_and_skips_existing(model_x4, tmp_path):

@@ -130,6 +130,34 @@ def test_channels_last_weights_give_the_same_output():
     assert out_fast.is_contiguous() and torch.allclose(out_fast, out_plain, atol=1e-5)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("largest_slope", [0.8, 1.0, 1.3])
+def test_bf16_prelu_is_autocasts_to_the_bit(memory_format, grad, largest_slope):
+    """models.prelu's bf16 CPU form gives what torch's PReLU gives under autocast, output and
+    gradients alike, with slopes of either sign, up to 1 and above, and values at exactly zero."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 9, 31)
+    x[:, :, 3] = 0.0
+    x = x.to(memory_format=memory_format).bfloat16()
+    weight = torch.linspace(-0.4, largest_slope, 24)
+    outs, grads = [], []
+    for function in (F.prelu, models.prelu):
+        xi, wi = x.clone().requires_grad_(grad), weight.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = function(xi, wi)
+        assert out.dtype == torch.bfloat16
+        outs.append(out)
+        if grad:
+            out.float().mul(torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+            grads.append((xi.grad, wi.grad))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[1], F.relu(x))  # the slopes did something
+    if grad:
+        assert torch.equal(grads[0][0], grads[1][0])
+        torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-2, atol=1e-2)
+
+
 def test_batch_norm_generator_runs_in_train_and_eval():
     generator = tiny_generator(scale=2, batch_norm=True, n_blocks=2)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())
