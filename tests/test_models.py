@@ -132,21 +132,23 @@ def test_channels_last_weights_give_the_same_output():
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("grad", [False, True])
-@pytest.mark.parametrize("largest_slope", [0.8, 1.0, 1.3])
-def test_bf16_prelu_is_autocasts_to_the_bit(memory_format, grad, largest_slope):
-    """models.prelu's bf16 CPU form gives what torch's PReLU gives under autocast, output and
-    gradients alike, with slopes of either sign, up to 1 and above, and values at exactly zero."""
+@pytest.mark.parametrize("largest_slope", [0.8, 1.3])
+@pytest.mark.parametrize("shape", [(2, 24, 8, 32), (2, 48, 9, 31), (1, 48, 3, 5)])
+def test_bf16_prelu_is_autocasts_to_the_bit(memory_format, grad, largest_slope, shape):
+    """models.prelu's bf16 CPU forms give what torch's PReLU gives under autocast, output and
+    gradients alike: pixels that fill whole vectors or not, slopes of either sign, up to 1 and
+    above, values at exactly zero."""
     torch.manual_seed(0)
-    x = torch.randn(2, 24, 9, 31)
-    x[:, :, 3] = 0.0
+    x = torch.randn(shape)
+    x[:, :, 1] = 0.0
     x = x.to(memory_format=memory_format).bfloat16()
-    weight = torch.linspace(-0.4, largest_slope, 24)
+    weight = torch.linspace(-0.4, largest_slope, shape[1])
     outs, grads = [], []
     for function in (F.prelu, models.prelu):
         xi, wi = x.clone().requires_grad_(grad), weight.clone().requires_grad_(grad)
         with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
             out = function(xi, wi)
-        assert out.dtype == torch.bfloat16
+        assert out.dtype == torch.bfloat16 and out.shape == x.shape
         outs.append(out)
         if grad:
             out.float().mul(torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
