@@ -347,7 +347,7 @@ def train(
             run.average.restart(unwrap(run.generator))  # the adversarial phase averages only its own weights
         lr_now = learning_rate(run.step, config)
         set_learning_rate((run.opt_g, run.opt_d), lr_now)
-        lr_t, hr_t = (t.to(device, non_blocking=True) for t in next(stream))
+        lr_t, hr_t = (t.to(device, non_blocking=True, memory_format=memory_format(device)) for t in next(stream))
         loss, terms = (pretrain_step if pretraining else adversarial_step)(run, lr_t, hr_t, autocast[phase])
         if run.average is not None:
             run.average.update(unwrap(run.generator))
@@ -495,9 +495,15 @@ def build_networks(config: ExperimentConfig, device: torch.device) -> "tuple[nn.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        generator = build_generator(config.generator).to(device)
-        discriminator = Discriminator(config.discriminator).to(device)
+        generator = build_generator(config.generator).to(device, memory_format=memory_format(device))
+        discriminator = Discriminator(config.discriminator).to(device, memory_format=memory_format(device))
     return generator, discriminator
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """How the networks and batches lie in memory: channels-last on the CPU, as inference runs,
+    where oneDNN's convolutions train faster so (docs/training.md); as torch lays them elsewhere."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def feature_extractor(config: ExperimentConfig, discriminator: Discriminator,

@@ -236,6 +236,27 @@ def test_cpu_training_is_mixed_bf16_only_where_the_cpu_computes_bf16(tmp_path, m
         assert "cpu" in hardware and hardware.endswith(ran), (name, hardware)
 
 
+def test_cpu_training_lays_networks_and_batches_channels_last(tmp_path, monkeypatch):
+    """As inference does: oneDNN's convolutions train faster so (docs/training.md)."""
+    from msrgan_core import train as training
+
+    seen = []
+    for name in ("pretrain_step", "adversarial_step"):
+        step = getattr(training, name)
+
+        def recording(run, lr_t, hr_t, autocast, step=step):
+            layouts = [t.is_contiguous(memory_format=torch.channels_last) for t in (lr_t, hr_t)]
+            layouts += [p.is_contiguous(memory_format=torch.channels_last)
+                        for net in (run.generator, run.discriminator) for p in net.parameters() if p.dim() == 4]
+            seen.append(all(layouts))
+            return step(run, lr_t, hr_t, autocast)
+        monkeypatch.setattr(training, name, recording)
+    config = tiny_config(make_plate(tmp_path / "plate"), pretrain_steps=2, gan_steps=2)
+    run = train(config, tmp_path / "run", progress=False)
+    assert seen == [True] * 4
+    assert load_model(run / "perceptual.safetensors").generator  # saved contiguous, loads as any model file
+
+
 def test_trains_on_real_pairs_of_acquisitions(tmp_path):
     """data.train_lr: patches come from low-resolution files registered to their partners, and the
     model file says so instead of describing a simulated degradation."""
