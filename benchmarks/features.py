@@ -44,7 +44,7 @@ def main() -> None:
         for line in verdicts(report.summary):
             print(f"note: {line}")
         if index == 0 and args.figure:
-            shutil.copyfile(report.files[-1], args.figure)
+            shutil.copyfile(next(path for path in report.files if path.suffix == ".png"), args.figure)  # the scatter plot
 
 
 if __name__ == "__main__":
