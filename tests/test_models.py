@@ -135,8 +135,8 @@ def test_channels_last_weights_give_the_same_output():
 @pytest.mark.parametrize("largest_slope", [0.8, 1.3])
 @pytest.mark.parametrize("shape", [(2, 24, 8, 32), (2, 48, 9, 31), (1, 48, 3, 5)])
 def test_bf16_prelu_is_autocasts_to_the_bit(memory_format, grad, largest_slope, shape):
-    """models.prelu's bf16 CPU forms give what torch's PReLU gives under autocast, output and
-    gradients alike: pixels that fill whole vectors or not, slopes of either sign, up to 1 and
+    """models.prelu gives what torch's PReLU gives under autocast in bf16 on the CPU, output and
+    gradients alike: pixels that fill whole vector rows or not, slopes of either sign, up to 1 and
     above, values at exactly zero."""
     torch.manual_seed(0)
     x = torch.randn(shape)
