@@ -226,11 +226,12 @@ FEATURE_EXTRACTORS = ("discriminator", "vgg19")
 
 @dataclass
 class LossConfig:
-    """Perceptual loss ``w_pixel * pixel + w_content * content + w_adv * adversarial``.
+    """Perceptual loss ``w_pixel * pixel + w_content * content + w_adv * adversarial + w_texture * texture``.
 
     SRGAN's values: content loss on deep features rescaled by 1/12.75 (0.006 on a squared
     error), adversarial weight 1e-3; the pixel MSE keeps the output's intensities honest for
-    quantification (mSRGAN).
+    quantification (mSRGAN). ``texture`` (off by default) asks for the truth's amount of fine
+    detail in each window of 4 x 4 low-resolution pixels (``losses.texture_loss``).
 
     Attributes
     ----------
@@ -242,12 +243,13 @@ class LossConfig:
     w_pixel: float = 1.0
     w_content: float = 0.006
     w_adv: float = 1e-3
+    w_texture: float = 0.0
     feature_extractor: str = "discriminator"
     vgg19_weights: Optional[str] = None
     vgg19_layer: str = "relu5_4"
 
     def __post_init__(self) -> None:
-        for name in ("w_pixel", "w_content", "w_adv"):
+        for name in ("w_pixel", "w_content", "w_adv", "w_texture"):
             _check(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)!r}")
         _check(
             self.feature_extractor in FEATURE_EXTRACTORS,
@@ -368,6 +370,11 @@ class ExperimentConfig:
         _check(
             self.train.patch_size % self.generator.scale == 0,
             f"train.patch_size ({self.train.patch_size}) must be a multiple of the scale ({self.generator.scale})",
+        )
+        _check(
+            self.loss.w_texture == 0 or self.train.patch_size >= 4 * self.generator.scale,
+            f"loss.w_texture needs train.patch_size of at least 4 x the scale ({4 * self.generator.scale}): its windows "
+            f"are 4 x 4 low-resolution pixels; got {self.train.patch_size}",
         )
         _check(
             self.discriminator.in_channels == self.generator.out_channels,

@@ -608,7 +608,8 @@ def adversarial_step(run: Run, lr_t: torch.Tensor, hr_t: torch.Tensor,
     with autocast():
         sr = run.generator(lr_t)
         fake_logits = raw_d(sr)
-    terms = perceptual_loss(sr.float(), hr_t, fake_logits.float(), run.features, run.config.loss, tc.pixel_loss)
+    terms = perceptual_loss(sr.float(), hr_t, fake_logits.float(), run.features, run.config.loss, tc.pixel_loss,
+                            run.config.generator.scale)
     run.opt_g.zero_grad(set_to_none=True)
     terms["total"].backward()
     run.opt_g.step()

@@ -30,6 +30,7 @@ from msrgan_core.config import (
     (DegradationConfig, {"degraded_fraction": 1.5}, "1.5"),
     (DegradationConfig, {"degraded_fraction": -0.1}, "-0.1"),
     (LossConfig, {"w_adv": -0.5}, "-0.5"),
+    (LossConfig, {"w_texture": -1.0}, "-1.0"),
     (LossConfig, {"feature_extractor": "alexnet"}, "'alexnet'"),
     (DataConfig, {"val_fraction": 1.5}, "1.5"),
     (TrainConfig, {"lr": 0.0}, "0.0"),
@@ -55,6 +56,8 @@ def test_defaults_are_valid_and_consistent():
     ({"generator": GeneratorConfig(scale=2)}, "degradation.scale"),
     ({"train": TrainConfig(patch_size=18)}, "multiple"),
     ({"discriminator": DiscriminatorConfig(in_channels=3)}, "out_channels"),
+    ({"generator": GeneratorConfig(scale=8), "degradation": DegradationConfig(scale=8), "train": TrainConfig(patch_size=24),
+      "loss": LossConfig(w_texture=1.0)}, "at least 4 x the scale"),
 ])
 def test_sections_must_agree(kwargs, message):
     with pytest.raises(ConfigError, match=message):

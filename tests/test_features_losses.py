@@ -12,7 +12,9 @@ from msrgan_core.config import DiscriminatorConfig, LossConfig
 from msrgan_core.features import (
     FeatureError, VGG19Features, build_vgg19_features, make_feature_extractor, vgg19_layer_names,
 )
-from msrgan_core.losses import adversarial_loss, content_loss, discriminator_loss, perceptual_loss, pixel_loss
+from msrgan_core.losses import (
+    adversarial_loss, content_loss, discriminator_loss, fine_detail, perceptual_loss, pixel_loss, texture_loss,
+)
 from msrgan_core.models import Discriminator
 
 
@@ -136,19 +138,56 @@ def test_content_loss_treats_the_target_as_fixed():
 
 
 def test_perceptual_loss_total_is_the_weighted_sum_of_its_terms():
-    config = LossConfig(w_pixel=2.0, w_content=0.5, w_adv=0.25)
+    config = LossConfig(w_pixel=2.0, w_content=0.5, w_adv=0.25, w_texture=0.125)
     discriminator = Discriminator(DiscriminatorConfig(in_channels=1, n_features=8))
     features = make_feature_extractor(config, discriminator)
     sr = _rand(2, 1, 24, 24, seed=3).requires_grad_(True)
     hr = _rand(2, 1, 24, 24, seed=4)
     terms = perceptual_loss(sr, hr, discriminator(sr), features, config, pixel_kind="l1")
-    assert set(terms) == {"pixel", "content", "adversarial", "total"}
+    assert set(terms) == {"pixel", "content", "adversarial", "texture", "total"}
     assert terms["pixel"].item() == pytest.approx((sr - hr).abs().mean().item())
-    assert terms["content"].item() > 0
-    expected = 2.0 * terms["pixel"] + 0.5 * terms["content"] + 0.25 * terms["adversarial"]
+    assert terms["content"].item() > 0 and terms["texture"].item() > 0
+    expected = 2.0 * terms["pixel"] + 0.5 * terms["content"] + 0.25 * terms["adversarial"] + 0.125 * terms["texture"]
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
     terms["total"].backward()
     assert sr.grad is not None and sr.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_fine_detail_is_the_detail_above_half_the_low_resolution_nyquist(scale):
+    """A wave below the quality grid's high-frequency cutoff (0.25 / scale cycles a pixel) is
+    not fine detail; one well above it is all detail, its RMS amplitude**2/2 under the root."""
+    size = 32 * scale
+    x = torch.arange(size, dtype=torch.float64)
+    cutoff = 0.25 / scale
+
+    def wave(frequency):
+        return (0.3 * torch.sin(2 * math.pi * frequency * x)).expand(size, size).reshape(1, 1, size, size)
+
+    coarse, fine = fine_detail(wave(cutoff / 4), scale), fine_detail(wave(cutoff * 3), scale)
+    assert coarse.shape == fine.shape == (1, 1, 8, 8)
+    assert coarse.max() < 0.15 * fine.min()  # 1 - 0.5 ** (1 / 16) of the coarse wave gets through, and the edges
+    assert fine.mean().item() == pytest.approx(0.3 / math.sqrt(2), rel=0.03)
+
+
+def test_texture_loss_asks_for_as_much_detail_as_the_truth_not_where():
+    """The truth's texture moved by two pixels costs little; smoothed away it costs much (the
+    pixel loss says the opposite), and the loss's gradient gives a smoothed output detail back."""
+    from scipy.ndimage import gaussian_filter
+
+    wave = torch.sin(2 * math.pi * torch.arange(128, dtype=torch.float64) / 128)
+    base = 10 + wave[:, None] * wave[None, :]  # smooth and periodic: rolling it leaves no seam
+    truth = (base + 0.2 * _rand(128, 128, seed=9).double()).view(1, 1, 128, 128)
+    moved = torch.roll(truth, shifts=(2, 2), dims=(2, 3))
+    smoothed = torch.from_numpy(gaussian_filter(truth[0, 0].numpy(), 3, mode="wrap")).view(1, 1, 128, 128)
+    assert pixel_loss(moved, truth, "l1") > pixel_loss(smoothed, truth, "l1")
+    assert texture_loss(moved, truth, 4) < 0.1 * texture_loss(smoothed, truth, 4)
+
+    output = smoothed.clone().requires_grad_(True)
+    texture_loss(output, truth, 4).backward()
+    stepped = output.detach() - 0.05 * output.grad / output.grad.abs().max()
+    assert fine_detail(stepped, 4).mean() > 1.1 * fine_detail(smoothed, 4).mean()
+    assert texture_loss(stepped, truth, 4) < texture_loss(smoothed, truth, 4)
 
 
 def test_zero_weights_remove_terms():

@@ -280,3 +280,24 @@ def test_trains_on_real_pairs_of_acquisitions(tmp_path):
     assert len(pairs) == 3 and len(val_pairs) == 1
     for lr, hr in [(p.lr, p.hr) for p in pairs] + val_pairs:
         assert hr.shape[1:] == (160, 176) and np.abs(bin_mean(hr, 4) - lr).max() < 2e-3
+
+
+def test_texture_term_trains_at_the_generators_scale_and_is_recorded(tmp_path, monkeypatch):
+    """`loss.w_texture` reaches the adversarial steps, with the windows of the run's own scale."""
+    from msrgan_core import losses
+
+    scales = []
+    texture_loss = losses.texture_loss
+
+    def recording(sr, hr, scale):
+        scales.append(scale)
+        return texture_loss(sr, hr, scale)
+    monkeypatch.setattr(losses, "texture_loss", recording)
+    config = load_config(None, [f'data.train=["{make_plate(tmp_path / "plate")}"]', "generator.scale=2",
+                                "degradation.scale=2", "generator.n_blocks=1", "generator.n_features=8",
+                                "discriminator.n_features=8", "train.patch_size=32", "train.batch_size=2",
+                                "train.pretrain_steps=1", "train.gan_steps=2", "train.eval_every=3",
+                                "train.device=\"cpu\"", "loss.w_texture=0.5"])
+    run = train(config, tmp_path / "run", progress=False)
+    assert scales == [2, 2]
+    assert read_metadata(run / "perceptual.safetensors")["loss"]["w_texture"] == 0.5
