@@ -222,6 +222,8 @@ class DegradationConfig:
 
 
 FEATURE_EXTRACTORS = ("discriminator", "vgg19")
+#: the texture term's window (``losses.texture_loss``), in low-resolution pixels a side
+TEXTURE_WINDOW = 4
 
 
 @dataclass
@@ -231,7 +233,7 @@ class LossConfig:
     SRGAN's values: content loss on deep features rescaled by 1/12.75 (0.006 on a squared
     error), adversarial weight 1e-3; the pixel MSE keeps the output's intensities honest for
     quantification (mSRGAN). ``texture`` (off by default) asks for the truth's amount of fine
-    detail in each window of 4 x 4 low-resolution pixels (``losses.texture_loss``).
+    detail in each window of ``TEXTURE_WINDOW`` low-resolution pixels a side (``losses.texture_loss``).
 
     Attributes
     ----------
@@ -372,9 +374,10 @@ class ExperimentConfig:
             f"train.patch_size ({self.train.patch_size}) must be a multiple of the scale ({self.generator.scale})",
         )
         _check(
-            self.loss.w_texture == 0 or self.train.patch_size >= 4 * self.generator.scale,
-            f"loss.w_texture needs train.patch_size of at least 4 x the scale ({4 * self.generator.scale}): its windows "
-            f"are 4 x 4 low-resolution pixels; got {self.train.patch_size}",
+            self.loss.w_texture == 0 or self.train.patch_size >= TEXTURE_WINDOW * self.generator.scale,
+            f"loss.w_texture needs train.patch_size of at least {TEXTURE_WINDOW} x the scale "
+            f"({TEXTURE_WINDOW * self.generator.scale}): its windows are {TEXTURE_WINDOW} x {TEXTURE_WINDOW} "
+            f"low-resolution pixels; got {self.train.patch_size}",
         )
         _check(
             self.discriminator.in_channels == self.generator.out_channels,

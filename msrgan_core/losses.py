@@ -8,7 +8,7 @@ from typing import Callable, Dict
 import torch
 import torch.nn.functional as F
 
-from .config import LossConfig
+from .config import TEXTURE_WINDOW, LossConfig
 from .metrics import high_frequency_cutoff
 
 
@@ -26,11 +26,12 @@ def content_loss(sr: torch.Tensor, hr: torch.Tensor, features: Callable) -> torc
 
 def fine_detail(x: torch.Tensor, scale: int) -> torch.Tensor:
     """RMS of ``x``'s detail finer than half the low-resolution Nyquist frequency, per window of
-    4 x 4 low-resolution pixels.
+    ``TEXTURE_WINDOW`` x ``TEXTURE_WINDOW`` low-resolution pixels.
 
     The detail is ``x`` less its Gaussian blur whose response is one half at the quality grid's
     high-frequency cutoff (:func:`~msrgan_core.metrics.high_frequency_cutoff`: sigma 3 pixels at
-    4x); ``x`` is ``(N, C, H, W)`` and the result ``(N, C, H // (4 scale), W // (4 scale))``.
+    4x); ``x`` is ``(N, C, H, W)``, the result ``(N, C, H // w, W // w)`` with ``w = TEXTURE_WINDOW *
+    scale``.
     """
     sigma = math.sqrt(math.log(2) / 2) / (math.pi * high_frequency_cutoff(scale))
     radius = math.ceil(3 * sigma)
@@ -40,7 +41,7 @@ def fine_detail(x: torch.Tensor, scale: int) -> torch.Tensor:
     blurred = F.pad(x, (radius,) * 4, mode="replicate")
     blurred = F.conv2d(blurred, kernel.view(-1, 1, 1, len(taps)), groups=x.shape[1])
     blurred = F.conv2d(blurred, kernel.view(-1, 1, len(taps), 1), groups=x.shape[1])
-    return torch.sqrt(F.avg_pool2d((x - blurred) ** 2, 4 * scale) + 1e-8)
+    return torch.sqrt(F.avg_pool2d((x - blurred) ** 2, TEXTURE_WINDOW * scale) + 1e-8)
 
 
 def texture_loss(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -73,8 +74,8 @@ def perceptual_loss(
     fake_logits: torch.Tensor,
     features: Callable,
     config: LossConfig,
-    pixel_kind: str = "mse",
-    scale: int = 4,
+    pixel_kind: str,
+    scale: int,
 ) -> Dict[str, torch.Tensor]:
     """The generator's named loss terms and their weighted ``total``.
 
@@ -86,6 +87,8 @@ def perceptual_loss(
         The discriminator's logits for ``sr``.
     features : callable
         The content-loss feature extractor.
+    pixel_kind : str
+        :func:`pixel_loss`'s ``kind``.
     scale : int
         The upscaling factor (:func:`texture_loss`'s windows are low-resolution pixels).
     """

@@ -143,7 +143,7 @@ def test_perceptual_loss_total_is_the_weighted_sum_of_its_terms():
     features = make_feature_extractor(config, discriminator)
     sr = _rand(2, 1, 24, 24, seed=3).requires_grad_(True)
     hr = _rand(2, 1, 24, 24, seed=4)
-    terms = perceptual_loss(sr, hr, discriminator(sr), features, config, pixel_kind="l1")
+    terms = perceptual_loss(sr, hr, discriminator(sr), features, config, pixel_kind="l1", scale=4)
     assert set(terms) == {"pixel", "content", "adversarial", "texture", "total"}
     assert terms["pixel"].item() == pytest.approx((sr - hr).abs().mean().item())
     assert terms["content"].item() > 0 and terms["texture"].item() > 0
@@ -193,7 +193,7 @@ def test_texture_loss_asks_for_as_much_detail_as_the_truth_not_where():
 def test_zero_weights_remove_terms():
     config = LossConfig(w_pixel=1.0, w_content=0.0, w_adv=0.0)
     sr, hr = _rand(1, 1, 8, 8, seed=5), _rand(1, 1, 8, 8, seed=6)
-    terms = perceptual_loss(sr, hr, torch.tensor([3.0]), lambda x: x, config)
+    terms = perceptual_loss(sr, hr, torch.tensor([3.0]), lambda x: x, config, pixel_kind="mse", scale=4)
     assert terms["total"].item() == pytest.approx(terms["pixel"].item())
 
 
