@@ -83,7 +83,8 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
 
     Reads no pixels, so a batch can refuse what it cannot take before any model is loaded: the
     same one-line errors as :func:`read_image` except for NaN pixels and damaged pixel data.
-    A PNG stored as RGB counts its three channels here even where they turn out to be equal.
+    A PNG stored as RGB counts its three channels here even where they turn out to be equal, and an
+    alpha channel counts as one.
     """
     path = _check_name(path)
     with _reading(path):
@@ -129,12 +130,15 @@ def _read_png(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
     array = np.asarray(iio.imread(path))
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        rgb = array[..., :3]
-        if array.shape[-1] == 4 and np.all(array[..., 3] == array[..., 3].flat[0]):
-            array = rgb  # a constant alpha channel carries nothing
-        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-            array = rgb[..., 0]  # grayscale stored as RGB(A)
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # gray or RGB with an alpha channel
+        alpha = array[..., -1]
+        if not np.all(alpha == alpha.flat[0]):
+            raise ImageError(f"{path}: its alpha (transparency) channel varies; msrgan upscales intensities, "
+                             "not transparency: save the image without alpha")
+        array = array[..., :-1] if array.shape[-1] == 4 else array[..., 0]  # a constant alpha carries nothing
+    if array.ndim == 3 and array.shape[-1] == 3:
+        if np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2]):
+            array = array[..., 0]  # grayscale stored as RGB
     return array
 
 

@@ -110,6 +110,25 @@ def test_reads_rgb_png_channels_last_and_gray_rgb_as_one_channel(tmp_path):
     assert layout.channel_axis is None
 
 
+def test_png_alpha_is_dropped_when_constant_and_refused_when_it_varies(tmp_path):
+    gray = _pixels((20, 30), np.uint8)
+    opaque = np.full_like(gray, 255)
+    iio.imwrite(tmp_path / "la.png", np.stack([gray, opaque], axis=-1))
+    image, layout = read_image(tmp_path / "la.png")
+    np.testing.assert_array_equal(image, gray[None])
+    assert layout.channel_axis is None
+    rgb = _pixels((20, 30, 3), np.uint8)
+    iio.imwrite(tmp_path / "rgba.png", np.concatenate([rgb, opaque[..., None]], axis=-1))
+    image, layout = read_image(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(image, np.moveaxis(rgb, -1, 0))
+    assert layout.channel_axis == 2
+    mask = opaque.copy()
+    mask[:5] = 0
+    iio.imwrite(tmp_path / "masked.png", np.stack([gray, mask], axis=-1))
+    with pytest.raises(ImageError, match=r"masked\.png: its alpha \(transparency\) channel varies"):
+        read_image(tmp_path / "masked.png")
+
+
 # --- rejected images: one line naming the file and the problem ---------------------------
 
 @pytest.mark.parametrize("axes,what", [("ZYX", "3-D stack"), ("TYX", "time series")])
