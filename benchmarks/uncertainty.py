@@ -1,6 +1,7 @@
 """Does the uncertainty image mean something? Its ranking of errors on the held-out BBBC039 fields.
 
     python benchmarks/uncertainty.py [--data ../shared/data] [--model fidelity] [--cells bin bin+300ph]
+    python benchmarks/uncertainty.py --hr my_highres_fields/     # fields of your own, or of other screens
 
 For each grid cell (``msrgan_core.evaluate.QUALITY_GRID``), each held-out BBBC039 field is
 degraded and upscaled with ``Upscaler.upscale(..., uncertainty=True)``; then:
@@ -19,6 +20,10 @@ degraded and upscaled with ``Upscaler.upscale(..., uncertainty=True)``; then:
   partial Spearman correlation of uncertainty and error with the edge map held fixed: what the
   uncertainty image tells beyond "edges are uncertain" (the edge map's ``relative`` figure
   divides it by the nucleus's mean intensity likewise).
+
+With ``--hr``, the fields are those files instead, and their nuclei are found on the
+high-resolution image by the quality grid's fixed classical recipe (``metrics.segment_nuclei``)
+instead of BBBC039's expert masks.
 """
 from __future__ import annotations
 
@@ -33,16 +38,29 @@ from scipy import ndimage, stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import add_held_out_arguments, held_out_bbbc039, read_mask, read_pair  # noqa: E402 - the quality benchmark's split and pairs
 
+from msrgan_core.inference import Upscaler  # noqa: E402
+from msrgan_core.io import find_images  # noqa: E402
+from msrgan_core.metrics import segment_nuclei  # noqa: E402
+from msrgan_core.modelfile import load_model  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_held_out_arguments(parser, ["bin", "bin+300ph"])
+    parser.add_argument("--hr", nargs="+", help="high-resolution fields (files, folders or globs) instead of the "
+                        "held-out BBBC039 ones; nuclei from metrics.segment_nuclei")
     args = parser.parse_args()
 
-    upscaler, paths = held_out_bbbc039(args)
+    if args.hr:
+        upscaler = Upscaler(load_model(args.model), device="auto")
+        paths = find_images(args.hr)
+        paths, fields = (paths[: args.limit] if args.limit else paths), "fields (nuclei segmented on the truth)"
+    else:
+        upscaler, paths = held_out_bbbc039(args)
+        fields = "held-out BBBC039 fields (expert masks)"
     model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "
-          f"orientations; {len(paths)} held-out BBBC039 fields")
+          f"orientations; {len(paths)} {fields}")
     print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'relative':>8} {'top-decile MSE ratio':>21} {'time ratio':>10} "
           f"{'error/unc.':>10} | {'edge map: Spearman':>18} {'relative':>8} {'ratio':>5} | {'beyond edges':>12}")
     for cell in args.cells:
@@ -60,7 +78,10 @@ def main() -> None:
             out, spread = out[0].astype(np.float64), spread[0].astype(np.float64)
             error = np.abs(out - hr)
             error_sum, uncertainty_sum = error_sum + error.sum(), uncertainty_sum + spread.sum()
-            labels = read_mask(args.data / "bbbc039" / "masks" / (path.stem + ".png"))[: hr.shape[0], : hr.shape[1]]
+            if args.hr:
+                labels = segment_nuclei(hr)
+            else:
+                labels = read_mask(args.data / "bbbc039" / "masks" / (path.stem + ".png"))[: hr.shape[0], : hr.shape[1]]
             ids = np.unique(labels)
             ids = ids[ids > 0]
             edges = ndimage.gaussian_filter(np.hypot(ndimage.sobel(out, 0), ndimage.sobel(out, 1)), EDGE_SMOOTHING)
