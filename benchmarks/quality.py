@@ -4,6 +4,7 @@ over a grid of acquisitions.
     python benchmarks/quality.py [--data ../shared/data] [--cells bin bin+100ph ...] [--limit N]
                                  [--previous NAME=MODEL ...] [--csv quality.csv]
                                  [--ensemble N] [--match-bins | --no-match-bins]
+    python benchmarks/quality.py --hr my_highres_fields/ [...]   # the same grid on other fields
 
 The grid (``msrgan_core.evaluate.QUALITY_GRID``) is {4 x 4 mean binning, binning after a
 Gaussian blur of sigma 1.5 high-resolution pixels} x {no noise, 1000, 300, 100 photons at the
@@ -189,6 +190,9 @@ def main() -> None:
                         help="more models to compare, e.g. fidelity-clean=fidelity-clean (slow for 16 x 64 SRResNets)")
     parser.add_argument("--cells", nargs="+", default=list(QUALITY_GRID), choices=list(QUALITY_GRID),
                         help="grid cells to run (default: all)")
+    parser.add_argument("--hr", nargs="+", help="high-resolution fields of your own or of other screens (files, "
+                        "folders or globs) instead of the held-out split: one dataset, 'fields', with no F1 or "
+                        "texture error (they need expert masks)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
@@ -204,13 +208,14 @@ def main() -> None:
         name, _, model = item.partition("=")
         named[name] = load_model(model or name)
     models = {name: Upscaler(model, **options) for name, model in named.items()}
-    files = validation_files(args.data, fidelity.metadata)
+    files = {"fields": find_images(args.hr)} if args.hr else validation_files(args.data, fidelity.metadata)
     rows = []
     for cell in tqdm(args.cells, desc="grid", unit="cell"):
         for dataset, paths in files.items():
             rows += score(cell, dataset, paths[: args.limit] if args.limit else paths, models, args.data / "bbbc039" / "masks")
-    print(f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']}); "
-          + "; ".join(f"{name}: {up.options}, {up.precision}" for name, up in models.items()))
+    source = (f"{len(files['fields'])} fields from --hr" if args.hr else
+              f"validation split of {Path(fidelity.source).name} ({fidelity.metadata['training']['split_by']})")
+    print(f"{source}; " + "; ".join(f"{name}: {up.options}, {up.precision}" for name, up in models.items()))
     table = summarize(rows)
     print(format_table(table))
     print()
