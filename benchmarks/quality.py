@@ -84,9 +84,11 @@ def add_held_out_arguments(parser: argparse.ArgumentParser, cells: List[str]) ->
 
 
 def held_out_fields(args: argparse.Namespace) -> Tuple[LoadedModel, List[Path]]:
-    """The model of :func:`add_held_out_arguments`' options and its held-out BBBC039 fields."""
+    """The model of :func:`add_held_out_arguments`' options and its held-out BBBC039 fields, or the
+    fields of ``--hr`` where the benchmark offers that option and it is given."""
     model = load_model(args.model)
-    paths = validation_files(args.data, model.metadata)["BBBC039"]
+    hr = getattr(args, "hr", None)
+    paths = find_images(hr) if hr else validation_files(args.data, model.metadata)["BBBC039"]
     return model, paths[: args.limit] if args.limit else paths
 
 

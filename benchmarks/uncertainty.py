@@ -38,10 +38,7 @@ from scipy import ndimage, stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import add_held_out_arguments, held_out_bbbc039, read_mask, read_pair  # noqa: E402 - the quality benchmark's split and pairs
 
-from msrgan_core.inference import Upscaler  # noqa: E402
-from msrgan_core.io import find_images  # noqa: E402
 from msrgan_core.metrics import segment_nuclei  # noqa: E402
-from msrgan_core.modelfile import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -51,13 +48,8 @@ def main() -> None:
                         "held-out BBBC039 ones; nuclei from metrics.segment_nuclei")
     args = parser.parse_args()
 
-    if args.hr:
-        upscaler = Upscaler(load_model(args.model), device="auto")
-        paths = find_images(args.hr)
-        paths, fields = (paths[: args.limit] if args.limit else paths), "fields (nuclei segmented on the truth)"
-    else:
-        upscaler, paths = held_out_bbbc039(args)
-        fields = "held-out BBBC039 fields (expert masks)"
+    upscaler, paths = held_out_bbbc039(args)
+    fields = "fields (nuclei segmented on the truth)" if args.hr else "held-out BBBC039 fields (expert masks)"
     model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "
           f"orientations; {len(paths)} {fields}")
