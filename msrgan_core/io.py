@@ -92,7 +92,8 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
             import imageio.v3 as iio
 
             props = iio.improps(path)
-            shape, dtype, axes = props.shape, props.dtype, None
+            shape = props.shape[:2] if _has_lookup_table(path) else props.shape  # the indices
+            dtype, axes = props.dtype, None
         else:
             with tifffile.TiffFile(path) as tif:
                 series = _one_series(tif, path)
@@ -129,6 +130,11 @@ def _reading(path: Path) -> Iterator[None]:
 def _read_png(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
+    if _has_lookup_table(path):  # the indices are the pixel values, the table only colours them
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.array(image)
     array = np.asarray(iio.imread(path))
     if array.ndim == 3 and array.shape[-1] in (2, 4):  # gray or RGB with an alpha channel
         alpha = array[..., -1]
@@ -140,6 +146,20 @@ def _read_png(path: Path) -> np.ndarray:
         if np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2]):
             array = array[..., 0]  # grayscale stored as RGB
     return array
+
+
+def _has_lookup_table(path: Path) -> bool:
+    """Whether a PNG is indexed with a palette that is not gray: a lookup table that only colours
+    the pixel values, as ImageJ saves an 8-bit image shown in one, so its indices are the image
+    (tifffile likewise reads a palette TIFF as its indices). A gray palette's levels are the pixel
+    values themselves."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode != "P":
+            return False
+        rgb = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    return bool(np.any(rgb != rgb[:, :1]))
 
 
 def _read_tiff(path: Path) -> "tuple[np.ndarray, Optional[str]]":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from msrgan_core.io import ImageError, ImageLayout, atomic_write, read_image, to_cyx, write_image
+from msrgan_core.io import ImageError, ImageLayout, atomic_write, read_header, read_image, to_cyx, write_image
 
 
 def _pixels(shape, dtype, seed=0):
@@ -127,6 +127,26 @@ def test_png_alpha_is_dropped_when_constant_and_refused_when_it_varies(tmp_path)
     iio.imwrite(tmp_path / "masked.png", np.stack([gray, mask], axis=-1))
     with pytest.raises(ImageError, match=r"masked\.png: its alpha \(transparency\) channel varies"):
         read_image(tmp_path / "masked.png")
+
+
+def test_png_with_a_colour_lookup_table_is_read_as_its_indices_and_a_gray_palette_as_its_levels(tmp_path):
+    from PIL import Image
+
+    values = _pixels((20, 30), np.uint8)
+    fire = [channel for i in range(256) for channel in (min(255, 3 * i), max(0, min(255, 3 * i - 255)), 0)]
+    indexed = Image.fromarray(values).convert("P")  # ImageJ saves an 8-bit image shown in a LUT so
+    indexed.putpalette(fire)
+    indexed.save(tmp_path / "fire.png")
+    image, layout = read_image(tmp_path / "fire.png")
+    np.testing.assert_array_equal(image, values[None])  # the values, not the colours they are shown in
+    assert layout.channel_axis is None
+    assert read_header(tmp_path / "fire.png") == ((1, 20, 30), layout)
+    levels = np.array([0, 40, 90, 200], np.uint8)
+    quantised = Image.fromarray((values % 4).astype(np.uint8)).convert("P")
+    quantised.putpalette([level for v in levels for level in (v, v, v)])
+    quantised.save(tmp_path / "gray.png")
+    image, _ = read_image(tmp_path / "gray.png")
+    np.testing.assert_array_equal(image, levels[values % 4][None])
 
 
 # --- rejected images: one line naming the file and the problem ---------------------------
