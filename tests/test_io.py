@@ -37,6 +37,14 @@ def test_reads_2d_tiff(tmp_path, dtype):
     assert layout.channel_axis is None and layout.dtype == np.dtype(dtype)
 
 
+@pytest.mark.parametrize("compression", ["lzw", "zstd", "zlib"])
+def test_reads_compressed_tiff(tmp_path, compression):
+    pixels = _pixels((64, 48), np.uint16)  # LZW and zstd need imagecodecs, a dependency of msrgan
+    tifffile.imwrite(tmp_path / "a.tif", pixels, compression=compression)
+    image, _ = read_image(tmp_path / "a.tif")
+    np.testing.assert_array_equal(image[0], pixels)
+
+
 @pytest.mark.parametrize("channels", [2, 3, 6])
 def test_reads_ome_tiff_channels_first(tmp_path, channels):
     pixels = _pixels((channels, 20, 30), np.uint16)
