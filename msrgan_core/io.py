@@ -74,7 +74,7 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
         if path.suffix.lower() == ".png":
             array, axes = _read_png(path), None
         else:
-            array, axes = _read_tiff(path)
+            array, axes = _read_tiff(path, channel_axis)
     return to_cyx(array, path, axes=axes, channel_axis=channel_axis)
 
 
@@ -162,9 +162,10 @@ def _has_lookup_table(path: Path) -> bool:
     return bool(np.any(rgb != rgb[:, :1]))
 
 
-def _read_tiff(path: Path) -> "tuple[np.ndarray, Optional[str]]":
+def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, Optional[str]]":
     with tifffile.TiffFile(path) as tif:
         series = _one_series(tif, path)
+        plane_layout(series.shape, series.dtype, path, series.axes, channel_axis)  # refused before its pixels are decoded
         return series.asarray(), series.axes
 
 

@@ -175,6 +175,14 @@ def test_rejects_4d(tmp_path):
     assert "dimensions" in _error(tmp_path / "s.tif")
 
 
+def test_a_tiff_is_refused_from_its_header_before_its_pixels_are_decoded(tmp_path, monkeypatch):
+    tifffile.imwrite(tmp_path / "mask.tif", _pixels((20, 30), np.uint8) > 100)  # 1 bit a pixel
+    tifffile.imwrite(tmp_path / "stack.tif", _pixels((10, 20, 30), np.uint8))
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", lambda *_, **__: pytest.fail("pixels decoded"))
+    assert "pixel type bool is not supported" in _error(tmp_path / "mask.tif")
+    assert "stack" in _error(tmp_path / "stack.tif")
+
+
 def test_rejects_complex(tmp_path):
     tifffile.imwrite(tmp_path / "c.tif", np.ones((20, 30), np.complex64))
     assert "complex" in _error(tmp_path / "c.tif")
