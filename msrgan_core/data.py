@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .config import DegradationConfig, NormalizationConfig
 from .binning import crop_to_multiple
 from .degradation import degrade
+from .errors import UserError
 from .io import read_image
 from .normalize import normalize, percentile_stats
 from .pairs import oriented, registered_pair
@@ -85,6 +86,10 @@ def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: 
     return Split(train=train, val=val, by=by, val_groups=sorted(held_out))
 
 
+class DataError(UserError, ValueError):
+    """Training images a run cannot use: too small, or with channels the model does not take."""
+
+
 def spread(items: list, count: int) -> list:
     """At most ``count`` items, evenly spaced through ``items`` (so every source is represented)."""
     if len(items) <= count:
@@ -98,7 +103,8 @@ def model_channels(channels: int, in_channels: int, source: "str | Path") -> Lis
     if in_channels == 1:
         return [slice(c, c + 1) for c in range(channels)]
     if channels != in_channels:
-        raise ValueError(f"{source}: has {channels} channels but the model takes {in_channels}")
+        raise DataError(f"{source}: has {channels} channels but the model takes {in_channels}: train on images with "
+                        f"{in_channels} channels, or set generator.in_channels (and out_channels) to {channels}")
     return [slice(None)]
 
 
@@ -125,7 +131,8 @@ def load_images(
             plane = image[channels]
             images.append(normalize(plane, percentile_stats(plane, normalization)))
     if not images:
-        raise ValueError(f"no usable training images (each needs at least {min_size} x {min_size} pixels)")
+        raise DataError(f"no usable training images among {len(paths)}: each needs at least {min_size} x {min_size} "
+                        "pixels; use larger images or a smaller train.patch_size")
     return images
 
 
@@ -174,7 +181,9 @@ def load_pairs(
             stats = percentile_stats(hr[channels], normalization)  # one scale for both: the truth's
             found.append(RealPair(lr=normalize(lr[channels], stats), hr=normalize(hr[channels], stats)))
     if not found:
-        raise ValueError(f"no usable training pairs (each must share at least {min_size} x {min_size} pixels)")
+        raise DataError(f"no usable training pairs among {len(pairs)}: each must share at least {min_size} x {min_size} "
+                        "high-resolution pixels and not be blank; use larger fields or a smaller "
+                        "train.patch_size")
     log.info("msrgan: %d pair(s) registered (msrgan -v train ... lists what was found for each)", used)
     return found
 

@@ -155,6 +155,8 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
     assert as_folder.returncode == 2 and "is a file" in as_folder.stderr and "Traceback" not in as_folder.stderr
     bogus = msrgan("train", "--out", tmp_path / "run", "--set", "bogus.x=1", check=False)
     assert bogus.returncode == 2 and "no [bogus] section" in bogus.stderr
+    small = msrgan("train", "--out", tmp_path / "small", "--set", f'data.train=["{tmp_path / "x.tif"}"]', check=False)
+    assert small.returncode == 2 and "no usable training images among 1" in small.stderr and "internal" not in small.stderr
     features = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--features", check=False)
     assert features.returncode == 2 and "--out" in features.stderr
     cell = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--degradation", "bin+7ph", check=False)
