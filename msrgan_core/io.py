@@ -12,7 +12,7 @@ import contextlib
 import glob
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
@@ -44,10 +44,22 @@ class ImageLayout:
         Axis of the channels in the file's squeezed array (``None``: a 2-D image).
     dtype : numpy.dtype
         The file's dtype; outputs are written back in it.
+    compression : str or None
+        How outputs are compressed (tifffile's name; always lossless): a compressed file's own
+        codec where it is lossless, deflate (``zlib``) where it is lossy or a PNG's; None for an
+        uncompressed file (:func:`output_compression`).
     """
 
     channel_axis: Optional[int]
     dtype: np.dtype
+    compression: Optional[str] = None
+
+
+#: TIFF codecs that lose nothing, by tifffile's COMPRESSION names, and the name tifffile writes them by
+LOSSLESS_CODECS = {"LZW": "lzw", "ADOBE_DEFLATE": "zlib", "DEFLATE": "zlib", "ZSTD": "zstd", "LZMA": "lzma",
+                   "PACKBITS": "packbits"}
+#: the codec that compresses a PNG's pixels
+PNG_CODEC = "DEFLATE"
 
 
 def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple[np.ndarray, ImageLayout]":
@@ -72,10 +84,20 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
     path = _check_name(path)
     with _reading(path):
         if path.suffix.lower() == ".png":
-            array, axes = _read_png(path), None
+            array, axes, codec = _read_png(path), None, PNG_CODEC
         else:
-            array, axes = _read_tiff(path, channel_axis)
-    return to_cyx(array, path, axes=axes, channel_axis=channel_axis)
+            array, axes, codec = _read_tiff(path, channel_axis)
+    image, layout = to_cyx(array, path, axes=axes, channel_axis=channel_axis)
+    return image, replace(layout, compression=output_compression(codec))
+
+
+def output_compression(codec: Optional[str]) -> Optional[str]:
+    """How to compress the output of a file compressed by ``codec`` (tifffile's COMPRESSION name,
+    e.g. ``LZW``; None or ``NONE``: not compressed): the same codec where it loses nothing, else
+    deflate. An output is never compressed with loss, and an uncompressed input's is not compressed."""
+    if codec in (None, "NONE"):
+        return None
+    return LOSSLESS_CODECS.get(codec, "zlib")
 
 
 def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple[tuple[int, int, int], ImageLayout]":
@@ -93,12 +115,13 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
 
             props = iio.improps(path)
             shape = props.shape[:2] if _has_lookup_table(path) else props.shape  # the indices
-            dtype, axes = props.dtype, None
+            dtype, axes, codec = props.dtype, None, PNG_CODEC
         else:
             with tifffile.TiffFile(path) as tif:
                 series = _one_series(tif, path)
-                shape, dtype, axes = series.shape, series.dtype, series.axes
+                shape, dtype, axes, codec = series.shape, series.dtype, series.axes, _codec(series)
     squeezed, layout = plane_layout(shape, dtype, path, axes, channel_axis)
+    layout = replace(layout, compression=output_compression(codec))
     if layout.channel_axis is None:
         return (1, *squeezed), layout
     plane = [n for i, n in enumerate(squeezed) if i != layout.channel_axis]
@@ -162,11 +185,17 @@ def _has_lookup_table(path: Path) -> bool:
     return bool(np.any(rgb != rgb[:, :1]))
 
 
-def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, Optional[str]]":
+def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, Optional[str], Optional[str]]":
+    """The pixels, tifffile's axes letters and the codec name (``NONE``, ``LZW`` ...) of a TIFF."""
     with tifffile.TiffFile(path) as tif:
         series = _one_series(tif, path)
         plane_layout(series.shape, series.dtype, path, series.axes, channel_axis)  # refused before its pixels are decoded
-        return series.asarray(), series.axes
+        return series.asarray(), series.axes, _codec(series)
+
+
+def _codec(series: "tifffile.TiffPageSeries") -> Optional[str]:
+    """tifffile's name of the codec that compresses a series (``NONE``, ``LZW`` ...)."""
+    return getattr(series.pages[0].compression, "name", None) if series.pages else None
 
 
 def _one_series(tif: "tifffile.TiffFile", path: Path) -> "tifffile.TiffPageSeries":
@@ -306,8 +335,11 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     else:
         axes = "CYX" if layout.channel_axis == 0 else "YXC"
     photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
+    compression = {}
+    if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
+        compression = {"compression": layout.compression, "predictor": layout.compression != "packbits"}
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes})
+        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes}, **compression)
     return path
 
 

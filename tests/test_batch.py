@@ -147,3 +147,20 @@ def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing_half_written
     assert not list((tmp_path / "out").iterdir())  # no output, no .part
     monkeypatch.setattr(io.tifffile, "imwrite", real_imwrite)  # space again: the rerun writes them all
     assert len(upscale_files(upscaler, plan([inputs], tmp_path / "out")[0], progress=False).written) == 3
+
+
+def test_outputs_are_compressed_as_their_inputs_never_with_loss(upscaler, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    pixels = smooth_image((20, 24), seed=3).astype(np.uint16)
+    tifffile.imwrite(inputs / "plain.tif", pixels)
+    tifffile.imwrite(inputs / "lzw.tif", pixels, compression="lzw")
+    tifffile.imwrite(inputs / "jpeg.tif", (pixels >> 8).astype(np.uint8), compression="jpeg")  # lossy
+    report = upscale_files(upscaler, plan([inputs], tmp_path / "out", uncertainty=True)[0], progress=False)
+    assert len(report.written) == 3 and not report.failed
+    for name, codec in [("plain", "NONE"), ("lzw", "LZW"), ("jpeg", "ADOBE_DEFLATE")]:
+        for output in (f"{name}.tif", f"{name}.uncertainty.tif"):
+            with tifffile.TiffFile(tmp_path / "out" / output) as tif:
+                page = tif.pages[0]  # compressed after a predictor (differences of neighbours), or not at all
+                assert (page.compression.name, int(page.predictor) > 1) == (codec, codec != "NONE"), output
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "lzw.tif")[0], read_image(tmp_path / "out" / "plain.tif")[0])
