@@ -195,7 +195,7 @@ def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, Op
 
 def _codec(series: "tifffile.TiffPageSeries") -> Optional[str]:
     """tifffile's name of the codec that compresses a series (``NONE``, ``LZW`` ...)."""
-    return getattr(series.pages[0].compression, "name", None) if series.pages else None
+    return getattr(series.keyframe.compression, "name", None)
 
 
 def _one_series(tif: "tifffile.TiffFile", path: Path) -> "tifffile.TiffPageSeries":
