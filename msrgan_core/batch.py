@@ -206,7 +206,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
                 if isinstance(image, Exception):
                     raise image
                 to_write.put((job, upscaler.upscale(image, source=str(job.source), uncertainty=job.uncertainty is not None),
-                              layout))
+                              layout.upscaled(upscaler.scale)))
             except (UserError, OSError) as exc:
                 failures.put((job, exc))
                 bar.update(1)

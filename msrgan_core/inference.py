@@ -604,7 +604,7 @@ def upscale_file(
         return False
     image, layout = read_image(source, channel_axis=channel_axis)
     result = upscaler.upscale(image, source=str(source))
-    write_image(destination, result, layout)
+    write_image(destination, result, layout.upscaled(upscaler.scale))
     return True
 
 

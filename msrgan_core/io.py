@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tifffile
@@ -48,11 +48,21 @@ class ImageLayout:
         How outputs are compressed (tifffile's name; always lossless): a compressed file's own
         codec where it is lossless, deflate (``zlib``) where it is lossy or a PNG's; None for an
         uncompressed file (:func:`output_compression`).
+    pixel_size_um : (float, float) or None
+        The height and width of a pixel at the sample, in micrometres, where the file says
+        (:func:`pixel_size_um`); None where it does not.
     """
 
     channel_axis: Optional[int]
     dtype: np.dtype
     compression: Optional[str] = None
+    pixel_size_um: Optional[Tuple[float, float]] = None
+
+    def upscaled(self, scale: int) -> "ImageLayout":
+        """The layout of this image's upscaled output: pixels ``scale`` times smaller."""
+        if self.pixel_size_um is None:
+            return self
+        return replace(self, pixel_size_um=(self.pixel_size_um[0] / scale, self.pixel_size_um[1] / scale))
 
 
 #: TIFF codecs that lose nothing, by tifffile's COMPRESSION names, and the name tifffile writes them by
@@ -60,6 +70,12 @@ LOSSLESS_CODECS = {"LZW": "lzw", "ADOBE_DEFLATE": "zlib", "DEFLATE": "zlib", "ZS
                    "PACKBITS": "packbits"}
 #: the codec that compresses a PNG's pixels
 PNG_CODEC = "DEFLATE"
+#: micrometres in a unit of length, by the names TIFF, ImageJ and OME files give it
+MICROMETRES = {
+    "INCH": 25400.0, "CENTIMETER": 1e4, "MILLIMETER": 1e3, "MICROMETER": 1.0,  # TIFF's ResolutionUnit
+    "inch": 25400.0, "cm": 1e4, "mm": 1e3, "millimeter": 1e3, "micron": 1.0, "microns": 1.0, "um": 1.0,
+    "\u00b5m": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "nanometer": 1e-3,
+}
 
 
 def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple[np.ndarray, ImageLayout]":
@@ -84,11 +100,11 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
     path = _check_name(path)
     with _reading(path):
         if path.suffix.lower() == ".png":
-            array, axes, codec = _read_png(path), None, PNG_CODEC
+            array, axes, codec, size = _read_png(path), None, PNG_CODEC, None
         else:
-            array, axes, codec = _read_tiff(path, channel_axis)
+            array, axes, codec, size = _read_tiff(path, channel_axis)
     image, layout = to_cyx(array, path, axes=axes, channel_axis=channel_axis)
-    return image, replace(layout, compression=output_compression(codec))
+    return image, replace(layout, compression=output_compression(codec), pixel_size_um=size)
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -115,13 +131,14 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
 
             props = iio.improps(path)
             shape = props.shape[:2] if _has_lookup_table(path) else props.shape  # the indices
-            dtype, axes, codec = props.dtype, None, PNG_CODEC
+            dtype, axes, codec, size = props.dtype, None, PNG_CODEC, None
         else:
             with tifffile.TiffFile(path) as tif:
                 series = _one_series(tif, path)
                 shape, dtype, axes, codec = series.shape, series.dtype, series.axes, _codec(series)
+                size = pixel_size_um(tif)
     squeezed, layout = plane_layout(shape, dtype, path, axes, channel_axis)
-    layout = replace(layout, compression=output_compression(codec))
+    layout = replace(layout, compression=output_compression(codec), pixel_size_um=size)
     if layout.channel_axis is None:
         return (1, *squeezed), layout
     plane = [n for i, n in enumerate(squeezed) if i != layout.channel_axis]
@@ -185,12 +202,44 @@ def _has_lookup_table(path: Path) -> bool:
     return bool(np.any(rgb != rgb[:, :1]))
 
 
-def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, Optional[str], Optional[str]]":
-    """The pixels, tifffile's axes letters and the codec name (``NONE``, ``LZW`` ...) of a TIFF."""
+def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, Optional[str], Optional[str], Optional[Tuple[float, float]]]":
+    """The pixels, tifffile's axes letters, the codec name (``NONE``, ``LZW`` ...) and the pixel
+    size in micrometres (or None) of a TIFF."""
     with tifffile.TiffFile(path) as tif:
         series = _one_series(tif, path)
         plane_layout(series.shape, series.dtype, path, series.axes, channel_axis)  # refused before its pixels are decoded
-        return series.asarray(), series.axes, _codec(series)
+        return series.asarray(), series.axes, _codec(series), pixel_size_um(tif)
+
+
+def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
+    """A TIFF's pixel height and width at the sample in micrometres: from its OME metadata
+    (PhysicalSizeY/X), else its resolution tags in the unit ImageJ's metadata names (ImageJ saves
+    pixels per micron with no TIFF unit) or the TIFF's own (inch or centimetre). None where the
+    file does not say (no tags, or resolution without a unit)."""
+    if tif.is_ome:
+        import xml.etree.ElementTree as ElementTree
+
+        try:
+            pixels = next(e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
+            return tuple(float(pixels.attrib[f"PhysicalSize{a}"]) * MICROMETRES[pixels.attrib.get(f"PhysicalSize{a}Unit", "um")]
+                         for a in "YX")
+        except (ElementTree.ParseError, StopIteration, KeyError, ValueError):
+            pass
+    tags = tif.pages[0].tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+    if isinstance(unit, str):
+        unit = unit.replace("\\u00B5", "\u00b5").replace("\\u00b5", "\u00b5")  # ImageJ writes µ as an escape
+    else:
+        unit = getattr(tags["ResolutionUnit"].value, "name", None) if "ResolutionUnit" in tags else "INCH"
+    per_pixel = []
+    for name in ("YResolution", "XResolution"):
+        numerator, denominator = tags[name].value
+        per_pixel.append(denominator / numerator if numerator > 0 and denominator > 0 else 0.0)
+    if unit not in MICROMETRES or min(per_pixel) <= 0:
+        return None
+    return per_pixel[0] * MICROMETRES[unit], per_pixel[1] * MICROMETRES[unit]
 
 
 def _codec(series: "tifffile.TiffPageSeries") -> Optional[str]:
@@ -335,12 +384,25 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     else:
         axes = "CYX" if layout.channel_axis == 0 else "YXC"
     photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
-    compression = {}
+    options = {}
     if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
-        compression = {"compression": layout.compression, "predictor": layout.compression != "packbits"}
+        options.update(compression=layout.compression, predictor=layout.compression != "packbits")
+    if layout.pixel_size_um is not None:
+        options.update(_resolution_tags(layout.pixel_size_um))
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes}, **compression)
+        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes}, **options)
     return path
+
+
+def _resolution_tags(pixel_size_um: Tuple[float, float]) -> dict:
+    """tifffile's arguments for resolution tags in pixels per centimetre, which ImageJ, Bio-Formats
+    (and so CellProfiler) read as the pixel size; tifffile before 2022.7 takes the unit in the tuple."""
+    import inspect
+
+    per_cm = (1e4 / pixel_size_um[1], 1e4 / pixel_size_um[0])  # X, then Y
+    if "resolutionunit" in inspect.signature(tifffile.TiffWriter.write).parameters:
+        return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
+    return {"resolution": (*per_cm, "CENTIMETER")}
 
 
 @contextlib.contextmanager

@@ -164,3 +164,28 @@ def test_outputs_are_compressed_as_their_inputs_never_with_loss(upscaler, tmp_pa
                 page = tif.pages[0]  # compressed after a predictor (differences of neighbours), or not at all
                 assert (page.compression.name, int(page.predictor) > 1) == (codec, codec != "NONE"), output
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "lzw.tif")[0], read_image(tmp_path / "out" / "plain.tif")[0])
+
+
+def test_outputs_carry_the_inputs_pixel_size_divided_by_the_scale(upscaler, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    pixels = smooth_image((20, 24), seed=4).astype(np.uint16)
+    # ImageJ saves pixels per micron with no TIFF unit; an OME-TIFF says it in its XML
+    tifffile.imwrite(inputs / "imagej.tif", pixels, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "\\u00B5m"})
+    tifffile.imwrite(inputs / "ome.ome.tif", pixels, metadata={"axes": "YX", "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.5})
+    tifffile.imwrite(inputs / "plain.tif", pixels)  # no size
+    report = upscale_files(upscaler, plan([inputs], tmp_path / "out", uncertainty=True)[0], progress=False)
+    assert len(report.written) == 3 and not report.failed
+    for name, size in [("imagej", (0.65, 0.65)), ("ome.ome", (0.5, 0.325)), ("plain", None)]:
+        read = read_image(inputs / f"{name}.tif")[1].pixel_size_um
+        assert read is None if size is None else read == pytest.approx(size, rel=1e-6)
+        for output in (f"{name}.tif", f"{name}.uncertainty.tif"):
+            with tifffile.TiffFile(tmp_path / "out" / output) as tif:  # as ImageJ and Bio-Formats read it
+                tags = tif.pages[0].tags
+                if size is None:
+                    assert tags["ResolutionUnit"].value == 1, output  # none
+                    continue
+                assert tags["ResolutionUnit"].value == 3, output  # centimetre
+                per_cm = [numerator / denominator for numerator, denominator in
+                          (tags["YResolution"].value, tags["XResolution"].value)]
+                assert per_cm == pytest.approx([1e4 * 2 / s for s in size], rel=1e-5), output  # 2x: the toy model's scale; rationals
