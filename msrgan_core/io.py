@@ -215,16 +215,34 @@ def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
     """A TIFF's pixel height and width at the sample in micrometres: from its OME metadata
     (PhysicalSizeY/X), else its resolution tags in the unit ImageJ's metadata names (ImageJ saves
     pixels per micron with no TIFF unit) or the TIFF's own (inch or centimetre). None where the
-    file does not say (no tags, or resolution without a unit)."""
-    if tif.is_ome:
-        import xml.etree.ElementTree as ElementTree
+    file does not say (no tags, or resolution without a unit) or says it in a way not understood:
+    metadata never makes an image unreadable."""
+    try:
+        size = _ome_pixel_size_um(tif) if tif.is_ome else None
+        if size is None:
+            size = _tagged_pixel_size_um(tif)
+    except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError):
+        return None
+    if size is None or not all(np.isfinite(size)) or min(size) <= 0:
+        return None
+    return size
 
-        try:
-            pixels = next(e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
-            return tuple(float(pixels.attrib[f"PhysicalSize{a}"]) * MICROMETRES[pixels.attrib.get(f"PhysicalSize{a}Unit", "um")]
-                         for a in "YX")
-        except (ElementTree.ParseError, StopIteration, KeyError, ValueError):
-            pass
+
+def _ome_pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        pixels = next(e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
+    except (ElementTree.ParseError, StopIteration):
+        return None
+    if "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
+        return None
+    y, x = (float(pixels.attrib[f"PhysicalSize{a}"]) * MICROMETRES[pixels.attrib.get(f"PhysicalSize{a}Unit", "um")]
+            for a in "YX")
+    return y, x
+
+
+def _tagged_pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
     tags = tif.pages[0].tags
     if "XResolution" not in tags or "YResolution" not in tags:
         return None
@@ -233,13 +251,10 @@ def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
         unit = unit.replace("\\u00B5", "\u00b5").replace("\\u00b5", "\u00b5")  # ImageJ writes µ as an escape
     else:
         unit = getattr(tags["ResolutionUnit"].value, "name", None) if "ResolutionUnit" in tags else "INCH"
-    per_pixel = []
-    for name in ("YResolution", "XResolution"):
-        numerator, denominator = tags[name].value
-        per_pixel.append(denominator / numerator if numerator > 0 and denominator > 0 else 0.0)
-    if unit not in MICROMETRES or min(per_pixel) <= 0:
+    if unit not in MICROMETRES:
         return None
-    return per_pixel[0] * MICROMETRES[unit], per_pixel[1] * MICROMETRES[unit]
+    (y_pixels, y_units), (x_pixels, x_units) = tags["YResolution"].value, tags["XResolution"].value
+    return y_units / y_pixels * MICROMETRES[unit], x_units / x_pixels * MICROMETRES[unit]
 
 
 def _codec(series: "tifffile.TiffPageSeries") -> Optional[str]:

@@ -293,3 +293,15 @@ def test_atomic_write_keeps_the_previous_version_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == [target]
     np.testing.assert_array_equal(tifffile.imread(target), np.ones((4, 4), np.uint8))
+
+
+def test_a_pixel_size_the_file_states_badly_is_ignored_not_an_error(tmp_path):
+    pixels = _pixels((16, 20), np.uint16)
+    tifffile.imwrite(tmp_path / "zero.tif", pixels, resolution=(0, 1, "CENTIMETER"))  # a resolution of 0 pixels a cm
+    tifffile.imwrite(tmp_path / "zero.ome.tif", pixels, metadata={"axes": "YX", "PhysicalSizeX": 0, "PhysicalSizeY": 0.3})
+    tifffile.imwrite(tmp_path / "unit.ome.tif", pixels, metadata={"axes": "YX", "PhysicalSizeX": 2, "PhysicalSizeY": 2,
+                                                                  "PhysicalSizeXUnit": "pc", "PhysicalSizeYUnit": "pc"})
+    for name in ("zero.tif", "zero.ome.tif", "unit.ome.tif"):
+        image, layout = read_image(tmp_path / name)
+        np.testing.assert_array_equal(image[0], pixels)
+        assert layout.pixel_size_um is None
