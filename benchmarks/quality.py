@@ -43,7 +43,7 @@ from msrgan_core.cli import add_inference_options
 from msrgan_core.data import split_files
 from msrgan_core.evaluate import degraded_pair, grid_degradation
 from msrgan_core.inference import Upscaler
-from msrgan_core.io import find_images
+from msrgan_core.io import atomic_write, find_images
 from msrgan_core.metrics import (
     BASELINES, CLASSICAL, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
@@ -183,6 +183,48 @@ def format_grid(table: List[dict], models: List[str]) -> str:
     return "\n".join(lines)
 
 
+#: the round's floors for each packaged model's gain over the cell's best classical method (dB)
+TARGETS = {"fidelity": 2.0, "perceptual": 1.0}
+
+
+def plot_grid(table: List[dict], models: List[str], destination: Path) -> None:
+    """The grid as a picture: per dataset, each model's gain over the cell's best classical method
+    (bars), its worst image's gain over bicubic (dots) and the targets (dashed lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(e["dataset"], e["cell"], e["method"]): e for e in table}
+    datasets = list(dict.fromkeys(e["dataset"] for e in table))
+    cells = list(dict.fromkeys(e["cell"] for e in table))
+    x, width = np.arange(len(cells)), 0.8 / len(models)
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6.0, 1.2 * len(cells)), 3.2 * len(datasets) + 0.6),
+                             squeeze=False, sharex=True)
+    for ax, dataset in zip(axes[:, 0], datasets):
+        for i, model in enumerate(models):
+            colour, offset = f"C{i}", x - 0.4 + width * (i + 0.5)
+            ax.bar(offset, [by[(dataset, c, model)]["vs_best"] for c in cells], width, color=colour,
+                   label=f"{model}: mean gain over the best classical method")
+            if model in TARGETS:
+                ax.axhline(TARGETS[model], color=colour, linestyle="--", linewidth=1, label=f"{model}'s target")
+            ax.plot(offset, [by[(dataset, c, model)]["min_vs_bicubic"] for c in cells], "o", markersize=5,
+                    markerfacecolor="white", markeredgecolor="black",
+                    label="worst single image: gain over bicubic" if i == 0 else None)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("dB")
+        ax.set_title(dataset, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1, 0].set_xticks(x)
+    axes[-1, 0].set_xticklabels(cells, rotation=30, ha="right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    with atomic_write(destination) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MSRGAN_DATA", "../shared/data")))
@@ -197,6 +239,7 @@ def main() -> None:
                         "texture error (they need expert masks)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
+    parser.add_argument("--plot", type=Path, help="draw the grid into this PNG (gains as bars, targets as dashed lines)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as msrgan upscale's")
     add_inference_options(parser)
@@ -222,6 +265,8 @@ def main() -> None:
     print(format_table(table))
     print()
     print(format_grid(table, list(models)))
+    if args.plot:
+        plot_grid(table, list(models), args.plot)
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["cell", "dataset", "image", "method", "psnr", "ssim", "hf_ratio",

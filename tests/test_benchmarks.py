@@ -20,3 +20,23 @@ def test_benchmark_prints_its_usage(script):
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("usage:")
+
+
+def test_the_quality_grid_is_drawn_one_panel_per_dataset(tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("quality", BENCHMARKS[0].parent / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    rows = [{"cell": cell, "dataset": dataset, "image": image, "method": method, "psnr": psnr + (image == "b"),
+             "ssim": 0.9, "hf_ratio": 1.0}
+            for cell in ("bin", "bin+300ph", "blur1.5+bin") for dataset in ("BBBC039", "DSB2018") for image in "ab"
+            for method, psnr in [("bicubic", 30.0), ("lanczos", 30.2), ("nlm+bicubic", 30.1), ("fidelity", 32.5),
+                                 ("perceptual", 31.0)]]
+    table = quality.summarize(rows)
+    assert [e["vs_best"] for e in table if e["method"] == "fidelity"] == pytest.approx([2.3] * 6)
+    quality.plot_grid(table, ["fidelity", "perceptual"], tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as picture:
+        assert picture.format == "PNG" and picture.size == (660, 770)  # 6 x (2 x 3.2 + 0.6) inches at 110 dpi: two panels
