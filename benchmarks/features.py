@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import add_held_out_arguments, held_out_bbbc039  # noqa: E402 - the quality benchmark's held-out split
+from quality import add_held_out_arguments, held_out_upscaler  # noqa: E402 - the quality benchmark's held-out split
 
 from msrgan_core.evaluate import degraded_pairs, grid_degradation  # noqa: E402
 from msrgan_core.measurements import evaluate_features, format_summary, verdicts  # noqa: E402
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, help="copy the first cell's scatter plot here")
     args = parser.parse_args()
 
-    upscaler, paths = held_out_bbbc039(args)
+    upscaler, paths = held_out_upscaler(args)
     model = upscaler.model
     for index, cell in enumerate(args.cells):
         pairs = degraded_pairs(paths, model.normalization, grid_degradation(cell, scale=upscaler.scale), first_channel=True,

@@ -38,7 +38,7 @@ from skimage.transform import AffineTransform, warp
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import add_held_out_arguments, held_out_bbbc039  # noqa: E402 - the quality benchmark's held-out split
+from quality import add_held_out_arguments, held_out_upscaler  # noqa: E402 - the quality benchmark's held-out split
 
 from msrgan_core.evaluate import grid_degradation, image_seed, low_resolution, score_pairs, summarize  # noqa: E402
 from msrgan_core.io import read_image  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_held_out_arguments(parser, ["bin", "bin+300ph", "blur1.5+bin+300ph"])
     args = parser.parse_args()
-    upscaler, paths = held_out_bbbc039(args)
+    upscaler, paths = held_out_upscaler(args)
     print(f"{Path(upscaler.model.source).name} ({upscaler.options}); {len(paths)} held-out BBBC039 fields, "
           f"a {SIZE[0]} x {SIZE[1]} field of each imaged both ways")
     print(f"{'cell':<18} {'pair':<27} {'bicubic':>8} {'lanczos':>8} {'nlm+bic':>8} {'msrgan':>8} {'over best':>9} "

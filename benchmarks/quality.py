@@ -43,12 +43,13 @@ from msrgan_core.cli import add_inference_options
 from msrgan_core.data import split_files
 from msrgan_core.evaluate import degraded_pair, grid_degradation
 from msrgan_core.inference import Upscaler
-from msrgan_core.io import atomic_write, find_images
+from msrgan_core.io import find_images
 from msrgan_core.metrics import (
     BASELINES, CLASSICAL, high_frequency_ratio, matched_f1, psnr, segment_nuclei, ssim, texture_error,
 )
 from msrgan_core.modelfile import LoadedModel, load_model
 from msrgan_core.options import PRECISIONS, QUALITY_GRID
+from msrgan_core.pictures import pyplot, save_figure
 
 SCALE = 4
 DATASETS = {"BBBC039": "bbbc039/images", "DSB2018": "dsb2018_fluorescence"}
@@ -92,7 +93,7 @@ def held_out_fields(args: argparse.Namespace) -> Tuple[LoadedModel, List[Path]]:
     return model, paths[: args.limit] if args.limit else paths
 
 
-def held_out_bbbc039(args: argparse.Namespace) -> Tuple[Upscaler, List[Path]]:
+def held_out_upscaler(args: argparse.Namespace) -> Tuple[Upscaler, List[Path]]:
     """:func:`held_out_fields`, with the model as it runs by default."""
     model, paths = held_out_fields(args)
     return Upscaler(model, device="auto"), paths
@@ -190,16 +191,11 @@ TARGETS = {"fidelity": 2.0, "perceptual": 1.0}
 def plot_grid(table: List[dict], models: List[str], destination: Path) -> None:
     """The grid as a picture: per dataset, each model's gain over the cell's best classical method
     (bars), its worst image's gain over bicubic (dots) and the targets (dashed lines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by = {(e["dataset"], e["cell"], e["method"]): e for e in table}
     datasets = list(dict.fromkeys(e["dataset"] for e in table))
     cells = list(dict.fromkeys(e["cell"] for e in table))
     x, width = np.arange(len(cells)), 0.8 / len(models)
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6.0, 1.2 * len(cells)), 3.2 * len(datasets) + 0.6),
+    fig, axes = pyplot().subplots(len(datasets), 1, figsize=(max(6.0, 1.2 * len(cells)), 3.2 * len(datasets) + 0.6),
                              squeeze=False, sharex=True)
     for ax, dataset in zip(axes[:, 0], datasets):
         for i, model in enumerate(models):
@@ -220,9 +216,7 @@ def plot_grid(table: List[dict], models: List[str], destination: Path) -> None:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
-    with atomic_write(destination) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, destination)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import add_held_out_arguments, held_out_bbbc039, read_mask, read_pair  # noqa: E402 - the quality benchmark's split and pairs
+from quality import add_held_out_arguments, held_out_upscaler, read_mask, read_pair  # noqa: E402 - the quality benchmark's split and pairs
 
 from msrgan_core.metrics import segment_nuclei  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
                         "held-out BBBC039 ones; nuclei from metrics.segment_nuclei")
     args = parser.parse_args()
 
-    upscaler, paths = held_out_bbbc039(args)
+    upscaler, paths = held_out_upscaler(args)
     fields = "fields (nuclei segmented on the truth)" if args.hr else "held-out BBBC039 fields (expert masks)"
     model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import glob
+import inspect
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -104,7 +105,13 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
         else:
             array, axes, codec, size = _read_tiff(path, channel_axis)
     image, layout = to_cyx(array, path, axes=axes, channel_axis=channel_axis)
-    return image, replace(layout, compression=output_compression(codec), pixel_size_um=size)
+    return image, _as_stored(layout, codec, size)
+
+
+def _as_stored(layout: ImageLayout, codec: Optional[str], pixel_size: Optional[Tuple[float, float]]) -> ImageLayout:
+    """``layout`` with what the file says of its storage: its codec (as the output's compression)
+    and its pixel size."""
+    return replace(layout, compression=output_compression(codec), pixel_size_um=pixel_size)
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -138,7 +145,7 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
                 shape, dtype, axes, codec = series.shape, series.dtype, series.axes, _codec(series)
                 size = pixel_size_um(tif)
     squeezed, layout = plane_layout(shape, dtype, path, axes, channel_axis)
-    layout = replace(layout, compression=output_compression(codec), pixel_size_um=size)
+    layout = _as_stored(layout, codec, size)
     if layout.channel_axis is None:
         return (1, *squeezed), layout
     plane = [n for i, n in enumerate(squeezed) if i != layout.channel_axis]
@@ -409,13 +416,15 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     return path
 
 
+#: whether this tifffile takes the resolution's unit as an argument of its own (since 2022.7) or in the tuple
+_RESOLUTION_UNIT_ARGUMENT = "resolutionunit" in inspect.signature(tifffile.TiffWriter.write).parameters
+
+
 def _resolution_tags(pixel_size_um: Tuple[float, float]) -> dict:
     """tifffile's arguments for resolution tags in pixels per centimetre, which ImageJ, Bio-Formats
-    (and so CellProfiler) read as the pixel size; tifffile before 2022.7 takes the unit in the tuple."""
-    import inspect
-
+    (and so CellProfiler) read as the pixel size."""
     per_cm = (1e4 / pixel_size_um[1], 1e4 / pixel_size_um[0])  # X, then Y
-    if "resolutionunit" in inspect.signature(tifffile.TiffWriter.write).parameters:
+    if _RESOLUTION_UNIT_ARGUMENT:
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
     return {"resolution": (*per_cm, "CENTIMETER")}
 

@@ -28,6 +28,7 @@ import tifffile
 from .errors import UserError
 from .io import atomic_write
 from .options import EVALUATION_PICTURES
+from .pictures import pyplot, save_figure
 
 log = logging.getLogger("msrgan")
 
@@ -229,12 +230,7 @@ def format_summary(summary: List[dict]) -> str:
 def scatter_plot(rows: List[dict], destination: Path, title: str) -> Path:
     """One panel per feature family (its first feature): upscaled value against high-resolution value,
     and the repeat's in grey underneath (the spread that the truth's own noise gives)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(FEATURES), figsize=(4.2 * len(FEATURES), 4.2))
+    fig, axes = pyplot().subplots(1, len(FEATURES), figsize=(4.2 * len(FEATURES), 4.2))
     # colour, layer (msrgan's points on top: they are the question) and legend of each method
     style = {"msrgan": ("tab:orange", 3, "msrgan"), "bicubic": ("tab:blue", 2, "bicubic"),
              REPEAT: ("0.55", 1, "repeat (truth, noise drawn again)")}
@@ -261,10 +257,7 @@ def scatter_plot(rows: List[dict], destination: Path, title: str) -> Path:
         ax.legend(loc="upper left", fontsize=8, markerscale=3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_write(destination) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return destination
+    return save_figure(fig, destination)
 
 
 def write_rows(path: Path, rows: List[dict]) -> Path:

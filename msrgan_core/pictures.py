@@ -17,6 +17,8 @@ from .io import atomic_write
 
 #: edge, in high-resolution pixels, of the region shown
 PANEL_EDGE = 192
+#: resolution of the plots msrgan and its benchmarks draw with matplotlib
+FIGURE_DPI = 110
 _GAP, _CAPTION = 6, 16
 
 
@@ -76,4 +78,23 @@ def side_by_side(destination: "str | Path", low: np.ndarray, scale: int, low_lab
     return destination
 
 
-__all__ = ["PANEL_EDGE", "busiest_window", "side_by_side"]
+def pyplot():
+    """matplotlib's pyplot, drawing off screen (Agg): msrgan's plots are files, never windows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, destination: "str | Path") -> Path:
+    """Write a matplotlib figure to ``destination`` as a PNG, atomically, and free it."""
+    destination = Path(destination)
+    with atomic_write(destination) as tmp:
+        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
+    pyplot().close(fig)
+    return destination
+
+
+__all__ = ["FIGURE_DPI", "PANEL_EDGE", "busiest_window", "pyplot", "save_figure", "side_by_side"]
