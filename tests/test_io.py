@@ -1,6 +1,8 @@
 """Reading and writing images: accepted layouts, one-line errors, dtype/layout round trips, atomic writes."""
 from __future__ import annotations
 
+import struct
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -60,6 +62,28 @@ def test_reads_ome_tiff_with_singleton_axes(tmp_path):
     image, layout = read_image(tmp_path / "a.ome.tif")
     np.testing.assert_array_equal(image[0], pixels[0, 0, 0])
     assert layout.channel_axis is None
+
+
+def _write_bit_packed_tiff(path, pixels, bits):
+    """A one-strip gray TIFF whose rows pack ``bits``-bit integers most significant bit first, as
+    some cameras write 12- and 14-bit images (tifffile writes no such file)."""
+    height, width = pixels.shape
+    bit_planes = (pixels[..., None] >> np.arange(bits - 1, -1, -1)) & 1
+    strip = np.packbits(bit_planes.reshape(height, width * bits).astype(np.uint8), axis=1).tobytes()
+    tags = [(256, width), (257, height), (258, bits), (259, 1), (262, 1), (273, 0), (277, 1), (278, height),
+            (279, len(strip))]
+    strip_offset = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(struct.pack("<HHII", tag, 4, 1, strip_offset if tag == 273 else value) for tag, value in tags)
+    path.write_bytes(b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0) + strip)
+
+
+@pytest.mark.parametrize("bits", [12, 14])
+def test_reads_bit_packed_tiff(tmp_path, bits):
+    pixels = _pixels((37, 51), np.uint16) >> (16 - bits)  # odd width: rows end inside a byte
+    _write_bit_packed_tiff(tmp_path / "a.tif", pixels, bits)
+    image, layout = read_image(tmp_path / "a.tif")
+    np.testing.assert_array_equal(image[0], pixels)
+    assert layout.dtype == np.uint16
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
