@@ -23,6 +23,8 @@ import tifffile
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+#: names that say a TIFF carries OME-XML; msrgan writes its outputs under them as OME-TIFFs
+OME_SUFFIXES = (".ome.tif", ".ome.tiff")
 #: the pixel types msrgan reads, upscales and writes back in the same type
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.float32, np.float64)
 #: more channels than this on an axis that the file does not name means "a stack", not channels
@@ -400,19 +402,25 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     """
     path = Path(path)
     layout = layout or ImageLayout(channel_axis=None if image.shape[0] == 1 else 0, dtype=image.dtype)
+    ome = path.name.lower().endswith(OME_SUFFIXES)
     array = from_cyx(image, layout)
     if array.ndim == 2:
         axes = "YX"
     else:
         axes = "CYX" if layout.channel_axis == 0 else "YXC"
     photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
-    options = {}
+    if ome and axes == "YXC" and photometric != "rgb":  # OME stores only RGB samples channels-last
+        array, axes = np.moveaxis(array, -1, 0), "CYX"
+    metadata, options = {"axes": axes}, {}
     if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
         options.update(compression=layout.compression, predictor=layout.compression != "packbits")
     if layout.pixel_size_um is not None:
         options.update(_resolution_tags(layout.pixel_size_um))
+        if ome:  # OME readers (Bio-Formats, so Fiji) take the size from the OME-XML, not the tags
+            metadata.update(PhysicalSizeY=layout.pixel_size_um[0], PhysicalSizeYUnit="\u00b5m",
+                            PhysicalSizeX=layout.pixel_size_um[1], PhysicalSizeXUnit="\u00b5m")
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, array, photometric=photometric, metadata={"axes": axes}, **options)
+        tifffile.imwrite(tmp, array, photometric=photometric, ome=ome, metadata=metadata, **options)
     return path
 
 

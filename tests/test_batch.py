@@ -189,3 +189,7 @@ def test_outputs_carry_the_inputs_pixel_size_divided_by_the_scale(upscaler, tmp_
                 per_cm = [numerator / denominator for numerator, denominator in
                           (tags["YResolution"].value, tags["XResolution"].value)]
                 assert per_cm == pytest.approx([1e4 * 2 / s for s in size], rel=1e-5), output  # 2x: the toy model's scale; rationals
+                if output.endswith(".ome.tif"):  # an OME reader (Bio-Formats, so Fiji) takes it from the XML
+                    pixels_xml = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+                    assert (pixels_xml["PhysicalSizeY"], pixels_xml["PhysicalSizeX"]) == pytest.approx([s / 2 for s in size])
+                    assert pixels_xml["PhysicalSizeXUnit"] == "\u00b5m"

@@ -298,6 +298,18 @@ def test_read_then_write_keeps_a_channels_last_file_channels_last(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), pixels)
 
 
+@pytest.mark.parametrize("shape, channel_axis", [((1, 20, 30), None), ((3, 20, 30), 0), ((3, 20, 30), 2), ((2, 20, 30), 2)])
+def test_an_ome_tiff_name_gets_an_ome_tiff_with_its_pixel_size(tmp_path, shape, channel_axis):
+    image = _pixels(shape, np.uint16)
+    layout = ImageLayout(channel_axis=channel_axis, dtype=np.dtype(np.uint16), pixel_size_um=(0.5, 0.25))
+    path = write_image(tmp_path / "w.ome.tif", image, layout)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome  # two channels last are stored first: OME keeps only RGB samples last
+    back, back_layout = read_image(path)
+    np.testing.assert_array_equal(back, image)
+    assert back_layout.pixel_size_um == pytest.approx((0.5, 0.25))
+
+
 def test_atomic_write_leaves_no_file_on_failure(tmp_path):
     target = tmp_path / "result.tif"
     with pytest.raises(RuntimeError):
