@@ -54,12 +54,17 @@ class ImageLayout:
     pixel_size_um : (float, float) or None
         The height and width of a pixel at the sample, in micrometres, where the file says
         (:func:`pixel_size_um`); None where it does not.
+    imagej : bool
+        The file is an ImageJ TIFF (a hyperstack's channels are channels to ImageJ and to
+        Bio-Formats, so to CellProfiler, and its pixel size is in ImageJ's unit); the output is
+        written as one too where ImageJ can hold it (:func:`write_image`).
     """
 
     channel_axis: Optional[int]
     dtype: np.dtype
     compression: Optional[str] = None
     pixel_size_um: Optional[Tuple[float, float]] = None
+    imagej: bool = False
 
     def upscaled(self, scale: int) -> "ImageLayout":
         """The layout of this image's upscaled output: pixels ``scale`` times smaller."""
@@ -71,8 +76,6 @@ class ImageLayout:
 #: TIFF codecs that lose nothing, by tifffile's COMPRESSION names, and the name tifffile writes them by
 LOSSLESS_CODECS = {"LZW": "lzw", "ADOBE_DEFLATE": "zlib", "DEFLATE": "zlib", "ZSTD": "zstd", "LZMA": "lzma",
                    "PACKBITS": "packbits"}
-#: the codec that compresses a PNG's pixels
-PNG_CODEC = "DEFLATE"
 #: micrometres in a unit of length, by the names TIFF, ImageJ and OME files give it
 MICROMETRES = {
     "INCH": 25400.0, "CENTIMETER": 1e4, "MILLIMETER": 1e3, "MICROMETER": 1.0,  # TIFF's ResolutionUnit
@@ -103,17 +106,22 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
     path = _check_name(path)
     with _reading(path):
         if path.suffix.lower() == ".png":
-            array, axes, codec, size = _read_png(path), None, PNG_CODEC, None
+            array, axes, stored = _read_png(path), None, PNG_STORAGE
         else:
-            array, axes, codec, size = _read_tiff(path, channel_axis)
+            array, axes, stored = _read_tiff(path, channel_axis)
     image, layout = to_cyx(array, path, axes=axes, channel_axis=channel_axis)
-    return image, _as_stored(layout, codec, size)
+    return image, replace(layout, **stored)
 
 
-def _as_stored(layout: ImageLayout, codec: Optional[str], pixel_size: Optional[Tuple[float, float]]) -> ImageLayout:
-    """``layout`` with what the file says of its storage: its codec (as the output's compression)
-    and its pixel size."""
-    return replace(layout, compression=output_compression(codec), pixel_size_um=pixel_size)
+#: what a PNG's layout says of its storage: deflate, as its pixels were
+PNG_STORAGE = {"compression": "zlib"}
+
+
+def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -> dict:
+    """What a TIFF's layout says of its storage (:class:`ImageLayout`'s fields): its codec (as
+    the output's compression), its pixel size and whether ImageJ wrote it."""
+    return {"compression": output_compression(_codec(series)), "pixel_size_um": pixel_size_um(tif),
+            "imagej": bool(tif.is_imagej)}
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -140,14 +148,13 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
 
             props = iio.improps(path)
             shape = props.shape[:2] if _has_lookup_table(path) else props.shape  # the indices
-            dtype, axes, codec, size = props.dtype, None, PNG_CODEC, None
+            dtype, axes, stored = props.dtype, None, PNG_STORAGE
         else:
             with tifffile.TiffFile(path) as tif:
                 series = _one_series(tif, path)
-                shape, dtype, axes, codec = series.shape, series.dtype, series.axes, _codec(series)
-                size = pixel_size_um(tif)
+                shape, dtype, axes, stored = series.shape, series.dtype, series.axes, _tiff_storage(tif, series)
     squeezed, layout = plane_layout(shape, dtype, path, axes, channel_axis)
-    layout = _as_stored(layout, codec, size)
+    layout = replace(layout, **stored)
     if layout.channel_axis is None:
         return (1, *squeezed), layout
     plane = [n for i, n in enumerate(squeezed) if i != layout.channel_axis]
@@ -211,13 +218,13 @@ def _has_lookup_table(path: Path) -> bool:
     return bool(np.any(rgb != rgb[:, :1]))
 
 
-def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, Optional[str], Optional[str], Optional[Tuple[float, float]]]":
-    """The pixels, tifffile's axes letters, the codec name (``NONE``, ``LZW`` ...) and the pixel
-    size in micrometres (or None) of a TIFF."""
+def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, str, dict]":
+    """The pixels, tifffile's axes letters and what the layout says of its storage
+    (:func:`_tiff_storage`) of a TIFF."""
     with tifffile.TiffFile(path) as tif:
         series = _one_series(tif, path)
         plane_layout(series.shape, series.dtype, path, series.axes, channel_axis)  # refused before its pixels are decoded
-        return series.asarray(), series.axes, _codec(series), pixel_size_um(tif)
+        return series.asarray(), series.axes, _tiff_storage(tif, series)
 
 
 def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
@@ -411,30 +418,39 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
     if ome and axes == "YXC" and photometric != "rgb":  # OME stores only RGB samples channels-last
         array, axes = np.moveaxis(array, -1, 0), "CYX"
+    imagej = layout.imagej and not ome and axes in ("YX", "CYX") and array.dtype in IMAGEJ_DTYPES
     metadata, options = {"axes": axes}, {}
     if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
         options.update(compression=layout.compression, predictor=layout.compression != "packbits")
     if layout.pixel_size_um is not None:
-        options.update(_resolution_tags(layout.pixel_size_um))
+        options.update(_resolution_tags(layout.pixel_size_um, per_micrometre=imagej))
+        if imagej:  # ImageJ's own way: pixels per unit, the unit in its description
+            metadata.update(unit="um")
         if ome:  # OME readers (Bio-Formats, so Fiji) take the size from the OME-XML, not the tags
             metadata.update(PhysicalSizeY=layout.pixel_size_um[0], PhysicalSizeYUnit="\u00b5m",
                             PhysicalSizeX=layout.pixel_size_um[1], PhysicalSizeXUnit="\u00b5m")
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, array, photometric=photometric, ome=ome, metadata=metadata, **options)
+        tifffile.imwrite(tmp, array, photometric=photometric, ome=ome, imagej=imagej, metadata=metadata, **options)
     return path
+
+
+#: the pixel types an ImageJ TIFF holds (tifffile writes no other)
+IMAGEJ_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32))
 
 
 #: whether this tifffile takes the resolution's unit as an argument of its own (since 2022.7) or in the tuple
 _RESOLUTION_UNIT_ARGUMENT = "resolutionunit" in inspect.signature(tifffile.TiffWriter.write).parameters
 
 
-def _resolution_tags(pixel_size_um: Tuple[float, float]) -> dict:
+def _resolution_tags(pixel_size_um: Tuple[float, float], per_micrometre: bool = False) -> dict:
     """tifffile's arguments for resolution tags in pixels per centimetre, which ImageJ, Bio-Formats
-    (and so CellProfiler) read as the pixel size."""
-    per_cm = (1e4 / pixel_size_um[1], 1e4 / pixel_size_um[0])  # X, then Y
+    (and so CellProfiler) read as the pixel size; or in pixels per micrometre with no TIFF unit,
+    as an ImageJ TIFF holds them (its description names the unit)."""
+    unit, per_um = (None, 1.0) if per_micrometre else ("CENTIMETER", 1e4)
+    per_unit = (per_um / pixel_size_um[1], per_um / pixel_size_um[0])  # X, then Y
     if _RESOLUTION_UNIT_ARGUMENT:
-        return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
-    return {"resolution": (*per_cm, "CENTIMETER")}
+        return {"resolution": per_unit, "resolutionunit": unit or "NONE"}
+    return {"resolution": (*per_unit, unit)}
 
 
 @contextlib.contextmanager

@@ -185,10 +185,15 @@ def test_outputs_carry_the_inputs_pixel_size_divided_by_the_scale(upscaler, tmp_
                 if size is None:
                     assert tags["ResolutionUnit"].value == 1, output  # none
                     continue
+                per_unit = [numerator / denominator for numerator, denominator in
+                            (tags["YResolution"].value, tags["XResolution"].value)]
+                if name == "imagej":  # ImageJ's way, as it came: pixels per micron, the unit in its description
+                    assert tif.is_imagej and tif.imagej_metadata["unit"] == "um", output
+                    assert tags["ResolutionUnit"].value == 1, output
+                    assert per_unit == pytest.approx([2 / s for s in size], rel=1e-5), output
+                    continue
                 assert tags["ResolutionUnit"].value == 3, output  # centimetre
-                per_cm = [numerator / denominator for numerator, denominator in
-                          (tags["YResolution"].value, tags["XResolution"].value)]
-                assert per_cm == pytest.approx([1e4 * 2 / s for s in size], rel=1e-5), output  # 2x: the toy model's scale; rationals
+                assert per_unit == pytest.approx([1e4 * 2 / s for s in size], rel=1e-5), output  # 2x: the toy model's scale; rationals
                 if output.endswith(".ome.tif"):  # an OME reader (Bio-Formats, so Fiji) takes it from the XML
                     pixels_xml = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
                     assert (pixels_xml["PhysicalSizeY"], pixels_xml["PhysicalSizeX"]) == pytest.approx([s / 2 for s in size])

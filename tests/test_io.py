@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import imageio.v3 as iio
 import numpy as np
@@ -308,6 +309,24 @@ def test_an_ome_tiff_name_gets_an_ome_tiff_with_its_pixel_size(tmp_path, shape, 
     back, back_layout = read_image(path)
     np.testing.assert_array_equal(back, image)
     assert back_layout.pixel_size_um == pytest.approx((0.5, 0.25))
+
+
+def test_an_imagej_hyperstack_gives_an_imagej_hyperstack_where_imagej_can_hold_the_pixel_type(tmp_path):
+    pixels = _pixels((3, 20, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", pixels, imagej=True, metadata={"axes": "CYX", "unit": "um"},
+                     resolution=(1 / 0.5, 1 / 0.5))
+    image, layout = read_image(tmp_path / "in.tif")
+    assert layout.imagej and layout.pixel_size_um == pytest.approx((0.5, 0.5))
+    for dtype in (np.uint16, np.float32, np.int32):  # the output, its uncertainty image, a type ImageJ lacks
+        path = write_image(tmp_path / f"{np.dtype(dtype).name}.tif", image.astype(dtype),
+                           replace(layout.upscaled(4), dtype=np.dtype(dtype)))
+        with tifffile.TiffFile(path) as tif:  # channels stay channels to ImageJ and Bio-Formats (not frames)
+            assert tif.is_imagej == (dtype != np.int32)
+            if tif.is_imagej:
+                assert tif.imagej_metadata["channels"] == 3 and tif.imagej_metadata["unit"] == "um"
+        back, back_layout = read_image(path)
+        np.testing.assert_array_equal(back, image.astype(dtype))
+        assert back_layout.pixel_size_um == pytest.approx((0.125, 0.125))
 
 
 def test_atomic_write_leaves_no_file_on_failure(tmp_path):
