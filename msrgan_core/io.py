@@ -54,6 +54,9 @@ class ImageLayout:
     pixel_size_um : (float, float) or None
         The height and width of a pixel at the sample, in micrometres, where the file says
         (:func:`pixel_size_um`); None where it does not.
+    channel_names : tuple of str, or None
+        The channels' names where an OME-TIFF gives one to each (:func:`ome_channel_names`); an
+        OME-TIFF output carries them.
     imagej : bool
         The file is an ImageJ TIFF (a hyperstack's channels are channels to ImageJ and to
         Bio-Formats, so to CellProfiler, and its pixel size is in ImageJ's unit); the output is
@@ -64,6 +67,7 @@ class ImageLayout:
     dtype: np.dtype
     compression: Optional[str] = None
     pixel_size_um: Optional[Tuple[float, float]] = None
+    channel_names: Optional[Tuple[str, ...]] = None
     imagej: bool = False
 
     def upscaled(self, scale: int) -> "ImageLayout":
@@ -119,9 +123,9 @@ PNG_STORAGE = {"compression": "zlib"}
 
 def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -> dict:
     """What a TIFF's layout says of its storage (:class:`ImageLayout`'s fields): its codec (as
-    the output's compression), its pixel size and whether ImageJ wrote it."""
+    the output's compression), its pixel size, its channels' names and whether ImageJ wrote it."""
     return {"compression": output_compression(_codec(series)), "pixel_size_um": pixel_size_um(tif),
-            "imagej": bool(tif.is_imagej)}
+            "channel_names": ome_channel_names(tif), "imagej": bool(tif.is_imagej)}
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -234,7 +238,7 @@ def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
     file does not say (no tags, or resolution without a unit) or says it in a way not understood:
     metadata never makes an image unreadable."""
     try:
-        size = _ome_pixel_size_um(tif) if tif.is_ome else None
+        size = _ome_pixel_size_um(_ome_pixels(tif)) if tif.is_ome else None
         if size is None:
             size = _tagged_pixel_size_um(tif)
     except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError):
@@ -244,14 +248,28 @@ def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
     return size
 
 
-def _ome_pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
+def ome_channel_names(tif: "tifffile.TiffFile") -> Optional[Tuple[str, ...]]:
+    """The channels' names an OME-TIFF's metadata gives, one to each channel; None where it is not
+    an OME-TIFF, where a channel has no name, or where its metadata cannot be read."""
+    pixels = _ome_pixels(tif) if tif.is_ome else None
+    if pixels is None:
+        return None
+    names = tuple(e.attrib.get("Name") for e in pixels if e.tag.endswith("}Channel"))
+    return names if names and all(names) else None
+
+
+def _ome_pixels(tif: "tifffile.TiffFile"):
+    """The first image's ``Pixels`` element of an OME-TIFF's metadata, or None."""
     import xml.etree.ElementTree as ElementTree
 
     try:
-        pixels = next(e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
-    except (ElementTree.ParseError, StopIteration):
+        return next(e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
+    except (ElementTree.ParseError, StopIteration, TypeError):
         return None
-    if "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
+
+
+def _ome_pixel_size_um(pixels) -> Optional[Tuple[float, float]]:
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
         return None
     y, x = (float(pixels.attrib[f"PhysicalSize{a}"]) * MICROMETRES[pixels.attrib.get(f"PhysicalSize{a}Unit", "um")]
             for a in "YX")
@@ -429,6 +447,8 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
         if ome:  # OME readers (Bio-Formats, so Fiji) take the size from the OME-XML, not the tags
             metadata.update(PhysicalSizeY=layout.pixel_size_um[0], PhysicalSizeYUnit="\u00b5m",
                             PhysicalSizeX=layout.pixel_size_um[1], PhysicalSizeXUnit="\u00b5m")
+    if ome and axes != "YXC" and layout.channel_names and len(layout.channel_names) == image.shape[0]:
+        metadata.update(Channel={"Name": list(layout.channel_names)})
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, array, photometric=photometric, ome=ome, imagej=imagej, metadata=metadata, **options)
     return path

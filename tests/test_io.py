@@ -311,6 +311,23 @@ def test_an_ome_tiff_name_gets_an_ome_tiff_with_its_pixel_size(tmp_path, shape, 
     assert back_layout.pixel_size_um == pytest.approx((0.5, 0.25))
 
 
+def test_an_ome_tiffs_channel_names_pass_to_its_output(tmp_path):
+    pixels = _pixels((2, 20, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "in.ome.tif", pixels, metadata={"axes": "CYX", "Channel": {"Name": ["DNA", "Actin"]}})
+    image, layout = read_image(tmp_path / "in.ome.tif")
+    assert layout.channel_names == ("DNA", "Actin")
+    path = write_image(tmp_path / "out.ome.tif", image, layout)
+    with tifffile.TiffFile(path) as tif:
+        channels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Channel"]
+        assert [channel["Name"] for channel in channels] == ["DNA", "Actin"]
+    tifffile.imwrite(tmp_path / "one.ome.tif", pixels[0], metadata={"axes": "YX", "Channel": {"Name": ["DNA"]}})
+    image, layout = read_image(tmp_path / "one.ome.tif")
+    with tifffile.TiffFile(write_image(tmp_path / "one_out.ome.tif", image, layout)) as tif:
+        assert tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Channel"]["Name"] == "DNA"
+    tifffile.imwrite(tmp_path / "unnamed.ome.tif", pixels, metadata={"axes": "CYX"})
+    assert read_image(tmp_path / "unnamed.ome.tif")[1].channel_names is None
+
+
 def test_an_imagej_hyperstack_gives_an_imagej_hyperstack_where_imagej_can_hold_the_pixel_type(tmp_path):
     pixels = _pixels((3, 20, 30), np.uint16)
     tifffile.imwrite(tmp_path / "in.tif", pixels, imagej=True, metadata={"axes": "CYX", "unit": "um"},
