@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -30,7 +31,7 @@ from .config import GeneratorConfig
 from .device import cpu_has_bf16, describe_device, resolve_device, use_cpu
 from .errors import UserError
 from .io import ImageError, read_image, to_cyx, write_image
-from .modelfile import LoadedModel
+from .modelfile import LoadedModel, load_model
 from .models import forward_bytes_per_pixel, forward_fixed_bytes, receptive_radius
 from .options import ENSEMBLES, PRECISIONS
 from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
@@ -187,8 +188,9 @@ class Upscaler:
 
     Parameters
     ----------
-    model : LoadedModel
-        From :func:`msrgan_core.modelfile.load_model`.
+    model : LoadedModel, str or Path
+        From :func:`msrgan_core.modelfile.load_model`, or what it takes: a packaged model's name
+        (``"fidelity"``) or a model file.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     tile : int
@@ -214,9 +216,11 @@ class Upscaler:
     """
 
     def __init__(
-        self, model: LoadedModel, device: str = "auto", tile: int = 0, precision: str = "auto", progress: bool = False,
+        self, model: "LoadedModel | str | Path", device: str = "auto", tile: int = 0, precision: str = "auto", progress: bool = False,
         ensemble: Optional[int] = None, match_bins: Optional[bool] = None, threads: Optional[int] = None,
     ) -> None:
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model)
         defaults = model.inference
         self.ensemble = defaults.ensemble if ensemble is None else ensemble
         self.orientations = orientations(self.ensemble)

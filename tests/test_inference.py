@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from msrgan_core.inference import (
     upscale_file,
 )
 from msrgan_core.io import ImageError, read_image
-from msrgan_core.modelfile import with_inference_defaults
+from msrgan_core.modelfile import ModelFileError, with_inference_defaults
 from msrgan_core.options import PRECISIONS
 
 UNTILED = 100_000  # a tile edge larger than any test image: one tile
@@ -648,3 +649,13 @@ def test_gpu_gives_the_cpu_result_tiled_batched_and_in_reduced_precision(name, r
         out = Upscaler(model, device=GPU, precision=precision).upscale(image)
         assert out.dtype == image.dtype and out.shape == cpu.shape
         assert psnr(cpu, out, span) > 30, precision
+
+
+def test_an_upscaler_takes_a_model_file_or_a_packaged_name_as_load_model_does(model_x4):
+    image = smooth_image((24, 20), seed=9).astype(np.uint16)
+    expected = _run(model_x4, image, UNTILED)
+    for given in (model_x4.source, str(model_x4.source)):
+        np.testing.assert_array_equal(Upscaler(given, device="cpu").upscale(image), expected)
+    assert Path(Upscaler("fidelity", device="cpu").model.source).name == "fidelity.safetensors"
+    with pytest.raises(ModelFileError, match="no-such-model"):
+        Upscaler("no-such-model", device="cpu")
