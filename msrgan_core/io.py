@@ -423,7 +423,10 @@ def from_cyx(image: np.ndarray, layout: ImageLayout) -> np.ndarray:
 def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLayout] = None) -> Path:
     """Write a ``(C, Y, X)`` image as TIFF atomically: to a temporary name, then renamed.
 
-    An interrupted write never leaves a half-written file under ``path``.
+    An interrupted write never leaves a half-written file under ``path``. The file is stored as
+    ``layout`` says (axis order, dtype, compression, pixel size): as an OME-TIFF under an
+    ``.ome.tif`` name (pixel size and channel names in its XML), as an ImageJ TIFF for an ImageJ
+    file's layout where ImageJ can hold the pixels, else as a plain TIFF.
     """
     path = Path(path)
     layout = layout or ImageLayout(channel_axis=None if image.shape[0] == 1 else 0, dtype=image.dtype)
