@@ -439,7 +439,8 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
     if ome and axes == "YXC" and photometric != "rgb":  # OME stores only RGB samples channels-last
         array, axes = np.moveaxis(array, -1, 0), "CYX"
-    imagej = layout.imagej and not ome and axes in ("YX", "CYX") and array.dtype in IMAGEJ_DTYPES
+    imagej = (layout.imagej and not ome and axes in ("YX", "CYX") and array.dtype in IMAGEJ_DTYPES
+              and array.nbytes <= IMAGEJ_MAX_BYTES)
     metadata, options = {"axes": axes}, {}
     if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
         options.update(compression=layout.compression, predictor=layout.compression != "packbits")
@@ -459,6 +460,9 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
 
 #: the pixel types an ImageJ TIFF holds (tifffile writes no other)
 IMAGEJ_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32))
+#: the largest output written as an ImageJ TIFF, which cannot be a BigTIFF: tifffile's own limit
+#: for a classic TIFF (4 GB less 32 MB for metadata); a larger one is a plain BigTIFF
+IMAGEJ_MAX_BYTES = 2**32 - 2**25
 
 
 #: whether this tifffile takes the resolution's unit as an argument of its own (since 2022.7) or in the tuple

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from msrgan_core import io
 from msrgan_core.io import ImageError, ImageLayout, atomic_write, read_header, read_image, to_cyx, write_image
 
 
@@ -328,7 +329,7 @@ def test_an_ome_tiffs_channel_names_pass_to_its_output(tmp_path):
     assert read_image(tmp_path / "unnamed.ome.tif")[1].channel_names is None
 
 
-def test_an_imagej_hyperstack_gives_an_imagej_hyperstack_where_imagej_can_hold_the_pixel_type(tmp_path):
+def test_an_imagej_hyperstack_gives_an_imagej_hyperstack_where_imagej_can_hold_the_pixel_type(tmp_path, monkeypatch):
     pixels = _pixels((3, 20, 30), np.uint16)
     tifffile.imwrite(tmp_path / "in.tif", pixels, imagej=True, metadata={"axes": "CYX", "unit": "um"},
                      resolution=(1 / 0.5, 1 / 0.5))
@@ -344,6 +345,9 @@ def test_an_imagej_hyperstack_gives_an_imagej_hyperstack_where_imagej_can_hold_t
         back, back_layout = read_image(path)
         np.testing.assert_array_equal(back, image.astype(dtype))
         assert back_layout.pixel_size_um == pytest.approx((0.125, 0.125))
+    monkeypatch.setattr(io, "IMAGEJ_MAX_BYTES", image.nbytes - 1)  # as if over 4 GB: ImageJ TIFFs cannot be BigTIFFs
+    with tifffile.TiffFile(write_image(tmp_path / "big.tif", image, layout)) as tif:
+        assert not tif.is_imagej
 
 
 def test_atomic_write_leaves_no_file_on_failure(tmp_path):
