@@ -53,9 +53,9 @@ class ImageLayout:
         uncompressed file (:func:`output_compression`).
     pixel_size_um : (float, float) or None
         The height and width of a pixel at the sample, in micrometres, where the file says
-        (:func:`pixel_size_um`); None where it does not.
+        (:func:`_pixel_size_um`); None where it does not.
     channel_names : tuple of str, or None
-        The channels' names where an OME-TIFF gives one to each (:func:`ome_channel_names`); an
+        The channels' names where an OME-TIFF gives one to each (:func:`_ome_channel_names`); an
         OME-TIFF output carries them.
     imagej : bool
         The file is an ImageJ TIFF (a hyperstack's channels are channels to ImageJ and to
@@ -123,9 +123,11 @@ PNG_STORAGE = {"compression": "zlib"}
 
 def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -> dict:
     """What a TIFF's layout says of its storage (:class:`ImageLayout`'s fields): its codec (as
-    the output's compression), its pixel size, its channels' names and whether ImageJ wrote it."""
-    return {"compression": output_compression(_codec(series)), "pixel_size_um": pixel_size_um(tif),
-            "channel_names": ome_channel_names(tif), "imagej": bool(tif.is_imagej)}
+    the output's compression), its pixel size, its channels' names and whether ImageJ wrote it.
+    An OME-TIFF's metadata is parsed once for both."""
+    ome_pixels = _ome_pixels(tif)
+    return {"compression": output_compression(_codec(series)), "pixel_size_um": _pixel_size_um(tif, ome_pixels),
+            "channel_names": _ome_channel_names(ome_pixels), "imagej": bool(tif.is_imagej)}
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -231,14 +233,14 @@ def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, st
         return series.asarray(), series.axes, _tiff_storage(tif, series)
 
 
-def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
+def _pixel_size_um(tif: "tifffile.TiffFile", ome_pixels) -> Optional[Tuple[float, float]]:
     """A TIFF's pixel height and width at the sample in micrometres: from its OME metadata
-    (PhysicalSizeY/X), else its resolution tags in the unit ImageJ's metadata names (ImageJ saves
+    (PhysicalSizeY/X of ``ome_pixels``, :func:`_ome_pixels`), else its resolution tags in the unit ImageJ's metadata names (ImageJ saves
     pixels per micron with no TIFF unit) or the TIFF's own (inch or centimetre). None where the
     file does not say (no tags, or resolution without a unit) or says it in a way not understood:
     metadata never makes an image unreadable."""
     try:
-        size = _ome_pixel_size_um(_ome_pixels(tif)) if tif.is_ome else None
+        size = _ome_pixel_size_um(ome_pixels)
         if size is None:
             size = _tagged_pixel_size_um(tif)
     except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError):
@@ -248,10 +250,10 @@ def pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
     return size
 
 
-def ome_channel_names(tif: "tifffile.TiffFile") -> Optional[Tuple[str, ...]]:
-    """The channels' names an OME-TIFF's metadata gives, one to each channel; None where it is not
-    an OME-TIFF, where a channel has no name, or where its metadata cannot be read."""
-    pixels = _ome_pixels(tif) if tif.is_ome else None
+def _ome_channel_names(pixels) -> Optional[Tuple[str, ...]]:
+    """The channels' names an OME-TIFF's ``Pixels`` element (:func:`_ome_pixels`) gives, one to
+    each channel; None where there is none (not an OME-TIFF, unreadable metadata) or a channel
+    has no name."""
     if pixels is None:
         return None
     names = tuple(e.attrib.get("Name") for e in pixels if e.tag.endswith("}Channel"))
@@ -259,9 +261,12 @@ def ome_channel_names(tif: "tifffile.TiffFile") -> Optional[Tuple[str, ...]]:
 
 
 def _ome_pixels(tif: "tifffile.TiffFile"):
-    """The first image's ``Pixels`` element of an OME-TIFF's metadata, or None."""
+    """The first image's ``Pixels`` element of an OME-TIFF's metadata; None where the file is not
+    an OME-TIFF or its metadata cannot be read."""
     import xml.etree.ElementTree as ElementTree
 
+    if not tif.is_ome:
+        return None
     try:
         return next(e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
     except (ElementTree.ParseError, StopIteration, TypeError):
