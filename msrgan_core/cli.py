@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write NAME.uncertainty.tif: per pixel, an estimate of the output's error on its "
                         "intensity scale (the spread over orientations; one more pass per image when the model runs once)")
     p.add_argument("--stop-on-error", action="store_true",
-                   help="stop at the first file that fails (default: report it, go on, exit 1 at the end)")
+                   help="stop at the first file that fails (default: report it, go on, exit 2 at the end)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_upscale)
 
