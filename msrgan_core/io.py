@@ -447,6 +447,8 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     imagej = (layout.imagej and not ome and axes in ("YX", "CYX") and array.dtype in IMAGEJ_DTYPES
               and array.nbytes <= IMAGEJ_MAX_BYTES)
     metadata, options = {"axes": axes}, {}
+    if axes == "YXC":  # one page of interleaved samples, as the file was, not a stack of pages Y x C pixels each
+        options.update(planarconfig="contig")
     if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
         options.update(compression=layout.compression, predictor=layout.compression != "packbits")
     if layout.pixel_size_um is not None:

@@ -286,6 +286,9 @@ def test_write_image_round_trips_dtype_and_layout(tmp_path, dtype, channels, cha
     path = write_image(tmp_path / "out" / "w.tif", image, ImageLayout(channel_axis=channel_axis, dtype=np.dtype(dtype)))
     raw = tifffile.imread(path)
     assert raw.shape == file_shape and raw.dtype == np.dtype(dtype)
+    with tifffile.TiffFile(path) as tif:  # as any reader sees it, not only through tifffile's own description
+        pages = [(page.shape, page.samplesperpixel) for page in tif.pages]
+    assert pages == ([(file_shape, channels)] if channel_axis == 2 else [((20, 30), 1)] * channels)
     back, layout = read_image(path)
     np.testing.assert_array_equal(back, image)
     assert layout.channel_axis == channel_axis and layout.dtype == np.dtype(dtype)
