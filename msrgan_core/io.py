@@ -158,6 +158,7 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
         else:
             with tifffile.TiffFile(path) as tif:
                 series = _one_series(tif, path)
+                _check_whole(tif, series, path)
                 shape, dtype, axes, stored = series.shape, series.dtype, series.axes, _tiff_storage(tif, series)
     squeezed, layout = plane_layout(shape, dtype, path, axes, channel_axis)
     layout = replace(layout, **stored)
@@ -230,7 +231,21 @@ def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, st
     with tifffile.TiffFile(path) as tif:
         series = _one_series(tif, path)
         plane_layout(series.shape, series.dtype, path, series.axes, channel_axis)  # refused before its pixels are decoded
+        _check_whole(tif, series, path)
         return series.asarray(), series.axes, _tiff_storage(tif, series)
+
+
+def _check_whole(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries", path: Path) -> None:
+    """Refuse a TIFF cut short (a copy or transfer that stopped): some codecs (JPEG) decode the
+    part that is there and fill the rest without an error, so the pixels alone do not show it."""
+    size = tif.filehandle.size
+    for page in series.pages:
+        if page is None:  # a page the series names but the file lacks: reading its pixels says so
+            continue
+        ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts) if count]
+        if ends and max(ends) > size:
+            raise ImageError(f"{path}: the file is cut short ({size} bytes, its pixels run to byte {max(ends)}): "
+                             "copy it again from the source")
 
 
 def _pixel_size_um(tif: "tifffile.TiffFile", ome_pixels) -> Optional[Tuple[float, float]]:

@@ -265,6 +265,19 @@ def test_rejects_non_image_with_image_suffix(tmp_path, suffix):
     assert "cannot be read" in _error(path)
 
 
+@pytest.mark.parametrize("compression", ["jpeg", "lzw", None])
+def test_a_tiff_cut_short_is_refused_from_its_header(tmp_path, compression):
+    """A JPEG strip cut short decodes without an error into wrong pixels: the file's length says it."""
+    whole, cut = tmp_path / "whole.tif", tmp_path / "cut.tif"
+    tifffile.imwrite(whole, _pixels((64, 64), np.uint8), compression=compression)
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    for read in (read_header, read_image):
+        with pytest.raises(ImageError, match="cut.tif: the file is cut short"):
+            read(cut)
+    read_header(whole), read_image(whole)
+
+
 def test_rejects_unsupported_suffix(tmp_path):
     path = tmp_path / "a.jpg"
     path.write_bytes(b"\xff\xd8\xff")
