@@ -137,7 +137,6 @@ def check_headers(jobs: List[Job], channel_axis: Optional[int] = None,
             if stop_on_error:
                 raise
             failed.append((job.source, str(exc)))
-            log.error("msrgan: failed: %s", exc)
     return good, failed
 
 
@@ -182,14 +181,20 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             if item is _DONE:
                 return
             job, result, layout = item
-            try:
-                if job.uncertainty is not None:
-                    result, deviation = result
-                    write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype))
+            deviation = None
+            if job.uncertainty is not None:
+                result, deviation = result
+            try:  # the output first: an uncertainty image is never left without the image it describes
                 write_image(job.destination, result, layout)
-                report.written.append(job.destination)
             except OSError as exc:
                 failures.put((job, OSError(f"{job.destination}: cannot be written ({exc.strerror or exc})")))
+            else:
+                try:
+                    if deviation is not None:
+                        write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype))
+                    report.written.append(job.destination)
+                except OSError as exc:
+                    failures.put((job, OSError(f"{job.uncertainty}: cannot be written ({exc.strerror or exc})")))
             bar.update(1)
 
     bar = tqdm(total=len(jobs), desc="upscaling", unit="image", disable=not progress)
@@ -228,7 +233,6 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             raise exc
         message = str(exc) if str(job.source) in str(exc) or str(job.destination) in str(exc) else f"{job.source}: {exc}"
         report.failed.append((job.source, message))
-        log.error("msrgan: failed: %s", message)
     return report
 
 

@@ -35,16 +35,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     jobs, skipped = plan(args.inputs, args.out, args.overwrite, args.uncertainty)  # before the model: fail at once
     jobs, unreadable = check_headers(jobs, args.channel_axis, stop_on_error=args.stop_on_error)
+    for source, reason in unreadable:  # at once, before the run: each failure is said once
+        print(f"msrgan: failed: {reason}", file=sys.stderr)
     report = BatchReport()
     if jobs:
         upscaler = make_upscaler(args, progress=not args.quiet)
         report = upscale_files(upscaler, jobs, args.channel_axis, stop_on_error=args.stop_on_error,
                                progress=not args.quiet)
+    for source, reason in report.failed:
+        print(f"msrgan: failed: {reason}", file=sys.stderr)
     report.skipped = skipped
     report.failed[:0] = unreadable
     print(f"msrgan: into {args.out}: {report.summary()}")
-    for source, reason in report.failed:
-        print(f"msrgan: failed: {reason}", file=sys.stderr)
     return 2 if report.failed else 0  # a batch goes on only after the input's or the disk's errors
 
 

@@ -149,6 +149,17 @@ def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing_half_written
     assert len(upscale_files(upscaler, plan([inputs], tmp_path / "out")[0], progress=False).written) == 3
 
 
+def test_an_output_that_cannot_be_written_leaves_no_uncertainty_image_without_it(upscaler, tmp_path):
+    inputs = _plate(tmp_path / "in", count=2)
+    jobs, _ = plan([inputs], tmp_path / "out", uncertainty=True)
+    (tmp_path / "out" / "f0.tif").mkdir()  # in the way of the first output
+    report = upscale_files(upscaler, jobs, progress=False)
+    (failed, reason), = report.failed
+    assert failed.name == "f0.tif" and "cannot be written" in reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.tif", "f1.tif", "f1.uncertainty.tif"]
+    assert (tmp_path / "out" / "f0.tif").is_dir()
+
+
 def test_outputs_are_compressed_as_their_inputs_never_with_loss(upscaler, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -144,6 +144,7 @@ def test_batches_refuse_their_inputs_and_go_on_past_a_bad_file(tmp_path):
     assert own.returncode == 2 and "is an input" in own.stderr and (inputs / "a.tif").read_bytes() == before
     batch = msrgan("upscale", inputs, "-o", tmp_path / "out", "-q", check=False)
     assert batch.returncode == 2 and "b.tif" in batch.stderr and "Traceback" not in batch.stderr
+    assert batch.stderr.count("b.tif") == 1  # said once
     assert "2 image(s) written" in batch.stdout and "1 failed" in batch.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "c.tif"]
 
