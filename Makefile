@@ -157,9 +157,9 @@ models: $(STAMP)
 		$(BIN)/msrgan train -q --config msrgan_core/configs/$$stage.toml --out runs/$$stage \
 			$$(test -f runs/$$stage/checkpoint.pt && echo --resume) || exit 1; \
 	done
-	$(BIN)/msrgan calibrate runs/default_models/fidelity.safetensors --hr $(HELD_OUT) --sample 24 -q \
+	$(BIN)/msrgan calibrate runs/default_models/fidelity.safetensors --hr $(HELD_OUT) --sample 24 -q --overwrite \
 		-o msrgan_core/weights/fidelity.safetensors
-	$(BIN)/msrgan calibrate runs/default_models_adversarial/perceptual.safetensors --hr $(HELD_OUT) --sample 24 -q \
+	$(BIN)/msrgan calibrate runs/default_models_adversarial/perceptual.safetensors --hr $(HELD_OUT) --sample 24 -q --overwrite \
 		-o msrgan_core/weights/perceptual.safetensors
 
 # fidelity-clean is round 1's fidelity (16 x 64 SRResNet, trained on one H200; commit 80827f6), kept
@@ -170,8 +170,8 @@ ROUND1 = runs/round1
 fidelity-clean: $(STAMP)
 	mkdir -p $(ROUND1)
 	git show 80827f6:msrgan_core/weights/fidelity.safetensors > $(ROUND1)/fidelity.safetensors
-	$(BIN)/msrgan set-defaults $(ROUND1)/fidelity.safetensors --ensemble 1 --match-bins -o $(ROUND1)/one_pass.safetensors
-	$(BIN)/msrgan calibrate $(ROUND1)/one_pass.safetensors --hr $(HELD_OUT) --sample 24 -q -o $(ROUND1)/calibrated.safetensors
+	$(BIN)/msrgan set-defaults $(ROUND1)/fidelity.safetensors --ensemble 1 --match-bins --overwrite -o $(ROUND1)/one_pass.safetensors
+	$(BIN)/msrgan calibrate $(ROUND1)/one_pass.safetensors --hr $(HELD_OUT) --sample 24 -q --overwrite -o $(ROUND1)/calibrated.safetensors
 	$(BIN)/python -c 'import sys; from msrgan_core.modelfile import load_model, save_model; m = load_model(sys.argv[1]); \
 		save_model(sys.argv[2], m.generator, dict(m.metadata, name="fidelity-clean"))' \
 		$(ROUND1)/calibrated.safetensors msrgan_core/weights/fidelity-clean.safetensors

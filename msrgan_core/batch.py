@@ -28,7 +28,7 @@ QUEUE_DEPTH = 2
 
 
 class BatchError(UserError, ValueError):
-    """A batch that cannot start: bad output folder, an output that would replace an input, a name clash."""
+    """A run that cannot start: bad output folder or file, an output that would replace an input, a name clash."""
 
 
 #: what an output's uncertainty image is called beside it: ``NAME.uncertainty.tif``
@@ -71,8 +71,26 @@ def prepare_output_folder(out_dir: Path) -> Path:
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:
-        raise BatchError(f"output folder {out_dir} cannot be written ({exc.strerror or exc}): choose another with -o") from None
+        raise BatchError(f"output folder {out_dir} cannot be written ({exc.strerror or exc}): choose another") from None
     return out_dir
+
+
+def check_output_file(path: "str | Path", suffix: str, overwrite: bool = False,
+                      inputs: Iterable["str | Path"] = ()) -> Path:
+    """Refuse, before any work, a file a command would write (a model file, a package): a folder,
+    one not named ``*suffix``, one of ``inputs`` (through links too), an existing file unless
+    ``overwrite``, or one whose folder cannot be written. Creates its folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise BatchError(f"{path} is a folder: name the file to write")
+    if not path.name.lower().endswith(suffix):
+        raise BatchError(f"{path}: the file to write is a {suffix} file; name it e.g. {path.stem}{suffix}")
+    if os.path.realpath(path) in {os.path.realpath(p) for p in inputs}:
+        raise BatchError(f"{path} is an input: msrgan never writes over its inputs; choose another name")
+    if path.exists() and not overwrite:
+        raise BatchError(f"{path} exists: pass --overwrite to replace it")
+    prepare_output_folder(path.parent)
+    return path
 
 
 def remove_stale_parts(destination: Path) -> int:
@@ -236,4 +254,4 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
     return report
 
 
-__all__ = ["UNCERTAINTY_SUFFIX", "BatchError", "BatchReport", "Job", "check_headers", "plan", "prepare_output_folder", "remove_stale_parts", "upscale_files"]
+__all__ = ["UNCERTAINTY_SUFFIX", "BatchError", "BatchReport", "Job", "check_headers", "check_output_file", "plan", "prepare_output_folder", "remove_stale_parts", "upscale_files"]

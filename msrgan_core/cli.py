@@ -67,9 +67,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_model_output(args: argparse.Namespace, *inputs) -> None:
+    """-o of the commands that write a model file, checked before any model loads."""
+    from .batch import check_output_file
+
+    check_output_file(args.out, ".safetensors", args.overwrite, inputs)
+
+
 def cmd_blend(args: argparse.Namespace) -> int:
     from .modelfile import blend_models, load_model, save_model
 
+    check_model_output(args, args.a, args.b)
     blended = blend_models(load_model(args.a), load_model(args.b), args.weight)
     save_model(args.out, blended.generator, blended.metadata)
     print(f"msrgan: {args.out} = {args.weight:g} x {args.a} + {1 - args.weight:g} x {args.b}")
@@ -79,6 +87,7 @@ def cmd_blend(args: argparse.Namespace) -> int:
 def cmd_set_defaults(args: argparse.Namespace) -> int:
     from .modelfile import load_model, save_model, with_inference_defaults
 
+    check_model_output(args, args.model)
     model = load_model(args.model)
     was = model.inference
     ensemble = was.ensemble if args.ensemble is None else args.ensemble
@@ -87,6 +96,17 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     save_model(args.out, model.generator, model.metadata)
     print(f"msrgan: {args.out} = {args.model}, run by default with {model.inference.describe()}")
     return 0
+
+
+def readable_images(inputs: List[str], channel_axis: Optional[int]) -> list:
+    """The image files of ``inputs``, each checked from its header (no pixels): a file msrgan cannot
+    take stops the command at once, before any model loads or anything is written."""
+    from .io import find_images, read_header
+
+    files = find_images(inputs)
+    for path in files:
+        read_header(path, channel_axis)
+    return files
 
 
 def refuse_made_with_given(option: str, value) -> None:
@@ -100,13 +120,13 @@ def refuse_made_with_given(option: str, value) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate, calibrate_on_pairs
     from .data import spread
-    from .io import find_images
     from .modelfile import save_model
 
     def sample(items: list) -> list:  # --sample N: evenly spread, so every source of the list is represented
         return spread(items, args.sample) if args.sample else items
 
-    files = find_images(args.hr)
+    files = readable_images(args.hr, args.channel_axis)
+    check_model_output(args, args.model)
     if args.lr:
         from .pairs import find_pairs
 
@@ -126,12 +146,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .batch import check_output_file, prepare_output_folder
     from .errors import UserError
     from .evaluate import (against_baseline, degraded_pairs, format_table, grid_degradation, score_pairs, summarize,
                            write_csv)
-    from .io import clashes, find_images
+    from .io import clashes
 
-    files = find_images(args.hr)
+    files = readable_images(args.hr, args.channel_axis)
     clashing = clashes(Path(f).stem for f in files)
     if clashing:  # figures, pictures and CellProfiler's fields are named after each image
         raise UserError(f"several --hr images share the name(s) {clashing}: their figures and pictures would mix; "
@@ -140,6 +161,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--features needs --out DIR for its images, CSVs and scatter plot")
     if args.lr:
         refuse_made_with_given("--degradation", args.degradation)
+    if args.out:  # where it writes, checked before the model loads: it fails at once, not after the work
+        prepare_output_folder(args.out)
+    table = Path(args.csv) if args.csv else (args.out / EVALUATION_CSV if args.out else Path(EVALUATION_CSV))
+    if not args.features:
+        check_output_file(table, ".csv", overwrite=True)
     upscaler = make_upscaler(args)
     scale = upscaler.scale
     progress, desc = not args.quiet, "upscaling" if args.features else "evaluating"
@@ -169,19 +195,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = summarize(rows)
     print(format_table(summary))
     print(against_baseline(rows))
-    report = Path(args.csv) if args.csv else (args.out / EVALUATION_CSV if args.out else Path(EVALUATION_CSV))
-    report.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(report, rows, summary)
-    print(f"msrgan: per-image figures in {report}")
+    write_csv(table, rows, summary)
+    print(f"msrgan: per-image figures in {table}")
     if pictures is not None:
         print(f"msrgan: a picture of each image in {pictures} (input | bicubic | msrgan | truth, differences beneath)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_destination, export_bioimageio, require_extra
+    from .batch import check_output_file
+    from .export import export_bioimageio, require_extra
 
-    check_destination(args.bioimageio, args.overwrite)  # before the model loads: these fail at once
+    check_output_file(args.bioimageio, ".zip", args.overwrite)  # before the model loads: these fail at once
     require_extra()
     from .io import read_image
     from .modelfile import load_model
@@ -247,6 +272,11 @@ def at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
     return whole_number
+
+
+def add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """--overwrite of the commands that write one file: without it an existing file is refused before any work."""
+    p.add_argument("--overwrite", action="store_true", help="replace the file to write if it exists")
 
 
 def add_inference_options(p: argparse.ArgumentParser, default: str = AS_THE_MODEL_SAYS) -> None:
@@ -392,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a CSV of pairs) and registered as msrgan evaluate --lr does: calibrates on your own microscope")
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("blend", help="interpolate two models weight by weight (e.g. adversarial and fidelity)")
@@ -400,12 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight", type=float, required=True,
                    help="share of the first model, 0..1: for adversarial + fidelity, lower is more accurate, higher has more texture")
     p.add_argument("-o", "--out", type=Path, required=True, help="the blended model file to write")
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_blend)
 
     p = sub.add_parser("set-defaults", help="write a copy of a model file that runs by default with these options")
     p.add_argument("model", help="model file or packaged model name")
     p.add_argument("-o", "--out", type=Path, required=True, help="the model file to write")
     add_inference_options(p, default="as the model has it")
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_set_defaults)
 
     p = sub.add_parser("info", help="what a model file says about itself")
@@ -423,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=Path, metavar="IMAGE",
                    help="a low-resolution single-channel image for the package's test input and cover (its "
                         "central pixels; default: a synthetic field of nuclei, binned as the model's inputs are)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_export)
 
     add_cellprofiler_commands(sub)
@@ -437,6 +470,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:  # tifffile's notes on files it reads anyway (odd tags, offsets); what msrgan cannot read it says itself
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

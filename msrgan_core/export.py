@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from .batch import check_output_file
 from .binning import bin_mean
 from .errors import UserError
 from .io import atomic_write
@@ -110,18 +111,6 @@ def require_extra() -> None:
                                 f"{INSTALL_EXTRA}")
 
 
-def check_destination(out: "str | Path", overwrite: bool) -> Path:
-    """``out`` as a path, unless it is not a ``.zip`` or exists (and not ``overwrite``): an :class:`ExportError`."""
-    out = Path(out)
-    if out.suffix.lower() != ".zip":
-        raise ExportError(f"{out}: a bioimage.io package is a .zip file; name it e.g. {out.with_suffix('.zip').name}")
-    if out.is_dir():
-        raise ExportError(f"{out} is a folder: name the package file to write")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists: pass --overwrite to replace it")
-    return out
-
-
 def export_bioimageio(model: LoadedModel, out: "str | Path", sample: Optional[np.ndarray] = None,
                       overwrite: bool = False) -> ExportResult:
     """Write ``model`` as a bioimage.io model package ``out`` (a ``.zip``), tested before it is written.
@@ -145,7 +134,7 @@ def export_bioimageio(model: LoadedModel, out: "str | Path", sample: Optional[np
         A model bioimage.io cannot describe, a sample too small, or a package that failed validation
         or ``bioimageio.core``'s test (nothing is written then).
     """
-    out = check_destination(out, overwrite)
+    out = check_output_file(out, ".zip", overwrite)
     require_extra()
     card = model.card
     g = card.generator

@@ -202,6 +202,8 @@ def resolve_model(name_or_path: "str | Path | None") -> Path:
             raise ModelFileError(f"the packaged model {name_or_path!r} is missing from {path.parent}: reinstall msrgan")
         return path
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise ModelFileError(f"model file {path} is a folder: give the .safetensors file in it")
     if not path.is_file():
         raise ModelFileError(
             f"model file {path} does not exist (packaged models: {', '.join(DEFAULT_MODELS)})"

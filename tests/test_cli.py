@@ -132,6 +132,18 @@ def test_blend_writes_a_model_between_the_packaged_two(tmp_path):
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad.safetensors").exists()
 
+    # the model file to write is refused before any work where it would replace a file (--overwrite: one not an input)
+    written = out.read_bytes()
+    for model, target, extra, says in [("fidelity", out, [], "exists: pass --overwrite"), (out, out, ["--overwrite"], "is an input"),
+                                       (out, tmp_path / "half.tif", [], "a .safetensors file"), (out, tmp_path, [], "is a folder")]:
+        refused = msrgan("set-defaults", model, "-o", target, *extra, check=False)
+        assert refused.returncode == 2 and says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert out.read_bytes() == written
+    again = msrgan("blend", "perceptual", "fidelity", "--weight", "0.25", "-o", out, "--overwrite")
+    assert "0.25 x perceptual" in again.stdout and load_model(out).metadata["blend"]["weight"] == 0.25
+    folder = msrgan("info", tmp_path, check=False)
+    assert folder.returncode == 2 and "is a folder" in folder.stderr
+
 
 def test_batches_refuse_their_inputs_and_go_on_past_a_bad_file(tmp_path):
     inputs = tmp_path / "in"
@@ -171,6 +183,16 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
     assert sample.returncode == 2 and "--sample" in sample.stderr and not (tmp_path / "c.safetensors").exists()
     seed = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--seed", "-1", check=False)
     assert seed.returncode == 2 and "--seed" in seed.stderr and "internal" not in seed.stderr
+    # evaluate and calibrate check every image and where they write before the model loads: nothing half done
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really a TIFF")
+    broken = msrgan("evaluate", "--hr", tmp_path / "x.tif", tmp_path / "broken.tif", "--out", tmp_path / "ev", check=False)
+    assert broken.returncode == 2 and "broken.tif: the TIFF holds no image" in broken.stderr and not (tmp_path / "ev").exists()
+    assert len(broken.stderr.splitlines()) == 1, broken.stderr  # tifffile's own notes stay out of it
+    for where, says in [(["--out", tmp_path / "x.tif"], "is a file"), (["--csv", tmp_path], "is a folder")]:
+        refused = msrgan("evaluate", "--hr", tmp_path / "x.tif", *where, check=False)
+        assert refused.returncode == 2 and says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    broken = msrgan("calibrate", "fidelity", "--hr", tmp_path / "broken.tif", "-o", tmp_path / "c.safetensors", check=False)
+    assert broken.returncode == 2 and "broken.tif: the TIFF holds no image" in broken.stderr
 
 
 def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_path):
