@@ -226,7 +226,7 @@ def read_card(name_or_path: "str | Path | None") -> ModelCard:
             raw = fh.metadata() or {}
     except Exception as exc:  # safetensors raises its own and OS errors for damaged files
         raise ModelFileError(
-            f"{path} is not a readable safetensors model file (truncated or damaged?): {exc}"
+            f"{path} is not a readable safetensors model file (truncated or damaged?): {gist(exc)}"
         ) from None
     if METADATA_KEY not in raw:
         raise ModelFileError(f"{path} is a safetensors file but not an msrgan model (no '{METADATA_KEY}' metadata)")
@@ -235,6 +235,13 @@ def read_card(name_or_path: "str | Path | None") -> ModelCard:
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: its msrgan metadata is not valid JSON ({exc})") from None
     return ModelCard.from_metadata(meta, path)
+
+
+def gist(exc: Exception, limit: int = 160) -> str:
+    """A library's error in one line of at most about ``limit`` characters (safetensors quotes a
+    damaged header whole, torch lists every weight)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def describe(meta: Dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from .config import GeneratorConfig, NormalizationConfig
 from .io import atomic_write
 from .modelcard import (  # noqa: F401 - re-exported: what a model file is, beside how it loads
     DEFAULT_MODELS, FORMAT_VERSION, METADATA_KEY, InferenceDefaults, ModelCard, ModelFileError, describe,
-    generator_metadata, packaged_model_path, read_card, read_metadata, resolve_model,
+    generator_metadata, gist, packaged_model_path, read_card, read_metadata, resolve_model,
 )
 from .models import build_generator, influence_radius
 
@@ -98,15 +98,30 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
         with safe_open(path, framework="pt", device="cpu") as fh:
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own and OS errors for damaged files
-        raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {exc}") from None
+        raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {gist(exc)}") from None
+    mismatch = weights_mismatch(generator.state_dict(), state)
     try:
+        if mismatch:
+            raise RuntimeError(mismatch)
         generator.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelFileError(f"{path}: its weights do not match its architecture {card.generator}: {exc}") from None
+        net = card.generator
+        raise ModelFileError(f"{path}: its weights do not match the network its metadata describes ({net.architecture}, "
+                             f"{net.n_blocks} x {net.n_features}, {net.scale}x): {gist(exc)}; was the file edited, "
+                             "or written by another program?") from None
     generator.eval()
     for p in generator.parameters():
         p.requires_grad_(False)
     return LoadedModel(generator=generator, card=card)
+
+
+def weights_mismatch(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor]) -> str:
+    """How ``found`` weights differ from a network's ``expected`` ones, counted ('' where they fit)."""
+    missing = [k for k in expected if k not in found]
+    foreign = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    return ", ".join(f"{len(names)} {what} (first: {names[0]})" for names, what in
+                     ((missing, "missing"), (foreign, "not of this network"), (reshaped, "of another shape")) if names)
 
 
 def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:

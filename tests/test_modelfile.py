@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import pickle
 
 import pytest
@@ -113,14 +114,21 @@ def test_missing_custom_path_never_falls_back(tmp_path):
 
 def test_weights_that_do_not_match_the_metadata(tmp_path, saved):
     path, generator = saved
+    counted = 0
     for change in ({"n_blocks": 3}, {"n_features": 16}, {"scale": 4}):
         meta = read_metadata(path)
         meta["generator"].update(change)
         bad = tmp_path / "bad.safetensors"
         tensors = {k: v.contiguous() for k, v in generator.state_dict().items()}
         save_file(tensors, str(bad), metadata={METADATA_KEY: json.dumps(meta)})
-        with pytest.raises(ModelFileError, match="do not match"):
+        with pytest.raises(ModelFileError, match="do not match") as raised:
             load_model(bad)
+        said = str(raised.value)  # counted in one short line, not every weight listed
+        assert "\n" not in said and len(said) < 400 + len(str(bad)), said
+        if "weights do not match" in said:  # not the scale, which the metadata's own check refuses
+            assert re.search(r"\d+ (missing|not of this network|of another shape) \(first: ", said), said
+            counted += 1
+    assert counted == 2  # the blocks and the features
 
 
 @pytest.mark.parametrize("meta,message", [
