@@ -1,6 +1,7 @@
 """Image-quality metrics and the classical upscaling baselines they are compared against."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict
 
 import numpy as np
@@ -67,19 +68,30 @@ def upscale_lanczos(image: np.ndarray, scale: int) -> np.ndarray:
 def noise_levels(image: np.ndarray) -> np.ndarray:
     """Per channel of a ``(C, Y, X)`` image, its noise's standard deviation as scikit-image's wavelet
     ``estimate_sigma`` reads it (mostly the background's: fine texture counts a little too)."""
+    return np.array([noise_sigma(np.asarray(channel, np.float64)) for channel in image])
+
+
+def noise_sigma(plane: np.ndarray) -> float:
+    """scikit-image's wavelet ``estimate_sigma`` of one plane; 0 for a flat plane (it has no detail
+    to read noise from, where scikit-image gives NaN and a warning)."""
     from skimage.restoration import estimate_sigma
 
-    return np.array([estimate_sigma(np.asarray(channel, np.float64)) for channel in image])
+    if np.ptp(plane) == 0:
+        return 0.0
+    with warnings.catch_warnings():  # detail that is all zero but for the edges: no noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sigma = float(estimate_sigma(plane))
+    return 0.0 if np.isnan(sigma) else sigma
 
 
 def upscale_denoised_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     """Non-local means (scikit-image, noise level estimated per channel) then bicubic: the
     classical answer to a noisy low-resolution image."""
-    from skimage.restoration import denoise_nl_means, estimate_sigma
+    from skimage.restoration import denoise_nl_means
 
     planes = []
     for plane in np.asarray(image, np.float32):
-        sigma = float(estimate_sigma(plane))
+        sigma = noise_sigma(plane)
         if sigma > 0:
             plane = denoise_nl_means(plane, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6,
                                      fast_mode=True, preserve_range=True).astype(np.float32)

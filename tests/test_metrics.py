@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from msrgan_core.metrics import (
-    high_frequency_ratio, image_metrics, matched_f1, segment_nuclei, texture_error,
+    high_frequency_ratio, image_metrics, matched_f1, noise_levels, segment_nuclei, texture_error,
     upscale_bicubic, upscale_lanczos, upscale_nearest,
 )
 
@@ -97,3 +97,11 @@ def test_blank_fields_are_told_from_fields_with_objects():
     check_not_blank(blobs, normalization, "blobs.tif")
     with pytest.raises(BlankField, match=r"two.tif: channel 1 a blank field"):
         check_not_blank(np.concatenate([blobs, background]), normalization, "two.tif")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_noise_levels_of_a_flat_channel_are_zero_without_a_warning():
+    rng = np.random.default_rng(0)
+    image = np.stack([np.full((32, 32), 7.0), rng.normal(100, 2, (32, 32))])
+    flat, noisy = noise_levels(image)
+    assert flat == 0 and noisy == pytest.approx(2, rel=0.25)
