@@ -67,7 +67,8 @@ def save_model(path: "str | Path", generator: nn.Module, metadata: Dict[str, Any
     """Write weights and metadata atomically (temporary file, then rename).
 
     ``metadata`` is merged over what the generator itself says (architecture, scale, channels,
-    format and msrgan version); its influence radius is measured unless ``metadata`` gives it.
+    format and msrgan version); its influence radius is measured unless ``metadata`` gives it. The
+    weights' checksum (:func:`weights_checksum`) is written with them, so damage shows at load.
     """
     import json
 
@@ -77,9 +78,26 @@ def save_model(path: "str | Path", generator: nn.Module, metadata: Dict[str, Any
     if "influence_radius" not in meta:
         meta["influence_radius"] = influence_radius(generator)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    meta[CHECKSUM_KEY] = weights_checksum(tensors)
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
     return path
+
+
+#: the metadata entry holding the SHA-256 of a model file's weights (files written before it have none)
+CHECKSUM_KEY = "weights_sha256"
+
+
+def weights_checksum(tensors: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every weight's name, dtype, shape and bytes, in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
@@ -99,6 +117,10 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own and OS errors for damaged files
         raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {gist(exc)}") from None
+    saved = card.metadata.get(CHECKSUM_KEY)
+    if saved is not None and saved != weights_checksum(state):
+        raise ModelFileError(f"{path}: its weights are damaged (their checksum is not the one written with them): "
+                             "copy the file again from its source")
     mismatch = weights_mismatch(generator.state_dict(), state)
     try:
         if mismatch:

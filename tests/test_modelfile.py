@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from helpers import tiny_generator
 from msrgan_core.config import NormalizationConfig
 from msrgan_core.modelfile import (
-    METADATA_KEY, InferenceDefaults, ModelFileError, blend_models, load_model, packaged_model_path, read_metadata,
-    resolve_model, save_model, with_inference_defaults,
+    DEFAULT_MODELS, METADATA_KEY, InferenceDefaults, ModelFileError, blend_models, load_model, packaged_model_path,
+    read_metadata, resolve_model, save_model, weights_checksum, with_inference_defaults,
 )
 
 
@@ -82,6 +82,21 @@ def test_load_never_unpickles(tmp_path, monkeypatch, saved):
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     load_model(saved[0])
+
+
+def test_weights_changed_after_saving_are_refused_as_damaged(saved):
+    """A changed byte leaves finite weights that run: only the checksum saved with them shows it."""
+    path, generator = saved
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # a low bit of the last weight: a finite number still
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="m.safetensors: its weights are damaged"):
+        load_model(path)
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert load_model(path).metadata["weights_sha256"] == weights_checksum(generator.state_dict())
+    for name in DEFAULT_MODELS:  # the packaged files carry theirs and match it
+        assert len(read_metadata(packaged_model_path(name))["weights_sha256"]) == 64
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.02, 4])
