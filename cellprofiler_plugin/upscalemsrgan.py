@@ -285,9 +285,23 @@ def worker_threads(setting):
         return int(setting)
     if "--work-announce" not in sys.argv:
         return None
-    from cellprofiler_core.preferences import get_max_workers
+    return max(1, available_cores() // analysis_workers())
 
-    return max(1, available_cores() // max(1, int(get_max_workers())))
+
+def analysis_workers():
+    """How many analysis workers this worker's CellProfiler started: the processes started with its
+    ``--work-announce`` address. What the user's preference allows is not what runs (no more
+    workers than image sets start), and a worker does not see the preference: CellProfiler hands
+    its workers other preferences only, so theirs reads the machine's core count."""
+    import psutil
+
+    address = sys.argv[sys.argv.index("--work-announce") + 1:][:1]
+    siblings = 0
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "--work-announce" in command and command[command.index("--work-announce") + 1:][:1] == address:
+            siblings += 1
+    return max(1, siblings)
 
 
 def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=None):
@@ -724,7 +738,8 @@ image's size.""",
             minval=0,
             doc="""How many CPU threads the network may use on the CPU. With 0 (the default), a headless run uses
 every core the process may run on, and in CellProfiler's analysis workers the cores are shared
-out among the workers (*File > Preferences > Maximum number of workers*), so that several
+out among the workers CellProfiler started (at most *File > Preferences > Maximum number of
+workers*, and no more than the image sets), so that several
 workers do not fight over the same cores. The threads used are written to the log.""",
         )
 

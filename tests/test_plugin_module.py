@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -433,19 +434,26 @@ def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
 
 # --- threads, the uncertainty image, the measurements --------------------------------------
 
-def test_cpu_threads_are_shared_among_analysis_workers(plugin, monkeypatch):
-    import cellprofiler_core.preferences as preferences
-
-    from msrgan_core.device import available_cores
-
+def test_cpu_threads_are_shared_among_the_analysis_workers_that_run(plugin, monkeypatch):
+    """Workers are counted as CellProfiler started them (one announce address on their command lines):
+    a worker's own preferences read the machine's core count, not the user's worker count."""
     assert plugin.worker_threads(3) == 3  # a number the user set is kept
     monkeypatch.setattr(sys, "argv", ["cellprofiler", "-c", "-r"])
     assert plugin.worker_threads(0) is None  # headless: every core the process may use
-    monkeypatch.setattr(sys, "argv", ["analysis_worker", "--work-announce", "tcp://127.0.0.1:1"])
-    monkeypatch.setattr(preferences, "get_max_workers", lambda: 2)
-    assert plugin.worker_threads(0) == max(1, available_cores() // 2)
-    monkeypatch.setattr(preferences, "get_max_workers", lambda: 64)
-    assert plugin.worker_threads(0) == 1
+    monkeypatch.setattr(plugin, "available_cores", lambda: 16)
+    address = f"tcp://127.0.0.1:{40000 + os.getpid() % 20000}"
+    monkeypatch.setattr(sys, "argv", ["analysis_worker", "--work-announce", address])
+    sleep = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    workers = [subprocess.Popen(sleep + ["--work-announce", address], stdin=subprocess.PIPE) for _ in range(3)]
+    other = subprocess.Popen(sleep + ["--work-announce", address + "0"], stdin=subprocess.PIPE)  # another analysis
+    try:
+        assert plugin.analysis_workers() == 3
+        assert plugin.worker_threads(0) == 5  # 16 cores // 3
+        workers.pop().communicate(b"")
+        assert plugin.worker_threads(0) == 8
+    finally:
+        for process in workers + [other]:
+            process.communicate(b"")
 
 
 @pytest.mark.parametrize("membership, files, quota", CGROUP_CASES)
