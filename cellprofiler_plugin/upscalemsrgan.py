@@ -341,8 +341,12 @@ def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=Non
 def clip_to_input_range(upscaled, pixels):
     """Clip ``upscaled`` in place to CellProfiler's 0..1 range, or to ``pixels``' own range where it goes beyond.
 
-    A network, like bicubic interpolation, can overshoot near bright edges.
+    A network, like bicubic interpolation, can overshoot near bright edges. Integer pixels (an
+    image a module stored unscaled, e.g. ConvertObjectsToImage as uint16) are on their own scale,
+    and msrgan already kept them within their type.
     """
+    if upscaled.dtype.kind != "f":
+        return
     low = min(0.0, float(pixels.min()))
     high = max(1.0, float(pixels.max()))
     numpy.clip(upscaled, low, high, out=upscaled)

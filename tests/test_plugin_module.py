@@ -152,6 +152,13 @@ def test_model_default_follows_a_custom_file_that_asks_for_more(upscale_module_c
     assert np.max(np.abs(got - np.clip(once, 0, 1))) > 1e-4
 
 
+def test_integer_pixels_stored_unscaled_stay_integers_on_their_scale(upscale_module_class, fly_dna):
+    counts = (fly_dna * 40000).astype(np.uint16)  # as ConvertObjectsToImage or a plugin may store them (convert=False)
+    out = Harness(upscale_module_class).run(cp_image(counts, convert=False)).image_set.get_image("Upscaled").pixel_data
+    assert out.dtype == np.uint16 and out.shape == (4 * 96, 4 * 120)
+    assert out.mean() == pytest.approx(counts.mean(), rel=0.03) and out.max() > 1
+
+
 def test_dim_12_bit_image_is_not_stretched(upscale_module_class, fly_dna):
     """A 12-bit image in a 16-bit file sits at 0..0.0625 in CellProfiler; so must its upscaling."""
     dim = (fly_dna * 4095.0 / 65535.0).astype(np.float32)
