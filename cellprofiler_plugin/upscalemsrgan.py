@@ -851,6 +851,7 @@ workers do not fight over the same cores. The threads used are written to the lo
             raise ValidationError(str(exc), self.custom_model_file if custom else self.msrgan_path)
 
     def validate_module(self, pipeline):
+        self.validate_names()
         if self.runs_elsewhere():
             self.model_elsewhere()
             return
@@ -859,6 +860,14 @@ workers do not fight over the same cores. The threads used are written to the lo
         if problem is not None:
             setting = self.custom_model_file if self.model_choice.value == MODEL_CUSTOM else self.model_choice
             raise ValidationError("The model file cannot be used: {}".format(problem), setting)
+
+    def validate_names(self):
+        """Each image this module makes has a name of its own: the one added last would replace the other."""
+        if self.y_name.value == self.x_name.value:
+            raise ValidationError("The upscaled image needs a name other than its input's", self.y_name)
+        if self.wants_uncertainty.value and self.uncertainty_name.value in (self.x_name.value, self.y_name.value):
+            raise ValidationError("The uncertainty image needs a name other than the input's and the upscaled "
+                                  "image's", self.uncertainty_name)
 
     def validate_module_warnings(self, pipeline):
         if self.runs_elsewhere() or self.device.value != DEVICE_GPU or library_problem() is not None:

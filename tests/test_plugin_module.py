@@ -152,6 +152,18 @@ def test_model_default_follows_a_custom_file_that_asks_for_more(upscale_module_c
     assert np.max(np.abs(got - np.clip(once, 0, 1))) > 1e-4
 
 
+@pytest.mark.parametrize("output, uncertainty", [("DNA", "UpscaleUncertainty"), ("Upscaled", "Upscaled"), ("Upscaled", "DNA")])
+def test_images_the_module_makes_need_names_of_their_own(upscale_module_class, output, uncertainty):
+    from cellprofiler_core.setting import ValidationError
+
+    harness = Harness(upscale_module_class, y_name=output, wants_uncertainty=True, uncertainty_name=uncertainty)
+    with pytest.raises(ValidationError, match="needs a name other than"):
+        harness.module.validate_module(harness.pipeline)
+    harness.module.wants_uncertainty.value = False
+    if output != "DNA":  # without an uncertainty image its name does not matter
+        harness.module.validate_module(harness.pipeline)
+
+
 def test_integer_pixels_stored_unscaled_stay_integers_on_their_scale(upscale_module_class, fly_dna):
     counts = (fly_dna * 40000).astype(np.uint16)  # as ConvertObjectsToImage or a plugin may store them (convert=False)
     out = Harness(upscale_module_class).run(cp_image(counts, convert=False)).image_set.get_image("Upscaled").pixel_data
