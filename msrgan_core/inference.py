@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .binning import match_bins
 from .config import GeneratorConfig
-from .device import cpu_has_bf16, describe_device, resolve_device, use_cpu
+from .device import cpu_has_bf16, describe_device, resolve_device, set_threads, use_cpu
 from .errors import UserError
 from .io import ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel, load_model
@@ -311,6 +311,8 @@ class Upscaler:
             the model's calibration (``msrgan calibrate``). Where it is high, the network's
             answer depends on how the structure happens to lie, and its error is high too.
         """
+        if self.threads is not None:  # torch's threads are the process's: another upscaler may have set others
+            set_threads(self.threads)
         two_d = image.ndim == 2
         cyx = self.check(image, source)
         self.check_memory(cyx, source, uncertainty)

@@ -579,6 +579,24 @@ def test_calibration_scales_the_uncertainty_to_the_mean_absolute_error(model_x4,
     assert sum(spreads) == pytest.approx(sum(errors), rel=1e-3)  # the mean uncertainty is now the mean error
 
 
+def test_each_upscaler_runs_with_its_own_thread_count(tmp_path):
+    """torch's thread count belongs to the process: two upscalers of one process (two modules of a
+    pipeline) each run with theirs, not with the last one made."""
+    import torch
+
+    model = tiny_model(tmp_path, scale=2, seed=3)
+    one, two = Upscaler(model, device="cpu", threads=1), Upscaler(model, device="cpu", threads=2)
+    seen = []
+    for upscaler in (one, two):
+        def counted(*args, run=upscaler._upscale_group):  # the threads torch has as the network runs
+            seen.append(torch.get_num_threads())
+            return run(*args)
+        upscaler._upscale_group = counted
+    for upscaler in (one, two, one):
+        upscaler.upscale(smooth_image((16, 16), seed=0))
+    assert seen == [1, 2, 1]
+
+
 @pytest.mark.parametrize("membership, files, quota", CGROUP_CASES)
 def test_threads_follow_a_containers_cpu_limit_not_the_nodes_cores(membership, files, quota, tmp_path, monkeypatch):
     """A container limited to 1 core on a 64-core node still has all 64 in its affinity."""
