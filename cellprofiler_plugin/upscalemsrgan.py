@@ -540,6 +540,11 @@ class ExecutablePath(Pathname):
             raise ValidationError(problem, self)
 
 
+#: how many values each revision of the module's settings saves (a pipeline that says otherwise
+#: would load shifted, each value into the next setting)
+SETTINGS_PER_REVISION = {1: 7, 2: 9, 3: 9, 4: 12, 5: 14}
+
+
 class UpscaleMSRGAN(ImageProcessing):
     module_name = "UpscaleMSRGAN"
 
@@ -990,6 +995,14 @@ workers do not fight over the same cores. The threads used are written to the lo
                 "This pipeline's UpscaleMSRGAN settings are revision {}, newer than this plugin's "
                 "revision {}: update msrgan (pip install -U msrgan) and the plugin file".format(
                     variable_revision_number, self.variable_revision_number
+                )
+            )
+        count = SETTINGS_PER_REVISION.get(variable_revision_number)
+        if count != len(setting_values):
+            raise ValueError(
+                "This pipeline's UpscaleMSRGAN settings are revision {} with {} values where that revision has "
+                "{}: it was saved by a development version of the plugin or edited; add the module again".format(
+                    variable_revision_number, len(setting_values), count
                 )
             )
         # Revision 1 (msrgan 0.1): input, output, model, model folder, model file, device, tile.

@@ -431,6 +431,15 @@ def test_load_v3(upscale_module_class):
         assert module.wants_uncertainty.value is False and module.uncertainty_name.value == "UpscaleUncertainty"
 
 
+def test_settings_of_another_length_than_their_revision_are_refused_not_shifted(upscale_module_class, plugin):
+    """A development state saved revision 2 with 8 values: each would load into the next setting."""
+    text = (DATA / "upscalemsrgan_v2.cppipe").read_text().replace("    Make the output bin back to the input?:Yes\n", "", 1)
+    _, errors = load_pipeline(text)
+    assert errors and "revision 2 with 8 values where that revision has 9" in str(errors[0].error)
+    module = upscale_module_class()
+    assert len(module.settings()) == plugin.SETTINGS_PER_REVISION[module.variable_revision_number]
+
+
 def test_load_v4(upscale_module_class):
     """Revision-4 pipelines keep their settings and run msrgan in CellProfiler's own environment, as they did."""
     pipeline, errors = load_pipeline((DATA / "upscalemsrgan_v4.cppipe").read_text())
