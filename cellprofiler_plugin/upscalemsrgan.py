@@ -886,6 +886,13 @@ workers do not fight over the same cores. The threads used are written to the lo
                 self.device,
             )
 
+    def prepare_to_create_batch(self, workspace, fn_alter_path):
+        """CreateBatchFiles: the model folder and msrgan's path as the cluster's nodes see them."""
+        self.custom_model_directory.alter_for_create_batch_files(fn_alter_path)
+        if self.msrgan_path.value:
+            self.msrgan_path.value = fn_alter_path(self.msrgan_path.value)
+        return True
+
     def prepare_run(self, workspace):
         # Headless runs do not validate modules: fail before the first image set, not on it.
         self.validate_module(workspace.pipeline)

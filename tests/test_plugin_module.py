@@ -164,6 +164,19 @@ def test_images_the_module_makes_need_names_of_their_own(upscale_module_class, o
         harness.module.validate_module(harness.pipeline)
 
 
+def test_create_batch_files_maps_the_model_folder_and_msrgans_path_to_the_cluster(upscale_module_class):
+    from cellprofiler.modules.createbatchfiles import CreateBatchFiles
+
+    harness = Harness(upscale_module_class, environment=OTHER, msrgan_path="/Volumes/lab/envs/msrgan/bin/msrgan")
+    use_custom(harness, Path("/Volumes/lab/models/mine.safetensors"))
+    batch = CreateBatchFiles()
+    batch.mappings[0].local_directory.value, batch.mappings[0].remote_directory.value = "/Volumes/lab", "/mnt/lab"
+    assert harness.module.prepare_to_create_batch(harness.workspace(cp_image(np.zeros((8, 8)))), batch.alter_path)
+    assert harness.module.custom_model_directory.value == "Elsewhere...|/mnt/lab/models"
+    assert harness.module.msrgan_path.value == "/mnt/lab/envs/msrgan/bin/msrgan"
+    assert harness.module.custom_model_file.value == "mine.safetensors"
+
+
 def test_integer_pixels_stored_unscaled_stay_integers_on_their_scale(upscale_module_class, fly_dna):
     counts = (fly_dna * 40000).astype(np.uint16)  # as ConvertObjectsToImage or a plugin may store them (convert=False)
     out = Harness(upscale_module_class).run(cp_image(counts, convert=False)).image_set.get_image("Upscaled").pixel_data
