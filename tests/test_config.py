@@ -208,4 +208,4 @@ def test_each_packaged_model_says_what_its_recipe_trains(recipe, model):
         assert meta["loss"] == {"pixel": config.train.pixel_loss} and trained["init"] is None
     assert set(meta) - {"uncertainty_scale", "uncertainty_calibration"} == {
         "name", "generator", "normalization", "degradation", "loss", "training", "validation", "created",
-        "msrgan_version", "format_version", "scale", "in_channels", "out_channels", "influence_radius"}
+        "msrgan_version", "format_version", "scale", "in_channels", "out_channels", "influence_radius", "weights_sha256"}
