@@ -71,9 +71,9 @@ def analyse(files: list, workers: int, out: Path) -> None:
         time.sleep(0.1)
     seconds = time.perf_counter() - start
     Runner.stop_workers()
-    written = len(list(out.rglob("*.tif")))
+    measured = sum(len(path.read_text().splitlines()) - 1 for path in out.rglob("*Image.csv"))
     print(f"{workers} worker(s): {seconds:6.1f} s for {len(files)} fields ({len(files) / seconds:.3f} fields/s), "
-          f"{written} upscaled images written, UpscaleMSRGAN threads per worker {sorted(set(threads))}", flush=True)
+          f"{measured} measured in Image.csv, UpscaleMSRGAN threads per worker {sorted(set(threads))}", flush=True)
 
 
 def main() -> None:
