@@ -9,10 +9,13 @@ damaged or inconsistent file fails at load, before any image, and nothing re-par
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+import numpy as np
 
 from .config import ConfigError, GeneratorConfig, NormalizationConfig
 from .errors import UserError
@@ -20,6 +23,8 @@ from .options import DEFAULT_MODELS, ENSEMBLES
 
 FORMAT_VERSION = 1
 METADATA_KEY = "msrgan"
+#: the metadata entry holding the SHA-256 of a model file's weights (files written before it have none)
+CHECKSUM_KEY = "weights_sha256"
 
 
 class ModelFileError(UserError, ValueError):
@@ -234,7 +239,29 @@ def read_card(name_or_path: "str | Path | None") -> ModelCard:
         meta = json.loads(raw[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: its msrgan metadata is not valid JSON ({exc})") from None
-    return ModelCard.from_metadata(meta, path)
+    card = ModelCard.from_metadata(meta, path)
+    if meta.get(CHECKSUM_KEY) is not None:
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                found = weights_checksum({name: fh.get_tensor(name) for name in fh.keys()})
+        except Exception as exc:  # noqa: BLE001 - safetensors' own and OS errors for damaged weights
+            raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {gist(exc)}") from None
+        if found != meta[CHECKSUM_KEY]:
+            raise ModelFileError(f"{path}: its weights are damaged (their checksum is not the one written with them): "
+                                 "copy the file again from its source")
+    return card
+
+
+def weights_checksum(tensors: Dict[str, Any]) -> str:
+    """SHA-256 over every weight's name, dtype, shape and bytes, in name order: of numpy arrays, or
+    of torch tensors (as numpy sees them), so that it is checked without torch."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        array = np.ascontiguousarray(tensor if isinstance(tensor, np.ndarray) else tensor.detach().cpu().numpy())
+        digest.update(f"{name}|{array.dtype.name}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def gist(exc: Exception, limit: int = 160) -> str:

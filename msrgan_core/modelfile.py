@@ -17,8 +17,8 @@ from torch import nn
 from .config import GeneratorConfig, NormalizationConfig
 from .io import atomic_write
 from .modelcard import (  # noqa: F401 - re-exported: what a model file is, beside how it loads
-    DEFAULT_MODELS, FORMAT_VERSION, METADATA_KEY, InferenceDefaults, ModelCard, ModelFileError, describe,
-    generator_metadata, gist, packaged_model_path, read_card, read_metadata, resolve_model,
+    CHECKSUM_KEY, DEFAULT_MODELS, FORMAT_VERSION, METADATA_KEY, InferenceDefaults, ModelCard, ModelFileError, describe,
+    generator_metadata, gist, packaged_model_path, read_card, read_metadata, resolve_model, weights_checksum,
 )
 from .models import build_generator, influence_radius
 
@@ -84,22 +84,6 @@ def save_model(path: "str | Path", generator: nn.Module, metadata: Dict[str, Any
     return path
 
 
-#: the metadata entry holding the SHA-256 of a model file's weights (files written before it have none)
-CHECKSUM_KEY = "weights_sha256"
-
-
-def weights_checksum(tensors: Dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every weight's name, dtype, shape and bytes, in name order."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
     """Load a packaged model by name or a model file by path onto the CPU, in eval mode.
 
@@ -117,10 +101,6 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own and OS errors for damaged files
         raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {gist(exc)}") from None
-    saved = card.metadata.get(CHECKSUM_KEY)
-    if saved is not None and saved != weights_checksum(state):
-        raise ModelFileError(f"{path}: its weights are damaged (their checksum is not the one written with them): "
-                             "copy the file again from its source")
     mismatch = weights_mismatch(generator.state_dict(), state)
     try:
         if mismatch:
