@@ -163,6 +163,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         refuse_made_with_given("--degradation", args.degradation)
     if args.out:  # where it writes, checked before the model loads: it fails at once, not after the work
         prepare_output_folder(args.out)
+    if args.features:
+        from .headless import find_cellprofiler
+        from .measurements import check_features_folder
+
+        check_features_folder(args.out)
+        find_cellprofiler(args.cellprofiler)
     table = Path(args.csv) if args.csv else (args.out / EVALUATION_CSV if args.out else Path(EVALUATION_CSV))
     if not args.features:
         check_output_file(table, ".csv", overwrite=True)
@@ -483,7 +489,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (UserError, OSError) as exc:
         if args.debug:
             raise
-        print(f"msrgan: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        message, _, log = str(exc).partition("\n--- ")  # a CellProfiler run's error quotes its log's end, as lines
+        print(f"msrgan: error: {' '.join(message.split())}" + (f"\n--- {log}" if log else ""), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - reported, with the way to see the traceback
         if args.debug:

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -42,6 +45,8 @@ TRUTH = "high-res"
 #: a feature that the repeat moves by this median relative error or more is reported as not repeatable
 UNREPEATABLE = 0.2
 IOU_MATCH = 0.5
+#: the fewest matched nuclei a feature's statistics are computed from
+MIN_NUCLEI = 3
 #: the features reported, by family; the first of each family is its scatter panel
 FEATURES = {
     "size and shape": ["AreaShape_Area", "AreaShape_Perimeter", "AreaShape_FormFactor", "AreaShape_Solidity",
@@ -82,12 +87,29 @@ def match_objects(truth: np.ndarray, test: np.ndarray, threshold: float = IOU_MA
     return matches
 
 
-def _as_saved(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """An image in the high-resolution file's own dtype, so CellProfiler scales all three alike."""
+def _as_saved(image: np.ndarray, dtype: np.dtype, unit: float = 1.0) -> np.ndarray:
+    """An image in the high-resolution file's own dtype, so CellProfiler scales all of a field's
+    images alike; float pixels divided by ``unit`` (:func:`float_unit`)."""
     if np.dtype(dtype).kind in "ui":
         info = np.iinfo(dtype)
         return np.clip(np.rint(image), info.min, info.max).astype(dtype)
-    return image.astype(np.float32)
+    return (image / unit).astype(np.float32)
+
+
+def float_unit(images: Iterable[np.ndarray], dtype: np.dtype) -> float:
+    """What a field's float images are divided by before CellProfiler reads them: CellProfiler
+    takes float pixels as 0..1, so floats on a counts scale (0..4095, say) would be thresholded
+    as all foreground. The largest value of all of them (1 where none exceeds it), the same for
+    every image of the field, so relative errors and correlations are unchanged."""
+    if np.dtype(dtype).kind in "ui":
+        return 1.0
+    return max([1.0] + [float(np.max(image)) for image in images])
+
+
+def field_key(index: int) -> str:
+    """The file name stem of the ``index``-th field's images in the CellProfiler run: the fields'
+    own names could carry what the pipeline's Images rules leave out (``_w2``, another channel)."""
+    return f"field{index + 1:05d}"
 
 
 def repeat_exposure(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -107,12 +129,12 @@ def repeat_exposure(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def prepare_images(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]], upscaler, scale: int, folder: Path,
                    seed: int = 0, pictures: Optional[Path] = None) -> List[str]:
-    """Write ``FIELD__high-res.tif``, ``FIELD__msrgan.tif``, ``FIELD__bicubic.tif`` and ``FIELD__repeat.tif``
+    """Write ``KEY__high-res.tif``, ``KEY__msrgan.tif``, ``KEY__bicubic.tif`` and ``KEY__repeat.tif``
     for each ``(path, hr, lr, dtype)`` pair (:func:`~msrgan_core.evaluate.degraded_pairs` or
-    :func:`~msrgan_core.pairs.registered_pairs`, first channel only), and with ``pictures`` a
-    ``FIELD.png`` there (:func:`~msrgan_core.evaluate.picture`).
+    :func:`~msrgan_core.pairs.registered_pairs`, first channel only), KEY its :func:`field_key`,
+    and with ``pictures`` a ``FIELD.png`` there (:func:`~msrgan_core.evaluate.picture`).
 
-    Returns the field names.
+    Returns the field names (the files' stems), in the keys' order.
     """
     from .evaluate import image_seed, picture
     from .metrics import upscale_bicubic
@@ -124,8 +146,9 @@ def prepare_images(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]
         outputs = {TRUTH: hr, "msrgan": upscaler.upscale(lr, source=str(path)),
                    "bicubic": upscale_bicubic(lr, scale),
                    REPEAT: repeat_exposure(hr, np.random.default_rng([*image_seed(path, seed), 1]))}
+        unit = float_unit([pixels[0] for pixels in outputs.values()], dtype)
         for method, pixels in outputs.items():
-            tifffile.imwrite(folder / f"{field}__{method}.tif", _as_saved(pixels[0], dtype))
+            tifffile.imwrite(folder / f"{field_key(len(fields))}__{method}.tif", _as_saved(pixels[0], dtype, unit))
         if pictures is not None:
             picture(pictures / f"{field}.png", hr, lr, outputs, scale)
         fields.append(field)
@@ -145,17 +168,19 @@ def read_measurements(cp_out: Path) -> Dict[Tuple[str, str], Dict[int, Dict[str,
     return out
 
 
-def compare(fields: Sequence[str], cp_out: Path, methods: Sequence[str] = COMPARED) -> List[dict]:
+def compare(fields: Sequence[str], cp_out: Path, methods: Sequence[str] = COMPARED,
+            keys: Optional[Sequence[str]] = None) -> List[dict]:
     """One row per high-resolution nucleus and method (``make demo`` measures no repeat): the
-    matched nucleus's features beside the truth's."""
+    matched nucleus's features beside the truth's. ``keys``: the fields' file name stems in the
+    run, where they are not the fields' names (:func:`field_key`)."""
     measured = read_measurements(cp_out)
     rows = []
-    for field in fields:
-        truth_labels = tifffile.imread(cp_out / f"{field}__{TRUTH}_labels.tiff").astype(np.int64)
-        truth = measured.get((field, TRUTH), {})
+    for field, key in zip(fields, keys or fields):
+        truth_labels = tifffile.imread(cp_out / f"{key}__{TRUTH}_labels.tiff").astype(np.int64)
+        truth = measured.get((key, TRUTH), {})
         for method in methods:
-            labels = tifffile.imread(cp_out / f"{field}__{method}_labels.tiff").astype(np.int64)
-            mine = measured.get((field, method), {})
+            labels = tifffile.imread(cp_out / f"{key}__{method}_labels.tiff").astype(np.int64)
+            mine = measured.get((key, method), {})
             matched = {a: (b, iou) for a, b, iou in match_objects(truth_labels, labels)}
             for number, features in truth.items():
                 row = {"field": field, "method": method, "object": number}
@@ -185,7 +210,7 @@ def summarize(rows: List[dict]) -> List[dict]:
                 pairs = pairs[np.all(np.isfinite(pairs), axis=1)] if len(pairs) else np.zeros((0, 2))
                 entry = {"method": method, "family": family, "feature": name, "objects": len(mine),
                          "matched_fraction": fraction, "n": len(pairs)}
-                if len(pairs) >= 3:
+                if len(pairs) >= MIN_NUCLEI:
                     truth, test = pairs[:, 0], pairs[:, 1]
                     nonzero = np.abs(truth) > 1e-12
                     relative = (test[nonzero] - truth[nonzero]) / np.abs(truth[nonzero])
@@ -202,11 +227,18 @@ def verdicts(summary: List[dict]) -> List[str]:
     the repeat moves by :data:`UNREPEATABLE` or more."""
     by = {(e["method"], e["feature"]): e for e in summary}
     lines = []
+    most = {}  # per method, the most nuclei any feature's statistics had
+    for e in summary:
+        most[e["method"]] = max(most.get(e["method"], 0), e["n"])
+    few = sorted(method for method, n in most.items() if n < MIN_NUCLEI)
+    if few:
+        lines.append(f"fewer than {MIN_NUCLEI} nuclei matched for {', '.join(few)} (a '-' in the table): too few for "
+                     "statistics; measure more fields")
     for family, names in FEATURES.items():
         for name in names:
             error = {method: by.get((method, name), {}).get("median_abs_rel_error") for method in COMPARED}
             m, b, r = error["msrgan"], error["bicubic"], error[REPEAT]
-            if m is not None and b is not None and m > b:
+            if m is not None and b is not None and round(m, 3) > round(b, 3):  # as the table shows them
                 lines.append(f"{name} ({family}) is less accurate after msrgan than after bicubic: median error "
                              f"{m:.1%} against {b:.1%}; do not trust it")
             if r is not None and r >= UNREPEATABLE:
@@ -220,10 +252,12 @@ def format_summary(summary: List[dict]) -> str:
         value = e.get(key)
         return "-" if value is None or not np.isfinite(value) else format(value, fmt)
 
-    lines = [f"{'feature':<42} {'method':<8} {'matched':>7} {'med |err|':>9} {'bias':>7} {'Pearson':>7} {'Spearman':>8}"]
+    lines = [f"{'feature':<42} {'method':<8} {'matched':>7} {'nuclei':>6} {'med |err|':>9} {'bias':>7} {'Pearson':>7} "
+             f"{'Spearman':>8}"]
     for e in sorted(summary, key=lambda e: (list(FEATURES).index(e["family"]), e["feature"], COMPARED.index(e["method"]))):
-        lines.append(f"{e['feature']:<42} {e['method']:<8} {e['matched_fraction']:>7.1%} {cell(e, 'median_abs_rel_error', '.1%'):>9} "
-                     f"{cell(e, 'bias', '+.1%'):>7} {cell(e, 'pearson', '.3f'):>7} {cell(e, 'spearman', '.3f'):>8}")
+        lines.append(f"{e['feature']:<42} {e['method']:<8} {e['matched_fraction']:>7.1%} {e['n']:>6} "
+                     f"{cell(e, 'median_abs_rel_error', '.1%'):>9} {cell(e, 'bias', '+.1%'):>7} {cell(e, 'pearson', '.3f'):>7} "
+                     f"{cell(e, 'spearman', '.3f'):>8}")
     return "\n".join(lines)
 
 
@@ -260,8 +294,14 @@ def scatter_plot(rows: List[dict], destination: Path, title: str) -> Path:
     return save_figure(fig, destination)
 
 
-def write_rows(path: Path, rows: List[dict]) -> Path:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
+#: the columns of features_summary.csv, whether or not a feature had nuclei enough for its statistics
+SUMMARY_COLUMNS = ("method", "family", "feature", "objects", "matched_fraction", "n", "median_abs_rel_error", "bias",
+                   "pearson", "spearman")
+
+
+def write_rows(path: Path, rows: List[dict], columns: Sequence[str] = ()) -> Path:
+    """A CSV of ``rows``: ``columns`` first, then every other key the rows hold."""
+    fields = list(dict.fromkeys([*columns, *(k for r in rows for k in r)]))
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -277,17 +317,51 @@ def evaluate_features(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dty
     from .headless import run_pipeline
 
     out_dir = Path(out_dir)
-    fields = prepare_images(pairs, upscaler, scale, out_dir / "images", seed, pictures=out_dir / EVALUATION_PICTURES)
-    if not fields:
-        raise FeatureEvaluationError("no high-resolution images to measure")
-    cp_out = out_dir / "cellprofiler"
-    log.info("msrgan: measuring %d image(s) with CellProfiler (%s) ...", (1 + len(COMPARED)) * len(fields), PIPELINE)
-    run_pipeline(PIPELINE, out_dir / "images", cp_out, cellprofiler=cellprofiler)
-    rows = compare(fields, cp_out)
-    if not rows:
-        raise FeatureEvaluationError(f"CellProfiler found no nuclei on the high-resolution images in {out_dir / 'images'}")
-    summary = summarize(rows)
-    files = [write_rows(out_dir / "features_objects.csv", rows), write_rows(out_dir / "features_summary.csv", summary),
-             scatter_plot(rows, out_dir / "features_scatter.png", f"{name}: {len(fields)} image(s)"),
-             out_dir / EVALUATION_PICTURES]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_features_folder(out_dir)
+    work = Path(tempfile.mkdtemp(prefix=".features-", dir=out_dir))  # this run's, until it has succeeded
+    try:
+        (work / RUN_MARKER).write_text("written by msrgan evaluate --features; each run replaces this folder\n")
+        fields = prepare_images(pairs, upscaler, scale, work / "images", seed, pictures=out_dir / EVALUATION_PICTURES)
+        if not fields:
+            raise FeatureEvaluationError("no high-resolution images to measure")
+        cp_out = work / "cellprofiler"
+        log.info("msrgan: measuring %d image(s) with CellProfiler (%s) ...", (1 + len(COMPARED)) * len(fields), PIPELINE)
+        run_pipeline(PIPELINE, work / "images", cp_out, cellprofiler=cellprofiler)
+        rows = compare(fields, cp_out, keys=[field_key(i) for i in range(len(fields))])
+        if not rows:
+            raise FeatureEvaluationError(f"CellProfiler found no nuclei on the high-resolution images ({len(fields)} "
+                                         "field(s)): are they nuclei, in the first channel?")
+        summary = summarize(rows)
+        files = [write_rows(out_dir / "features_objects.csv", rows),
+                 write_rows(out_dir / "features_summary.csv", summary, SUMMARY_COLUMNS),
+                 scatter_plot(rows, out_dir / "features_scatter.png", f"{name}: {len(fields)} image(s)"),
+                 out_dir / EVALUATION_PICTURES, replace_folder(work, out_dir / FEATURES_RUN)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return FeatureReport(objects=rows, summary=summary, files=files)
+
+
+#: the folder under ``--out`` that keeps what CellProfiler measured (its images, CSVs and labels),
+#: replaced as a whole by each run, with :data:`RUN_MARKER` in it
+FEATURES_RUN = "features_run"
+RUN_MARKER = ".msrgan-features"
+
+
+def check_features_folder(out_dir: Path) -> None:
+    """Refuse an ``--out`` whose :data:`FEATURES_RUN` folder msrgan did not write: a run replaces it."""
+    run = Path(out_dir) / FEATURES_RUN
+    if run.exists() and not (run / RUN_MARKER).is_file():
+        raise FeatureEvaluationError(f"{run} exists and msrgan evaluate --features did not write it (each run "
+                                     "replaces that folder): choose another --out")
+
+
+def replace_folder(new: Path, destination: Path) -> Path:
+    """Put the folder ``new`` where ``destination`` is, the old one removed only once the new one is in place."""
+    old = destination.with_name(f".{destination.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if destination.exists():
+        os.replace(destination, old)
+    os.replace(new, destination)
+    shutil.rmtree(old, ignore_errors=True)
+    return destination

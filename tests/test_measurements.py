@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from msrgan_core.measurements import FEATURES, REPEAT, match_objects, repeat_exposure, summarize, verdicts
+from msrgan_core.measurements import (
+    FEATURES, REPEAT, FeatureEvaluationError, float_unit, match_objects, repeat_exposure, summarize, verdicts,
+)
 from msrgan_core.metrics import matched_f1
 
 
@@ -89,15 +91,21 @@ def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_comm
     from msrgan_core.modelfile import load_model
 
     source = sorted((shared_data / "bbbc039" / "images").glob("*.tif"))[0]
-    crop = tmp_path / "in" / source.name
+    crop = tmp_path / "in" / f"{source.stem}_w2.tif"  # a name the pipeline's Images rules would leave out
     crop.parent.mkdir()
     tifffile.imwrite(crop, tifffile.imread(source)[:256, :256])
+    (tmp_path / "out" / "features_run").mkdir(parents=True)  # not msrgan's: refused, not replaced
+    with pytest.raises(FeatureEvaluationError, match="did not write it"):
+        evaluate_features([], None, 4, tmp_path / "out", name="test")
+    (tmp_path / "out" / "features_run").rmdir()
     upscaler = Upscaler(load_model("fidelity"), device="cpu")
     pairs = degraded_pairs([crop], upscaler.model.normalization, grid_degradation("bin"), first_channel=True, progress=False)
     report = evaluate_features(pairs, upscaler, 4, tmp_path / "out", name="test")
     assert [p.name for p in report.files] == ["features_objects.csv", "features_summary.csv", "features_scatter.png",
-                                              "side_by_side"]
-    assert [p.name for p in report.files[-1].iterdir()] == [f"{source.stem}.png"]  # a picture to look at too
+                                              "side_by_side", "features_run"]
+    assert [p.name for p in report.files[-2].iterdir()] == [f"{crop.stem}.png"]  # a picture to look at too
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in sorted(report.files)]  # no work left
+    assert len(list((report.files[-1] / "cellprofiler").glob("*_labels.tiff"))) == 4  # what CellProfiler measured, kept
     by = {(e["method"], e["feature"]): e for e in report.summary}
     assert set(FEATURES["size and shape"]) <= {f for _, f in by}
     for method in ("msrgan", "bicubic", REPEAT):
@@ -106,7 +114,7 @@ def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_comm
     assert by[(REPEAT, "AreaShape_Area")]["median_abs_rel_error"] < by[("bicubic", "AreaShape_Area")]["median_abs_rel_error"]
     with open(tmp_path / "out" / "features_objects.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["method"] for r in rows} == {"msrgan", "bicubic", REPEAT} and all(r["field"] == source.stem for r in rows)
+    assert {r["method"] for r in rows} == {"msrgan", "bicubic", REPEAT} and all(r["field"] == crop.stem for r in rows)
 
 
 def test_compare_reads_only_the_methods_it_is_given(tmp_path):
@@ -128,3 +136,16 @@ def test_compare_reads_only_the_methods_it_is_given(tmp_path):
     assert all(r["AreaShape_Area__bicubic"] == 202.0 for r in rows if r["method"] == "bicubic")
     with pytest.raises(FileNotFoundError):  # the default compares the repeat too, which this run lacks
         compare(["f"], tmp_path)
+
+
+def test_float_fields_on_a_counts_scale_reach_cellprofiler_within_0_1_all_alike():
+    """CellProfiler takes float pixels as 0..1: counts (0..4095) would be all foreground."""
+    from msrgan_core.measurements import _as_saved
+
+    truth, upscaled = np.array([[0.0, 4095.0]]), np.array([[10.0, 4200.0]])  # an overshoot above the truth
+    unit = float_unit([truth, upscaled], np.float32)
+    saved = [_as_saved(image, np.float32, unit) for image in (truth, upscaled)]
+    assert unit == 4200.0 and max(s.max() for s in saved) == 1.0
+    assert saved[1][0, 1] / saved[0][0, 1] == pytest.approx(4200 / 4095)  # relative errors unchanged
+    assert float_unit([np.array([[0.2, 0.9]])], np.float32) == 1.0  # 0..1 floats as they are
+    assert float_unit([upscaled], np.uint16) == 1.0  # integers: CellProfiler scales them by their type
