@@ -108,20 +108,24 @@ def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degrad
 
 
 def without_blanks(items: Sequence, make: Callable[[object], Tuple[Path, np.ndarray, np.ndarray, np.dtype]], desc: str,
-                   progress: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
-    """``make(item)`` for each item, with a progress bar, leaving out blank fields (empty wells)
-    with a warning; if every one is blank, a :class:`~msrgan_core.errors.UserError` says so."""
-    blank = 0
+                   progress: bool = True, also: Tuple[type, ...] = ()) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
+    """``make(item)`` for each item, with a progress bar, leaving out blank fields (empty wells),
+    and the items whose ``make`` raises one of ``also`` (pairs that cannot be registered), each
+    with a warning; if every one is left out, a :class:`~msrgan_core.errors.UserError` says so."""
+    blank = other = 0
     for item in tqdm(items, desc=desc, unit="image", disable=not progress):
         try:
             pair = make(item)
-        except BlankField as error:
+        except (BlankField, *also) as error:
             log.warning("msrgan: left out %s", error)
-            blank += 1
+            blank += isinstance(error, BlankField)
+            other += not isinstance(error, BlankField)
             continue
         yield pair
     if items and blank == len(items):
         raise UserError(f"all {blank} image(s) are blank fields: give high-resolution images with objects in them")
+    if items and blank + other == len(items):
+        raise UserError(f"none of the {len(items)} image(s) can be used: each was left out above")
 
 
 def degraded_pairs(paths: Sequence[Path], normalization: NormalizationConfig, degradation: DegradationConfig,
