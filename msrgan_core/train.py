@@ -152,8 +152,11 @@ def initial_weights(config: ExperimentConfig) -> "tuple[Optional[dict], Optional
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_write(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as exc:  # torch's writer reports a full disk as its own error, not an OSError
+        raise TrainingError(f"{path} cannot be written ({' '.join(str(exc).split())[:120]}): is the disk full?") from None
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -322,7 +325,9 @@ def train(
     ------
     TrainingError
         ``out_dir`` already holds a run and ``resume`` is off, or ``resume`` is on and it holds
-        none; ``train.init`` names an unusable model; the loss became non-finite.
+        none or the config is not the run's (:func:`check_same_run`); ``train.init`` names an
+        unusable model; the loss became non-finite; Ctrl-C or SIGTERM stopped it (with a
+        checkpoint: :func:`stop_requests`).
     """
     run = set_up_run(config, Path(out_dir), resume, progress)
     tc, dist, device = config.train, run.dist, run.device
@@ -332,13 +337,72 @@ def train(
     autocast = {"pretrain": autocast_for(tc, device), "gan": autocast_for(tc, device, adversarial=True)}
     total = tc.pretrain_steps + tc.gan_steps
     bar = tqdm(total=total, initial=run.step, desc="training", unit="step", disable=not (progress and dist.is_main))
-    started, loss_value = time.time(), float("nan")
+    started = time.time()
     stop = total if until_step is None else min(total, int(until_step))
     if resume:
-        for stale in run.out_dir.glob(f".{CHECKPOINT}.*.part"):  # left by a kill during a write
+        for stale in run.out_dir.glob(".*.part"):  # left by a kill during a write (checkpoints, model files)
             stale.unlink()
     stream = batch_stream(StepBatches(run.train_images, config, dist.rank, run.step, stop), tc.workers,
                           pin_memory=device.type == "cuda")
+    with stop_requests(dist.world_size == 1) as stopping:
+        run_steps(run, stream, stop, autocast, bar, writer, started, stopping)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if dist.world_size > 1:
+        torch.distributed.destroy_process_group()
+    if dist.is_main:
+        log.info("msrgan: %s", run_summary(run, total))
+    if stopping and run.step < total:
+        raise TrainingError(f"stopped at step {run.step} of {total} ({stopping[0]}), with a checkpoint: "
+                            f"continue with --resume")
+    return run.out_dir
+
+
+def run_summary(run: Run, total: int) -> str:
+    """Where the run stands: its model files and how they score against bicubic, or what is left to do."""
+    made = [f"{name}.safetensors" for name in ("fidelity", "perceptual") if (run.out_dir / f"{name}.safetensors").exists()]
+    where = f"{', '.join(made) or 'no model file yet'} in {run.out_dir}"
+    if run.step < total:
+        return f"at step {run.step} of {total}: {where}; continue with --resume"
+    scores = f"; validation PSNR {run.best_psnr:.2f} dB (pixel-loss phase's best), bicubic " \
+             f"{run.baseline['bicubic_psnr']:.2f} dB" if run.val_pairs and math.isfinite(run.best_psnr) else ""
+    return (f"done, {total} steps, generator {count_parameters(unwrap(run.generator))} parameters: {where}{scores}; "
+            f"next: msrgan evaluate --model {run.out_dir / (made or ['fidelity.safetensors'])[0]} --hr HELD_OUT_IMAGES")
+
+
+@contextlib.contextmanager
+def stop_requests(handle: bool):
+    """Ctrl-C and a scheduler's SIGTERM ask the loop to stop after the step under way, with a
+    checkpoint (the list yielded gets the signal's name); a second one stops at once. Only in
+    the main thread of a one-process run: distributed workers keep the default."""
+    import signal
+    import threading
+
+    asked: List[str] = []
+    if not handle or threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def ask(signum, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signal.Signals(signum).name)
+        log.warning("msrgan: %s: stopping after this step, with a checkpoint (again to stop at once)", asked[0])
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_steps(run: Run, stream, stop: int, autocast: dict, bar, writer, started: float, stopping: List[str]) -> None:
+    """The training loop from ``run.step`` to ``stop`` (or a stop request: :func:`stop_requests`)."""
+    config, tc, dist, device = run.config, run.config.train, run.dist, run.device
+    total = tc.pretrain_steps + tc.gan_steps
+    loss_value = float("nan")
     while run.step < stop:
         pretraining = run.step < tc.pretrain_steps
         phase = "pretrain" if pretraining else "gan"
@@ -357,7 +421,8 @@ def train(
         training_ends = step == total
         phase_ends = step == tc.pretrain_steps or training_ends
         pretrain_ends = step == tc.pretrain_steps and tc.gan_steps > 0
-        run_stops = step == stop
+        stop_asked = bool(stopping)  # read once: a request that comes later is served after the next step
+        run_stops = step == stop or stop_asked
         eval_due = step % tc.eval_every == 0 or phase_ends
         checkpoint_due = step % tc.checkpoint_every == 0 or run_stops or pretrain_ends
         # Reading the loss waits for the GPU; on CUDA it is read every few steps, so that the
@@ -379,15 +444,8 @@ def train(
             save_run_state(run, pretrain_ends)
         if dist.world_size > 1 and (eval_due or checkpoint_due):
             torch.distributed.barrier()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if dist.world_size > 1:
-        torch.distributed.destroy_process_group()
-    if dist.is_main:
-        log.info("msrgan: at step %d of %d; generator %d parameters; outputs in %s",
-                 run.step, total, count_parameters(unwrap(run.generator)), run.out_dir)
-    return run.out_dir
+        if stop_asked:
+            return
 
 
 def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: bool) -> Run:
@@ -412,6 +470,8 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
         raise TrainingError(f"{out_dir} already holds a training run: pass --resume to continue it, or use a new folder")
     if resume and not checkpoint_path.exists():
         raise TrainingError(f"--resume: {out_dir} holds no {CHECKPOINT} to continue from")
+    if resume:
+        check_same_run(out_dir, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         log.info("msrgan: training on %s, pixel loss in %s, adversarial in %s (%d process%s)", describe_device(device),
@@ -420,8 +480,6 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
 
     split, train_images, val_pairs = load_data(config, progress and dist.is_main)
     baseline = bicubic_scores(val_pairs) if val_pairs else {}
-    if dist.is_main:
-        write_run_description(out_dir, config, split)
     generator, discriminator = build_networks(config, device)
     init_state, init_note = initial_weights(config)
     if init_state is not None:
@@ -434,10 +492,47 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
               average=WeightAverage(generator, tc.ema_decay) if tc.ema_decay > 0 else None)
     if resume:
         restore_checkpoint(run, load_checkpoint(checkpoint_path))
+        check_steps_ahead(run)
+    if dist.is_main:  # once the resume is sure: a refused one leaves the run's record as it was
+        write_run_description(out_dir, config, split)
     if dist.world_size > 1:
         run.generator = nn.parallel.DistributedDataParallel(run.generator)
         run.discriminator = nn.parallel.DistributedDataParallel(run.discriminator)
     return run
+
+
+#: config entries a resumed run may change: where and how it runs, not what it computes (the step
+#: counts too, to train longer: :func:`check_steps_ahead`)
+RESUMABLE_CHANGES = ("train.device", "train.workers", "train.tensorboard", "train.checkpoint_every",
+                     "train.pretrain_steps", "train.gan_steps")
+
+
+def check_same_run(out_dir: Path, config: ExperimentConfig) -> None:
+    """On resume: the config must be the run's own (its ``config.json``) but for :data:`RESUMABLE_CHANGES`.
+    Another seed, data, loss or degradation would continue another run from this one's state."""
+    stored_path = out_dir / "config.json"
+    if not stored_path.is_file():
+        return
+    stored, now = json.loads(stored_path.read_text()), json.loads(json.dumps(config.to_dict()))
+    changed = [f"{section}.{key} ({stored.get(section, {}).get(key)!r} -> {value!r})"
+               for section, entries in now.items() for key, value in entries.items()
+               if stored.get(section, {}).get(key) != value and f"{section}.{key}" not in RESUMABLE_CHANGES]
+    if changed:
+        raise TrainingError(f"--resume: the config is not the run's own ({stored_path}): {', '.join(changed[:4])}"
+                            f"{' and more' if len(changed) > 4 else ''}; resume with its config and overrides, "
+                            "or train into a new folder")
+
+
+def check_steps_ahead(run: Run) -> None:
+    """On resume with other step counts (to train longer): the checkpoint's step must not be past
+    the new end, nor past a new end of pretraining that the run has not reached yet."""
+    tc, step = run.config.train, run.step
+    was = json.loads((run.out_dir / "config.json").read_text())["train"] if (run.out_dir / "config.json").is_file() else {}
+    skips_pretraining_end = tc.pretrain_steps < step <= was.get("pretrain_steps", tc.pretrain_steps)
+    if step > tc.pretrain_steps + tc.gan_steps or skips_pretraining_end:
+        raise TrainingError(f"--resume: the checkpoint is at step {step}, past the end the steps now set "
+                            f"(train.pretrain_steps {tc.pretrain_steps}, train.gan_steps {tc.gan_steps}): "
+                            "resume with as many steps as the run had, or more")
 
 
 def load_data(config: ExperimentConfig, progress: bool

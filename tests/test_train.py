@@ -174,6 +174,51 @@ def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path):
         train(tiny_config(data), tmp_path / "empty", resume=True, progress=False)
 
 
+def test_a_resume_with_another_config_is_refused_and_leaves_the_runs_record(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    run = train(tiny_config(data), tmp_path / "run", progress=False, until_step=4)
+    record = (run / "config.json").read_text()
+    with pytest.raises(TrainingError, match=r"not the run's own .*train.seed \(0 -> 3\)"):
+        train(tiny_config(data, seed=3), run, resume=True, progress=False)
+    shorter = tiny_config(data)
+    shorter.train.pretrain_steps, shorter.train.gan_steps = 2, 1  # the checkpoint is at step 4
+    with pytest.raises(TrainingError, match="checkpoint is at step 4, past the end"):
+        train(shorter, run, resume=True, progress=False)
+    assert (run / "config.json").read_text() == record
+    longer = tiny_config(data)
+    longer.train.gan_steps += 2  # training longer is a resume
+    train(longer, run, resume=True, progress=False)
+    assert load_checkpoint(run / CHECKPOINT)["step"] == longer.train.pretrain_steps + longer.train.gan_steps
+
+
+def test_ctrl_c_and_sigterm_stop_after_the_step_with_a_checkpoint(tmp_path):
+    data = make_plate(tmp_path / "plate")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "msrgan_core.cli", "train", "--out", str(run), "-q",
+           "--set", f'data.train=["{data}"]', "--set", "generator.n_blocks=1", "--set", "generator.n_features=8",
+           "--set", "discriminator.n_features=8", "--set", "train.patch_size=32", "--set", "train.batch_size=2",
+           "--set", "train.pretrain_steps=100000", "--set", "train.gan_steps=0",
+           "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=1", "--set", 'train.device="cpu"']
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen(cmd + (["--resume"] if signum == signal.SIGTERM else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and not ((run / "metrics.csv").exists() and
+                                                   len((run / "metrics.csv").read_text().splitlines()) > 3):
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 2 and "continue with --resume" in err and signal.Signals(signum).name in err, err
+        steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+        assert load_checkpoint(run / CHECKPOINT)["step"] == steps[-1] >= 3  # no checkpoint was due: one was made
+        (run / "metrics.csv").unlink()  # the SIGTERM run resumes from it and logs on
+
+
 def test_kill_9_loses_only_steps_since_the_last_checkpoint(tmp_path):
     data = make_plate(tmp_path / "plate")
     run = tmp_path / "run"
