@@ -273,8 +273,9 @@ class DataConfig:
         ``msrgan evaluate --lr`` registers them, and ``[degradation]`` is not used (but its
         ``scale``); the split is still made over ``train``.
     well_regex : str or None
-        Regular expression whose group ``well`` (or first group) names the well in a file name;
-        when every file matches, the validation split is made by well, else by file.
+        Regular expression whose group ``well`` (or first group) names the well in a file name,
+        or else in the name of its folder or the one above (a plate saved one folder per well);
+        files it names a well for are split by well, the others by file.
     val_fraction : float
         Fraction of wells (or files) held out for validation.
     channel_axis : int or None

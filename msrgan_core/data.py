@@ -42,9 +42,16 @@ class Split:
     val_groups: List[str]
 
 
+#: folders above a file searched for its well when its name does not say (a plate saved one folder per well)
+WELL_FOLDERS = 2
+
+
 def well_of(path: Path, pattern: "re.Pattern[str]") -> Optional[str]:
-    """The well named in a file name: the regex's group ``well``, or its first group."""
-    match = pattern.search(Path(path).name)
+    """The well named in a file name, or else in the name of its folder or the one above
+    (:data:`WELL_FOLDERS`): the regex's group ``well``, or its first group."""
+    path = Path(path)
+    names = [path.name] + [folder.name for folder in list(path.parents)[:WELL_FOLDERS]]
+    match = next(filter(None, (pattern.search(name) for name in names)), None)
     if not match:
         return None
     if "well" in pattern.groupindex:
@@ -73,6 +80,9 @@ def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: 
         groups[p] = group_name(p, pattern)
     wells = sorted({g for g in groups.values() if g.startswith("well ")})
     singles = sorted({g for g in groups.values() if not g.startswith("well ")})
+    if pattern is not None and not wells and paths:
+        log.warning("msrgan: data.well_regex %r names the well of none of the %d files (nor their folders): they are "
+                    "split one by one, and fields of one well may fall on both sides", well_regex, len(paths))
     rng = np.random.default_rng(seed)
     held_out = set()
     for names in (wells, singles):

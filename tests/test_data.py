@@ -43,6 +43,15 @@ def test_files_without_a_well_are_split_by_file_beside_a_plate():
     assert len({p.name.split("_")[1] for p in split.val if p.suffix == ".tif"}) == 2
 
 
+def test_a_plate_saved_one_folder_per_well_is_split_by_well(caplog):
+    files = [Path("plate") / well / f"f{site}.tif" for well in ("A01", "A02", "B01", "B02", "C01") for site in range(3)]
+    split = split_files(files, r"^(?P<well>[A-P]\d\d)$", 0.2, seed=0)
+    assert split.by == "well" and split.val_groups == [f"well {split.val[0].parent.name}"] and len(split.val) == 3
+    with caplog.at_level("WARNING", logger="msrgan"):
+        split = split_files(files, r"_(?P<well>[A-P]\d\d)_s", 0.2, seed=0)  # a regex for names like IXM's
+    assert split.by == "file" and "names the well of none of the 15 files" in caplog.text
+
+
 def test_no_regex_splits_by_file_and_always_leaves_training_data():
     files = [Path(f"img{i}.tif") for i in range(3)]
     split = split_files(files, None, 0.9, seed=0)
