@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -295,10 +296,23 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        _check(self.max_val_images >= 1, f"data.max_val_images must be >= 1, got {self.max_val_images!r}")
         if isinstance(self.train, str):
             self.train = [self.train]
         if isinstance(self.train_lr, str):
             self.train_lr = [self.train_lr]
+        for key in ("train", "train_lr"):
+            value = getattr(self, key)
+            _check(isinstance(value, list) and all(isinstance(p, str) for p in value),
+                   f"data.{key} must be a list of files, folders or globs, e.g. [\"plate1/\"], got {value!r}")
+        _check(self.channel_axis in (None, 0, -1, 2) and not isinstance(self.channel_axis, bool),
+               f"data.channel_axis must be 0 (channels first) or -1 (last), got {self.channel_axis!r}")
+        if self.well_regex is not None:
+            _check(isinstance(self.well_regex, str), f"data.well_regex must be a string, got {self.well_regex!r}")
+            try:
+                re.compile(self.well_regex)
+            except re.error as exc:
+                raise ConfigError(f"data.well_regex {self.well_regex!r} is not a regular expression ({exc})") from None
         # "$MSRGAN_DATA/bbbc039/images": the data folder differs between machines
         self.train = [os.path.expandvars(str(p)) for p in self.train]
         self.train_lr = [os.path.expandvars(str(p)) for p in self.train_lr]
@@ -344,6 +358,8 @@ class TrainConfig:
         _check(self.gan_steps >= 0, f"train.gan_steps must be >= 0, got {self.gan_steps!r}")
         _check(self.pretrain_steps + self.gan_steps >= 1, "train needs pretrain_steps + gan_steps >= 1")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
+        _check(0 <= self.lr_min_fraction <= 1, f"train.lr_min_fraction must be in [0, 1], got {self.lr_min_fraction!r}")
+        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed!r}")
         _check(self.gan_lr >= 0, f"train.gan_lr must be >= 0 (0: the same as lr), got {self.gan_lr!r}")
         _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (0: no average), got {self.ema_decay!r}")
         _check(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
@@ -416,6 +432,7 @@ class ExperimentConfig:
 
 def from_section(section_cls: Any, values: dict, name: str) -> Any:
     """Build one config dataclass from a dict, rejecting unknown keys by name."""
+    _check(isinstance(values, dict), f"[{name}] must be a table of settings (section.key = value), got {values!r}")
     known = {f.name for f in dataclasses.fields(section_cls)}
     unknown = set(values) - known
     _check(not unknown, f"unknown key(s) {sorted(unknown)} in [{name}]; expected some of {sorted(known)}")

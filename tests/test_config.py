@@ -33,6 +33,12 @@ from msrgan_core.config import (
     (LossConfig, {"w_texture": -1.0}, "-1.0"),
     (LossConfig, {"feature_extractor": "alexnet"}, "'alexnet'"),
     (DataConfig, {"val_fraction": 1.5}, "1.5"),
+    (DataConfig, {"max_val_images": 0}, "0"),
+    (DataConfig, {"well_regex": "(["}, "'(['"),
+    (DataConfig, {"train": 5}, "5"),
+    (DataConfig, {"channel_axis": "x"}, "'x'"),
+    (TrainConfig, {"lr_min_fraction": -2.0}, "-2.0"),
+    (TrainConfig, {"seed": -1}, "-1"),
     (TrainConfig, {"lr": 0.0}, "0.0"),
     (TrainConfig, {"gan_lr": -1e-4}, "-0.0001"),
     (TrainConfig, {"patch_size": 8}, "8"),
@@ -138,6 +144,7 @@ def test_bad_value_in_toml_quotes_it(tmp_path):
     ("[degradation]\nblur_sigma = 1.0\n", "1.0"),
     ('[degradation]\nblur_sigma = ["a", "b"]\n', "'a'"),
     ('[degradation]\ndegraded_fraction = "half"\n', "'half'"),
+    ("train = 5\n", "[train] must be a table"),
 ])
 def test_wrong_types_in_toml_are_config_errors(tmp_path, text, quoted):
     with pytest.raises(ConfigError) as info:
