@@ -125,11 +125,13 @@ def load_images(
     min_size: int,
     channel_axis: Optional[int] = None,
     progress: bool = False,
+    role: str = "training",
 ) -> List[np.ndarray]:
     """Read and normalise images to float32 ``(C, Y, X)`` with ``C == in_channels``.
 
     With a one-channel model, each channel of a multi-channel file becomes its own image.
-    Images smaller than ``min_size`` are left out with a warning.
+    Images smaller than ``min_size`` are left out with a warning; if none is left, the error
+    speaks of them in their ``role`` (:data:`TOO_SMALL_ADVICE`).
     """
     images = []
     for path in tqdm(paths, desc="loading", unit="image", disable=not progress, leave=False):
@@ -141,9 +143,15 @@ def load_images(
             plane = image[channels]
             images.append(normalize(plane, percentile_stats(plane, normalization)))
     if not images:
-        raise DataError(f"no usable training images among {len(paths)}: each needs at least {min_size} x {min_size} "
-                        "pixels; use larger images or a smaller train.patch_size")
+        raise DataError(f"no usable {role} images among {len(paths)}: each needs at least {min_size} x {min_size} "
+                        f"pixels; {TOO_SMALL_ADVICE[role]}")
     return images
+
+
+#: what to do when every image of a role is too small: a training image gives patches of
+#: ``train.patch_size``, a validation image is scored whole and needs 8 x the scale
+TOO_SMALL_ADVICE = {"training": "use larger images or a smaller train.patch_size",
+                    "validation": "add larger images (another train.seed holds out others)"}
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,7 @@ def load_pairs(
     min_size: int,
     channel_axis: Optional[int] = None,
     progress: bool = False,
+    role: str = "training",
 ) -> List[RealPair]:
     """Register ``(low, high)`` resolution files (:func:`~msrgan_core.pairs.registered_pair`) and
     normalise both by the high-resolution image's statistics, as :func:`load_images` normalises.
@@ -191,9 +200,8 @@ def load_pairs(
             stats = percentile_stats(hr[channels], normalization)  # one scale for both: the truth's
             found.append(RealPair(lr=normalize(lr[channels], stats), hr=normalize(hr[channels], stats)))
     if not found:
-        raise DataError(f"no usable training pairs among {len(pairs)}: each must share at least {min_size} x {min_size} "
-                        "high-resolution pixels and not be blank; use larger fields or a smaller "
-                        "train.patch_size")
+        raise DataError(f"no usable {role} pairs among {len(pairs)}: each must share at least {min_size} x {min_size} "
+                        f"high-resolution pixels and not be blank; {TOO_SMALL_ADVICE[role]}")
     log.info("msrgan: %d pair(s) registered (msrgan -v train ... lists what was found for each)", used)
     return found
 

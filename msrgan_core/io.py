@@ -533,30 +533,45 @@ def clashes(names: Iterable[str]) -> List[str]:
 
 
 def find_images(inputs: Iterable["str | Path"]) -> List[Path]:
-    """Expand files, folders and glob patterns into a sorted list of image files.
+    """Expand files, folders and glob patterns (``**`` for any depth) into a sorted list of image
+    files. A folder gives the images in it (not in its subfolders), a pattern the images it
+    matches; a file named on its own is taken whatever its type (and refused on reading).
 
     Raises
     ------
     ImageError
         When an input names nothing, or nothing readable is found.
     """
+    inputs = [str(item) for item in inputs]
+    if not inputs:
+        raise ImageError("no input images given")
     found: List[Path] = []
     for item in inputs:
-        item = str(item)
         path = Path(item)
         if path.is_dir():
-            matches = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+            matches = _images_in(path)
         elif path.is_file():
             matches = [path]
         else:
-            matches = [Path(p) for p in sorted(glob.glob(item)) if Path(p).is_file()]
-            if not matches:
+            named = [Path(p) for p in sorted(glob.glob(item, recursive=True))]
+            if not named:
                 raise ImageError(f"{item}: no such file, folder or matching pattern")
+            matches = [image for p in named for image in (_images_in(p) if p.is_dir() else [p] if _is_image_name(p) else [])]
         found.extend(matches)
     unique = list(dict.fromkeys(found))
     if not unique:
-        raise ImageError(f"no {'/'.join(IMAGE_SUFFIXES)} images found in {', '.join(map(str, inputs))}")
+        nested = any(_is_image_name(p) for item in inputs if Path(item).is_dir() for p in Path(item).glob("*/*"))
+        hint = ": msrgan does not look into subfolders; give them, e.g. FOLDER/*/ or FOLDER/**/*.tif" if nested else ""
+        raise ImageError(f"no {'/'.join(IMAGE_SUFFIXES)} images found in {', '.join(inputs)}{hint}")
     return unique
+
+
+def _images_in(folder: Path) -> List[Path]:
+    return [p for p in sorted(folder.iterdir()) if _is_image_name(p) and p.is_file()]
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def same_name_tif(path: Path, out_dir: Path, suffix: str = ".tif") -> Path:

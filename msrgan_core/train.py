@@ -563,15 +563,16 @@ def load_data(config: ExperimentConfig, progress: bool
 
         partner = {hr: lr for lr, hr in find_pairs(config.data.train_lr, files)}
 
-        def load(paths, min_size, show):
+        def load(paths, min_size, show, role="training"):
             return load_pairs([(partner[p], p) for p in paths], config.normalization, g_cfg.in_channels, g_cfg.scale,
-                              min_size, config.data.channel_axis, progress=show)
+                              min_size, config.data.channel_axis, progress=show, role=role)
     else:
-        def load(paths, min_size, show):
+        def load(paths, min_size, show, role="training"):
             return load_images(paths, config.normalization, g_cfg.in_channels, min_size, config.data.channel_axis,
-                               progress=show)
+                               progress=show, role=role)
     train_images = load(split.train, tc.patch_size, progress)
-    val_images = load(spread(split.val, config.data.max_val_images), g_cfg.scale * 8, False) if split.val else []
+    val_images = (load(spread(split.val, config.data.max_val_images), g_cfg.scale * 8, False, role="validation")
+                  if split.val else [])
     return split, train_images, validation_pairs(val_images, config.degradation, tc.seed)
 
 

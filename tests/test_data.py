@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import tifffile
 
 from msrgan_core.config import DegradationConfig
 from msrgan_core.data import RealPair, sample_batch, split_files, validation_pairs
@@ -101,3 +103,13 @@ def test_real_pairs_are_cut_at_the_same_place_in_both_images():
     for lr, hr in validation_pairs(pairs, DegradationConfig(), seed=0, crop=50):
         assert hr.shape[1:] == (48, 48)
         np.testing.assert_allclose(bin_mean(hr, 4), lr, atol=1e-6)
+
+
+def test_images_too_small_for_their_role_say_what_to_change(tmp_path):
+    from msrgan_core.config import NormalizationConfig
+    from msrgan_core.data import DataError, load_images
+
+    tifffile.imwrite(tmp_path / "small.tif", np.arange(28 * 28, dtype=np.uint16).reshape(28, 28))
+    for role, advice in [("training", "smaller train.patch_size"), ("validation", "add larger images")]:
+        with pytest.raises(DataError, match=f"no usable {role} images among 1: .* 32 x 32 pixels; .*{advice}"):
+            load_images([tmp_path / "small.tif"], NormalizationConfig(), 1, 32, role=role)

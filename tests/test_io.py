@@ -397,3 +397,22 @@ def test_a_pixel_size_the_file_states_badly_is_ignored_not_an_error(tmp_path):
         image, layout = read_image(tmp_path / name)
         np.testing.assert_array_equal(image[0], pixels)
         assert layout.pixel_size_um is None
+
+
+def test_find_images_takes_folders_globs_and_folders_of_wells(tmp_path):
+    from msrgan_core.io import find_images
+
+    plate = tmp_path / "plate"
+    for well in ("A01", "A02"):
+        (plate / well).mkdir(parents=True)
+        tifffile.imwrite(plate / well / "f0.tif", _pixels((8, 8), np.uint16))
+    (plate / "A01" / "results.csv").write_text("well,count\n")
+    with pytest.raises(ImageError, match="does not look into subfolders; give them, e.g. FOLDER/\\*/"):
+        find_images([plate])
+    wells = [plate / "A01" / "f0.tif", plate / "A02" / "f0.tif"]
+    for pattern in (f"{plate}/*/", f"{plate}/**/*.tif", f"{plate}/*/*"):  # the CSV a glob meets is not an image
+        assert find_images([pattern]) == wells, pattern
+    with pytest.raises(ImageError, match="no .tif/.tiff/.png images found in .*csv"):
+        find_images([f"{plate}/*/*.csv"])
+    with pytest.raises(ImageError, match="no input images given"):
+        find_images([])
