@@ -144,12 +144,21 @@ def find_cellprofiler(executable: Optional[str] = None) -> List[str]:
     )
 
 
+#: how the files CellProfiler runs begin: a .cppipe text pipeline, a .cpproj project (HDF5)
+PIPELINE_HEADERS = (b"CellProfiler Pipeline", b"\x89HDF")
+
+
 def pipeline_modules(pipeline: Path) -> List[str]:
-    """Names of the modules in a ``.cppipe`` text pipeline (empty for other formats)."""
+    """Names of the modules in a ``.cppipe`` text pipeline (empty for a project file); a file of
+    neither kind is a :class:`HeadlessRunError`."""
     try:
-        text = Path(pipeline).read_text(encoding="utf-8", errors="replace")
+        data = Path(pipeline).read_bytes()
     except OSError as exc:
         raise HeadlessRunError(f"pipeline {pipeline} cannot be read: {exc}") from None
+    if not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(PIPELINE_HEADERS):  # after a byte-order mark, blank lines
+        raise HeadlessRunError(f"{pipeline} is not a CellProfiler pipeline (a .cppipe file begins 'CellProfiler "
+                               "Pipeline'; a .cpproj project is also taken): export it with File > Export > Pipeline")
+    text = data.decode("utf-8", errors="replace")
     return [m.group(1) for m in map(_MODULE_HEADER.match, text.splitlines()) if m]
 
 

@@ -282,11 +282,15 @@ def test_shipped_pipelines_resolve_by_name():
         ({"first": 0}, "first image set must be >= 1"),
         ({"plugins_dir": "empty"}, "has no upscalemsrgan.py"),
         ({"output_dir": "in/results"}, "is inside the input folder"),
+        ({"pipeline": "notes.cppipe"}, "notes.cppipe is not a CellProfiler pipeline"),
     ],
 )
 def test_bad_arguments_fail_before_cellprofiler_starts(tmp_path, kwargs, message):
     (tmp_path / "in").mkdir()
     (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.cppipe").write_text("my pipeline ideas\n")
+    if kwargs.get("pipeline"):
+        kwargs = {"pipeline": tmp_path / kwargs["pipeline"]}
     arguments = {"pipeline": "upscale_segment_measure", "input_dir": "in", "output_dir": "out"}
     arguments.update(kwargs)
     for key in ("input_dir", "output_dir", "plugins_dir"):
