@@ -191,14 +191,20 @@ def test_a_resume_with_another_config_is_refused_and_leaves_the_runs_record(tmp_
     assert load_checkpoint(run / CHECKPOINT)["step"] == longer.train.pretrain_steps + longer.train.gan_steps
 
 
+def endless_run_command(data: Path, run: Path, checkpoint_every: int, eval_every: int) -> list:
+    """``msrgan train`` of a tiny network for 100 000 steps: a run to stop from outside."""
+    return [sys.executable, "-m", "msrgan_core.cli", "train", "--out", str(run), "-q",
+            "--set", f'data.train=["{data}"]', "--set", "generator.n_blocks=1", "--set", "generator.n_features=8",
+            "--set", "discriminator.n_features=8", "--set", "train.patch_size=32", "--set", "train.batch_size=2",
+            "--set", "train.pretrain_steps=100000", "--set", "train.gan_steps=0",
+            "--set", f"train.checkpoint_every={checkpoint_every}", "--set", f"train.eval_every={eval_every}",
+            "--set", 'train.device="cpu"']
+
+
 def test_ctrl_c_and_sigterm_stop_after_the_step_with_a_checkpoint(tmp_path):
     data = make_plate(tmp_path / "plate")
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "msrgan_core.cli", "train", "--out", str(run), "-q",
-           "--set", f'data.train=["{data}"]', "--set", "generator.n_blocks=1", "--set", "generator.n_features=8",
-           "--set", "discriminator.n_features=8", "--set", "train.patch_size=32", "--set", "train.batch_size=2",
-           "--set", "train.pretrain_steps=100000", "--set", "train.gan_steps=0",
-           "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=1", "--set", 'train.device="cpu"']
+    cmd = endless_run_command(data, run, checkpoint_every=100000, eval_every=1)
     for signum in (signal.SIGINT, signal.SIGTERM):
         proc = subprocess.Popen(cmd + (["--resume"] if signum == signal.SIGTERM else []), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
@@ -222,11 +228,7 @@ def test_ctrl_c_and_sigterm_stop_after_the_step_with_a_checkpoint(tmp_path):
 def test_kill_9_loses_only_steps_since_the_last_checkpoint(tmp_path):
     data = make_plate(tmp_path / "plate")
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "msrgan_core.cli", "train", "--out", str(run), "-q",
-           "--set", f'data.train=["{data}"]', "--set", "generator.n_blocks=1", "--set", "generator.n_features=8",
-           "--set", "discriminator.n_features=8", "--set", "train.patch_size=32", "--set", "train.batch_size=2",
-           "--set", "train.pretrain_steps=100000", "--set", "train.gan_steps=0",
-           "--set", "train.checkpoint_every=1", "--set", "train.eval_every=100000", "--set", 'train.device="cpu"']
+    cmd = endless_run_command(data, run, checkpoint_every=1, eval_every=100000)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
