@@ -24,7 +24,7 @@ from .degradation import degrade
 from .errors import UserError
 from .io import read_image
 from .normalize import normalize, percentile_stats
-from .pairs import oriented, registered_pair
+from .pairs import RegistrationError, oriented, registered_pair
 
 log = logging.getLogger("msrgan")
 
@@ -180,8 +180,10 @@ def load_pairs(
     """Register ``(low, high)`` resolution files (:func:`~msrgan_core.pairs.registered_pair`) and
     normalise both by the high-resolution image's statistics, as :func:`load_images` normalises.
 
-    Blank fields and pairs sharing less than ``min_size`` high-resolution pixels are left out
-    with a warning; a pair that cannot be registered is an error naming its files.
+    Blank fields, pairs that cannot be registered or do not agree once registered (another
+    field: they would teach the network wrong answers) and pairs sharing less than ``min_size``
+    high-resolution pixels are left out, each with a warning naming its files, as evaluation
+    leaves them out.
     """
     from .evaluate import BlankField
 
@@ -189,7 +191,7 @@ def load_pairs(
     for lr_path, hr_path in tqdm(pairs, desc="registering", unit="pair", disable=not progress, leave=False):
         try:
             hr, lr, _ = registered_pair(lr_path, hr_path, normalization, scale, channel_axis, log_level=logging.DEBUG)
-        except BlankField as error:
+        except (BlankField, RegistrationError) as error:
             log.warning("msrgan: left out %s", error)
             continue
         if min(hr.shape[1:]) < min_size:

@@ -113,3 +113,19 @@ def test_images_too_small_for_their_role_say_what_to_change(tmp_path):
     for role, advice in [("training", "smaller train.patch_size"), ("validation", "add larger images")]:
         with pytest.raises(DataError, match=f"no usable {role} images among 1: .* 32 x 32 pixels; .*{advice}"):
             load_images([tmp_path / "small.tif"], NormalizationConfig(), 1, 32, role=role)
+
+
+def test_a_training_pair_of_two_fields_is_left_out_not_learned(tmp_path, caplog):
+    from helpers import smooth_image
+
+    from msrgan_core.config import NormalizationConfig
+    from msrgan_core.data import load_pairs
+
+    for i, (mine, other) in enumerate([(0, 0), (1, 2)]):  # the second pair's low-resolution file is another field
+        tifffile.imwrite(tmp_path / f"hr{i}.tif", smooth_image((160, 176), seed=mine, low=100, high=3000, noise=0.02).astype(np.uint16))
+        lr = bin_mean(smooth_image((160, 176), seed=other, low=100, high=3000, noise=0.02)[None], 4)[0]
+        tifffile.imwrite(tmp_path / f"lr{i}.tif", lr.astype(np.uint16))
+    with caplog.at_level("WARNING", logger="msrgan"):
+        pairs = load_pairs([(tmp_path / f"lr{i}.tif", tmp_path / f"hr{i}.tif") for i in range(2)], NormalizationConfig(),
+                           1, 4, 32)
+    assert len(pairs) == 1 and "left out lr1.tif / hr1.tif" in caplog.text
