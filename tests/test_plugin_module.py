@@ -184,6 +184,12 @@ def test_integer_pixels_stored_unscaled_stay_integers_on_their_scale(upscale_mod
     assert out.mean() == pytest.approx(counts.mean(), rel=0.03) and out.max() > 1
 
 
+def test_fp32_precision_gives_the_libraries_fp32_output_on_every_machine(upscale_module_class, fly_dna):
+    out = Harness(upscale_module_class, device="CPU", precision="fp32 on every machine").run(cp_image(fly_dna))
+    expected = Upscaler(load_model("fidelity"), device="cpu", precision="fp32").upscale(fly_dna)
+    np.testing.assert_allclose(out.image_set.get_image("Upscaled").pixel_data, np.clip(expected, 0, 1), atol=1e-6)
+
+
 def test_dim_12_bit_image_is_not_stretched(upscale_module_class, fly_dna):
     """A 12-bit image in a 16-bit file sits at 0..0.0625 in CellProfiler; so must its upscaling."""
     dim = (fly_dna * 4095.0 / 65535.0).astype(np.float32)
@@ -386,6 +392,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     module.tile_size.value = 192
     module.orientations.value = "4"
     module.match_bins.value = "Yes"
+    module.precision.value = "fp32 on every machine"
     saved = io.StringIO()
     harness.pipeline.dump(saved, save_image_plane_details=False)
 
@@ -395,7 +402,7 @@ def test_settings_round_trip_through_a_saved_pipeline(upscale_module_class, tmp_
     assert loaded.module_name == "UpscaleMSRGAN"
     assert [s.value_text for s in loaded.settings()] == [s.value_text for s in module.settings()]
     assert loaded.tile_size.value == 192 and loaded.custom_model_directory.custom_path == str(tmp_path)
-    assert loaded.orientations.value == "4" and loaded.match_bins.value == "Yes" and loaded.variable_revision_number == 5
+    assert loaded.orientations.value == "4" and loaded.match_bins.value == "Yes" and loaded.variable_revision_number == 6
 
 
 def test_load_v1(upscale_module_class):
@@ -415,7 +422,7 @@ def test_load_v1(upscale_module_class):
     # revision 2's settings: revision-1 pipelines upscale once and leave the output as it is, as they did
     for module in (first, second):
         assert module.orientations.value == "1" and module.match_bins.value == "No"
-        assert module.variable_revision_number == 5
+        assert module.variable_revision_number == 6
 
 
 def test_load_v2(upscale_module_class):
@@ -440,7 +447,7 @@ def test_load_v3(upscale_module_class):
     assert (first.orientations.value, first.match_bins.value, first.tile_size.value) == ("4", "Yes", 128)
     assert (second.orientations.value, second.match_bins.value) == ("Model's default", "Model's default")
     for module in (first, second):
-        assert module.threads.value == 0 and module.variable_revision_number == 5
+        assert module.threads.value == 0 and module.variable_revision_number == 6
         assert module.wants_uncertainty.value is False and module.uncertainty_name.value == "UpscaleUncertainty"
 
 
@@ -464,13 +471,26 @@ def test_load_v4(upscale_module_class):
     assert (second.model_choice.value, second.device.value) == ("Default: perceptual", "GPU")
     for module in (first, second):
         assert module.environment.value == "This Python environment" and module.msrgan_path.value == ""
-        assert module.variable_revision_number == 5
+        assert module.variable_revision_number == 6
+
+
+def test_load_v5(upscale_module_class):
+    """Revision-5 pipelines keep their settings and run in the precision they ran in (automatic)."""
+    pipeline, errors = load_pipeline((DATA / "upscalemsrgan_v5.cppipe").read_text())
+    assert not errors, [e.error for e in errors]
+    first, second = pipeline.modules()
+    assert (first.orientations.value, first.match_bins.value, first.threads.value) == ("4", "Yes", 3)
+    assert first.environment.value == "Another Python environment"
+    assert first.msrgan_path.value == "/opt/msrgan-env/bin/msrgan"
+    assert second.wants_uncertainty.value is True and second.uncertainty_name.value == "RedDoubt"
+    for module in (first, second):
+        assert module.precision.value == "Automatic" and module.variable_revision_number == 6
 
 
 def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
     text = (DATA / "upscalemsrgan_v1.cppipe").read_text().replace("variable_revision_number:1|", "variable_revision_number:7|")
     _, errors = load_pipeline(text)
-    assert errors and "revision 7, newer than this plugin's revision 5" in str(errors[0].error)
+    assert errors and "revision 7, newer than this plugin's revision 6" in str(errors[0].error)
 
 
 # --- threads, the uncertainty image, the measurements --------------------------------------
@@ -560,7 +580,8 @@ def test_another_environment_gives_the_same_images_and_measurements(upscale_modu
     settings = dict(device="CPU", wants_uncertainty=True, uncertainty_name="Doubt")
     if custom:  # each option away from its default, so that one not passed on shows
         crop = np.stack([crop, crop[::-1], 0.5 * crop], axis=-1)
-        settings = dict(device="CPU", orientations="2", match_bins="Yes", tile_size=32, threads=1)
+        settings = dict(device="CPU", orientations="2", match_bins="Yes", tile_size=32, threads=1,
+                        precision="fp32 on every machine")
     here = Harness(upscale_module_class, **settings)
     there = Harness(upscale_module_class, environment=OTHER, msrgan_path=str(MSRGAN), **settings)
     for harness in (here, there):
