@@ -139,6 +139,10 @@ def use_cpu(threads: Optional[int] = None) -> int:
     """Set this process up to run networks on the CPU: :func:`set_threads`, then
     :func:`reuse_freed_memory`; returns the thread count."""
     count = set_threads(threads)
+    cores = available_cores()
+    if count > cores:
+        log.warning("msrgan: %d CPU threads asked for, on the %d core(s) this process may use: they will wait for "
+                    "each other (slower than %d)", count, cores, cores)
     reuse_freed_memory()
     return count
 

@@ -30,7 +30,7 @@ from .binning import match_bins
 from .config import GeneratorConfig
 from .device import cpu_has_bf16, describe_device, resolve_device, set_threads, use_cpu
 from .errors import UserError
-from .io import ImageError, read_image, to_cyx, write_image
+from .io import MAX_UNNAMED_CHANNELS, ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel, load_model
 from .models import forward_bytes_per_pixel, forward_fixed_bytes, receptive_radius
 from .options import ENSEMBLES, PRECISIONS
@@ -262,10 +262,14 @@ class Upscaler:
 
     def check(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """Validate an image for this model and return it as ``(C, Y, X)``."""
+        image = np.asarray(image)
         if image.ndim == 2:
             image = image[np.newaxis]
         if image.ndim != 3:
             raise InferenceError(f"{source}: msrgan takes 2-D images (Y, X) or (C, Y, X), got shape {image.shape}")
+        if image.shape[0] > MAX_UNNAMED_CHANNELS >= image.shape[-1]:
+            raise InferenceError(f"{source}: shape {image.shape} looks like channels last (Y, X, C); msrgan takes "
+                                 "(C, Y, X): pass np.moveaxis(image, -1, 0)")
         image, _ = to_cyx(image, source, axes="CYX")
         channels, want = image.shape[0], self.model.config.in_channels
         if self.model.config.out_channels != want:
@@ -291,7 +295,9 @@ class Upscaler:
     def upscale(self, image: np.ndarray, source: str = "image", uncertainty: bool = False):
         """Upscale a ``(Y, X)`` or ``(C, Y, X)`` image; same dtype and layout, ``scale`` times larger.
 
-        A one-channel model upscales each channel of a multi-channel image separately.
+        A one-channel model upscales each channel of a multi-channel image separately. Integer
+        outputs are clipped to their type's range; float outputs are not clipped at all (like
+        bicubic interpolation, the network can undershoot beside bright edges, below 0 too).
 
         Parameters
         ----------
@@ -313,7 +319,7 @@ class Upscaler:
         """
         if self.threads is not None:  # torch's threads are the process's: another upscaler may have set others
             set_threads(self.threads)
-        two_d = image.ndim == 2
+        two_d = np.ndim(image) == 2
         cyx = self.check(image, source)
         self.check_memory(cyx, source, uncertainty)
         stats = percentile_stats(cyx, self.model.normalization)

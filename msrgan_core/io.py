@@ -350,10 +350,15 @@ def to_cyx(
     layout : ImageLayout
     """
     array = np.asarray(array)
+    if not array.dtype.isnative:  # big-endian pixels (FITS, raw files read with np.fromfile): the same values
+        array = array.astype(array.dtype.newbyteorder("="))
     squeezed, layout = plane_layout(array.shape, array.dtype, source, axes, channel_axis)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ImageError(f"{source}: {bad} pixel(s) are NaN or infinite; fill or mask them before upscaling")
+    if array.dtype == np.float64 and array.size and np.abs(array).max() > np.finfo(np.float32).max:
+        raise ImageError(f"{source}: values up to {np.abs(array).max():.3g} are beyond what msrgan computes in "
+                         f"(float32, up to {np.finfo(np.float32).max:.3g}): scale the image down first")
     array = array.reshape(squeezed)
     if layout.channel_axis is None:
         return array[np.newaxis], layout

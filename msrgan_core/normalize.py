@@ -35,13 +35,20 @@ class Stats:
 def percentile_stats(image: np.ndarray, config: NormalizationConfig = NormalizationConfig()) -> Stats:
     """Low and high percentiles of each channel of a ``(C, Y, X)`` image.
 
-    A flat channel (high == low) gets a span of 1 so that it maps to a constant, not NaN.
+    A channel whose high percentile is its low one (nearly all of it one value: sparse beads, a
+    masked field, an empty well) is mapped by its brightest pixel instead, on its own scale
+    whatever its units; a constant channel by a span far below its value (it maps to a constant;
+    an integer one by one grey level), so that the network's small output there stays small.
     """
     flat = image.reshape(image.shape[0], -1)
     step = max(1, flat.shape[1] // PERCENTILE_SAMPLE)
     sample = flat[:, ::step].astype(np.float64)
     low, high = np.percentile(sample, [config.low, config.high], axis=1)
-    high = np.where(high > low, high, low + 1.0)
+    high = np.where(high > low, high, flat.max(axis=1).astype(np.float64))
+    if np.any(high <= low):
+        tiny = np.finfo(np.float32).tiny
+        unit = 1.0 if image.dtype.kind in "ui" else np.maximum(np.abs(low) * 1e-6, tiny)
+        high = np.where(high > low, high, low + unit)
     return Stats(low=low, high=high)
 
 
@@ -82,4 +89,11 @@ def denormalize(normalized, stats, dtype):
     info = torch.iinfo(dtype)
     # count_nonzero, not sum: a bool tensor's sum first copies it to int64 (half the function's time)
     clipped = torch.count_nonzero((out < info.min - 0.5).logical_or_(out > info.max + 0.5))
-    return out.clamp_(info.min, info.max).round_().to(dtype), clipped
+    return out.clamp_(info.min, _at_most(info.max, out.dtype)).round_().to(dtype), clipped
+
+
+def _at_most(value: int, dtype: torch.dtype) -> float:
+    """The largest number of the float ``dtype`` not above ``value``: int32's largest value rounds
+    up to 2**31 in float32, which no int32 holds."""
+    top = float(torch.tensor(float(value), dtype=dtype))
+    return top if top <= value else float(torch.nextafter(torch.tensor(top, dtype=dtype), torch.tensor(0.0, dtype=dtype)))

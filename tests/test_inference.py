@@ -677,3 +677,39 @@ def test_an_upscaler_takes_a_model_file_or_a_packaged_name_as_load_model_does(mo
     assert Path(Upscaler("fidelity", device="cpu").model.source).name == "fidelity.safetensors"
     with pytest.raises(ModelFileError, match="no-such-model"):
         Upscaler("no-such-model", device="cpu")
+
+
+def test_arrays_as_users_hand_them_are_taken_or_refused_in_one_line(tmp_path):
+    """Channels last is refused with the fix (not read as hundreds of channels of 3 pixels), big-endian
+    pixels are the same numbers, values beyond float32 are refused, not turned into infinities."""
+    upscaler = Upscaler(tiny_model(tmp_path, scale=2, seed=5), device="cpu")
+    with pytest.raises(InferenceError, match=r"looks like channels last .*np.moveaxis\(image, -1, 0\)"):
+        upscaler.upscale(np.zeros((40, 48, 3), np.uint16))
+    native = (smooth_image((24, 32), seed=1) * 1000).astype(np.uint16)
+    np.testing.assert_array_equal(upscaler.upscale(native.astype(">u2")), upscaler.upscale(native))
+    with pytest.raises(ImageError, match="beyond what msrgan computes in"):
+        upscaler.upscale(np.full((16, 16), 1e39))
+    with pytest.raises(ImageError, match="pixel type int64 is not supported"):  # a list of Python ints
+        upscaler.upscale(native.tolist())
+
+
+def test_int32_at_the_top_of_its_range_is_clipped_not_wrapped():
+    from msrgan_core.normalize import Stats, denormalize
+
+    top = np.iinfo(np.int32).max
+    out, _ = denormalize(np.ones((1, 2, 2), np.float32), Stats(low=np.zeros(1), high=np.array([float(top)])), np.int32)
+    assert out.min() > 0 and out.max() <= top
+
+
+def test_a_sparse_or_constant_channel_keeps_its_own_scale_whatever_its_units():
+    """Nearly all one value (beads, a masked field): mapped by its brightest pixel, not by a span of one unit."""
+    from msrgan_core.normalize import percentile_stats
+
+    for scale in (1e-6, 1.0, 1e4):
+        field = np.full((1, 64, 64), 2 * scale, np.float32)
+        field[0, 30:32, 30:32] = 5 * scale  # 0.1 % of the pixels: the 99.8th percentile is the background
+        stats = percentile_stats(field)
+        assert stats.low[0] == pytest.approx(2 * scale, rel=1e-6) and stats.high[0] == pytest.approx(5 * scale, rel=1e-6)
+    flat = percentile_stats(np.full((1, 8, 8), 3.0, np.float32))
+    assert 0 < flat.span[0] < 1e-5  # a constant float channel: a span far below its value
+    assert percentile_stats(np.full((1, 8, 8), 7, np.uint16)).span[0] == 1.0  # one grey level
