@@ -98,15 +98,15 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
-def readable_images(inputs: List[str], channel_axis: Optional[int]) -> list:
+def readable_images(inputs: List[str], channel_axis: Optional[int]) -> "tuple[list, int]":
     """The image files of ``inputs``, each checked from its header (no pixels): a file msrgan cannot
-    take stops the command at once, before any model loads or anything is written."""
+    take stops the command at once, before any model loads or anything is written; and how many
+    of them hold several channels."""
     from .io import find_images, read_header
 
     files = find_images(inputs)
-    for path in files:
-        read_header(path, channel_axis)
-    return files
+    several = sum(read_header(path, channel_axis)[0][0] > 1 for path in files)
+    return files, several
 
 
 def refuse_made_with_given(option: str, value) -> None:
@@ -125,7 +125,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     def sample(items: list) -> list:  # --sample N: evenly spread, so every source of the list is represented
         return spread(items, args.sample) if args.sample else items
 
-    files = readable_images(args.hr, args.channel_axis)
+    files, _ = readable_images(args.hr, args.channel_axis)
     check_model_output(args, args.model)
     if args.lr:
         from .pairs import find_pairs
@@ -152,7 +152,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            write_csv)
     from .io import clashes
 
-    files = readable_images(args.hr, args.channel_axis)
+    files, several = readable_images(args.hr, args.channel_axis)
+    if args.features and several:
+        print(f"msrgan: --features measures the first channel of each image ({several} of {len(files)} hold several): "
+              "the nuclei's must be first", file=sys.stderr)
     clashing = clashes(Path(f).stem for f in files)
     if clashing:  # figures, pictures and CellProfiler's fields are named after each image
         raise UserError(f"several --hr images share the name(s) {clashing}: their figures and pictures would mix; "

@@ -191,6 +191,11 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
     for where, says in [(["--out", tmp_path / "x.tif"], "is a file"), (["--csv", tmp_path], "is a folder")]:
         refused = msrgan("evaluate", "--hr", tmp_path / "x.tif", *where, check=False)
         assert refused.returncode == 2 and says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    tifffile.imwrite(tmp_path / "two.tif", np.zeros((2, 12, 12), np.uint16), metadata={"axes": "CYX"})
+    wrong = msrgan("evaluate", "--hr", tmp_path / "two.tif", tmp_path / "x.tif", "--features", "--out", tmp_path / "f",
+                   "--cellprofiler", tmp_path / "no-cellprofiler", check=False)  # stops before the model loads
+    assert "measures the first channel of each image (1 of 2 hold several)" in wrong.stderr
+    assert wrong.returncode == 2 and "no-cellprofiler" in wrong.stderr
     broken = msrgan("calibrate", "fidelity", "--hr", tmp_path / "broken.tif", "-o", tmp_path / "c.safetensors", check=False)
     assert broken.returncode == 2 and "broken.tif: the TIFF holds no image" in broken.stderr
 
