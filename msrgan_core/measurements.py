@@ -227,10 +227,7 @@ def verdicts(summary: List[dict]) -> List[str]:
     the repeat moves by :data:`UNREPEATABLE` or more."""
     by = {(e["method"], e["feature"]): e for e in summary}
     lines = []
-    most = {}  # per method, the most nuclei any feature's statistics had
-    for e in summary:
-        most[e["method"]] = max(most.get(e["method"], 0), e["n"])
-    few = sorted(method for method, n in most.items() if n < MIN_NUCLEI)
+    few = sorted({e["method"] for e in summary} - {e["method"] for e in summary if e["n"] >= MIN_NUCLEI})
     if few:
         lines.append(f"fewer than {MIN_NUCLEI} nuclei matched for {', '.join(few)} (a '-' in the table): too few for "
                      "statistics; measure more fields")

@@ -76,7 +76,7 @@ def noise_sigma(plane: np.ndarray) -> float:
     to read noise from, where scikit-image gives NaN and a warning)."""
     from skimage.restoration import estimate_sigma
 
-    if np.ptp(plane) == 0:
+    if np.ptp(plane) == 0:  # exactly flat: the wavelet reads rounding (1e-32), not noise
         return 0.0
     with warnings.catch_warnings():  # detail that is all zero but for the edges: no noise
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -221,8 +221,10 @@ def read_metadata(path: "str | Path") -> Dict[str, Any]:
     return read_card(path).metadata
 
 
-def read_card(name_or_path: "str | Path | None") -> ModelCard:
-    """The validated card of a packaged model (by name) or a model file (by path)."""
+def read_card(name_or_path: "str | Path | None", check_weights: bool = True) -> ModelCard:
+    """The validated card of a packaged model (by name) or a model file (by path); with
+    ``check_weights``, its weights read (as numpy, without torch) against their checksum
+    (:func:`check_checksum`). A load that reads them anyway checks them there instead."""
     from safetensors import safe_open
 
     path = resolve_model(name_or_path)
@@ -240,16 +242,23 @@ def read_card(name_or_path: "str | Path | None") -> ModelCard:
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: its msrgan metadata is not valid JSON ({exc})") from None
     card = ModelCard.from_metadata(meta, path)
-    if meta.get(CHECKSUM_KEY) is not None:
+    if check_weights and meta.get(CHECKSUM_KEY) is not None:
         try:
             with safe_open(str(path), framework="numpy") as fh:
-                found = weights_checksum({name: fh.get_tensor(name) for name in fh.keys()})
+                weights = {name: fh.get_tensor(name) for name in fh.keys()}
         except Exception as exc:  # noqa: BLE001 - safetensors' own and OS errors for damaged weights
             raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {gist(exc)}") from None
-        if found != meta[CHECKSUM_KEY]:
-            raise ModelFileError(f"{path}: its weights are damaged (their checksum is not the one written with them): "
-                                 "copy the file again from its source")
+        check_checksum(card, weights)
     return card
+
+
+def check_checksum(card: ModelCard, weights: Dict[str, Any]) -> None:
+    """Refuse weights whose checksum (:func:`weights_checksum`) is not the one their file was written
+    with; files written before checksums pass."""
+    saved = card.metadata.get(CHECKSUM_KEY)
+    if saved is not None and weights_checksum(weights) != saved:
+        raise ModelFileError(f"{card.source}: its weights are damaged (their checksum is not the one written with "
+                             "them): copy the file again from its source")
 
 
 def weights_checksum(tensors: Dict[str, Any]) -> str:

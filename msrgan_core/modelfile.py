@@ -17,8 +17,9 @@ from torch import nn
 from .config import GeneratorConfig, NormalizationConfig
 from .io import atomic_write
 from .modelcard import (  # noqa: F401 - re-exported: what a model file is, beside how it loads
-    CHECKSUM_KEY, DEFAULT_MODELS, FORMAT_VERSION, METADATA_KEY, InferenceDefaults, ModelCard, ModelFileError, describe,
-    generator_metadata, gist, packaged_model_path, read_card, read_metadata, resolve_model, weights_checksum,
+    CHECKSUM_KEY, DEFAULT_MODELS, FORMAT_VERSION, METADATA_KEY, InferenceDefaults, ModelCard, ModelFileError,
+    check_checksum, describe, generator_metadata, gist, packaged_model_path, read_card, read_metadata, resolve_model,
+    weights_checksum,
 )
 from .models import build_generator, influence_radius
 
@@ -93,7 +94,7 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
         Missing, truncated or foreign file, metadata that does not validate, or weights that do
         not match the architecture.
     """
-    card = read_card(name_or_path)
+    card = read_card(name_or_path, check_weights=False)  # checked below on the weights read once
     path = card.source
     generator = build_generator(card.generator)
     try:
@@ -101,16 +102,18 @@ def load_model(name_or_path: "str | Path | None" = None) -> LoadedModel:
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own and OS errors for damaged files
         raise ModelFileError(f"{path}: its weights cannot be read (truncated or damaged?): {gist(exc)}") from None
+    check_checksum(card, state)
     mismatch = weights_mismatch(generator.state_dict(), state)
-    try:
-        if mismatch:
-            raise RuntimeError(mismatch)
-        generator.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    if not mismatch:
+        try:
+            generator.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # what the names and shapes do not show (a dtype torch cannot copy)
+            mismatch = gist(exc)
+    if mismatch:
         net = card.generator
         raise ModelFileError(f"{path}: its weights do not match the network its metadata describes ({net.architecture}, "
-                             f"{net.n_blocks} x {net.n_features}, {net.scale}x): {gist(exc)}; was the file edited, "
-                             "or written by another program?") from None
+                             f"{net.n_blocks} x {net.n_features}, {net.scale}x): {mismatch}; was the file edited, "
+                             "or written by another program?")
     generator.eval()
     for p in generator.parameters():
         p.requires_grad_(False)

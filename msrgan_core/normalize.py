@@ -5,6 +5,7 @@ and an untiled one see the same mapping, and the output lands on the input's int
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,10 +45,9 @@ def percentile_stats(image: np.ndarray, config: NormalizationConfig = Normalizat
     step = max(1, flat.shape[1] // PERCENTILE_SAMPLE)
     sample = flat[:, ::step].astype(np.float64)
     low, high = np.percentile(sample, [config.low, config.high], axis=1)
-    high = np.where(high > low, high, flat.max(axis=1).astype(np.float64))
-    if np.any(high <= low):
-        tiny = np.finfo(np.float32).tiny
-        unit = 1.0 if image.dtype.kind in "ui" else np.maximum(np.abs(low) * 1e-6, tiny)
+    if np.any(high <= low):  # rare: the whole image is read once more only then
+        high = np.where(high > low, high, flat.max(axis=1).astype(np.float64))
+        unit = 1.0 if image.dtype.kind in "ui" else np.maximum(np.abs(low) * 1e-6, np.finfo(np.float32).tiny)
         high = np.where(high > low, high, low + unit)
     return Stats(low=low, high=high)
 
@@ -92,6 +92,7 @@ def denormalize(normalized, stats, dtype):
     return out.clamp_(info.min, _at_most(info.max, out.dtype)).round_().to(dtype), clipped
 
 
+@functools.lru_cache(maxsize=None)
 def _at_most(value: int, dtype: torch.dtype) -> float:
     """The largest number of the float ``dtype`` not above ``value``: int32's largest value rounds
     up to 2**31 in float32, which no int32 holds."""

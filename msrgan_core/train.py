@@ -470,8 +470,9 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
         raise TrainingError(f"{out_dir} already holds a training run: pass --resume to continue it, or use a new folder")
     if resume and not checkpoint_path.exists():
         raise TrainingError(f"--resume: {out_dir} holds no {CHECKPOINT} to continue from")
-    if resume:
-        check_same_run(out_dir, config)
+    recorded = recorded_config(out_dir) if resume else None
+    if recorded is not None:
+        check_same_run(recorded, config, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         log.info("msrgan: training on %s, pixel loss in %s, adversarial in %s (%d process%s)", describe_device(device),
@@ -492,7 +493,7 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
               average=WeightAverage(generator, tc.ema_decay) if tc.ema_decay > 0 else None)
     if resume:
         restore_checkpoint(run, load_checkpoint(checkpoint_path))
-        check_steps_ahead(run)
+        check_steps_ahead(run, recorded)
     if dist.is_main:  # once the resume is sure: a refused one leaves the run's record as it was
         write_run_description(out_dir, config, split)
     if dist.world_size > 1:
@@ -507,27 +508,31 @@ RESUMABLE_CHANGES = ("train.device", "train.workers", "train.tensorboard", "trai
                      "train.pretrain_steps", "train.gan_steps")
 
 
-def check_same_run(out_dir: Path, config: ExperimentConfig) -> None:
-    """On resume: the config must be the run's own (its ``config.json``) but for :data:`RESUMABLE_CHANGES`.
+def recorded_config(out_dir: Path) -> Optional[dict]:
+    """The config a run was started with (its ``config.json``, :func:`write_run_description`); None
+    for a run written before it was recorded."""
+    path = out_dir / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_same_run(recorded: dict, config: ExperimentConfig, out_dir: Path) -> None:
+    """On resume: the config must be the run's own (``recorded``) but for :data:`RESUMABLE_CHANGES`.
     Another seed, data, loss or degradation would continue another run from this one's state."""
-    stored_path = out_dir / "config.json"
-    if not stored_path.is_file():
-        return
-    stored, now = json.loads(stored_path.read_text()), json.loads(json.dumps(config.to_dict()))
-    changed = [f"{section}.{key} ({stored.get(section, {}).get(key)!r} -> {value!r})"
+    now = json.loads(json.dumps(config.to_dict()))
+    changed = [f"{section}.{key} ({recorded.get(section, {}).get(key)!r} -> {value!r})"
                for section, entries in now.items() for key, value in entries.items()
-               if stored.get(section, {}).get(key) != value and f"{section}.{key}" not in RESUMABLE_CHANGES]
+               if recorded.get(section, {}).get(key) != value and f"{section}.{key}" not in RESUMABLE_CHANGES]
     if changed:
-        raise TrainingError(f"--resume: the config is not the run's own ({stored_path}): {', '.join(changed[:4])}"
-                            f"{' and more' if len(changed) > 4 else ''}; resume with its config and overrides, "
-                            "or train into a new folder")
+        raise TrainingError(f"--resume: the config is not the run's own ({out_dir / 'config.json'}): "
+                            f"{', '.join(changed[:4])}{' and more' if len(changed) > 4 else ''}; resume with its config "
+                            "and overrides, or train into a new folder")
 
 
-def check_steps_ahead(run: Run) -> None:
+def check_steps_ahead(run: Run, recorded: Optional[dict]) -> None:
     """On resume with other step counts (to train longer): the checkpoint's step must not be past
     the new end, nor past a new end of pretraining that the run has not reached yet."""
     tc, step = run.config.train, run.step
-    was = json.loads((run.out_dir / "config.json").read_text())["train"] if (run.out_dir / "config.json").is_file() else {}
+    was = (recorded or {}).get("train", {})
     skips_pretraining_end = tc.pretrain_steps < step <= was.get("pretrain_steps", tc.pretrain_steps)
     if step > tc.pretrain_steps + tc.gan_steps or skips_pretraining_end:
         raise TrainingError(f"--resume: the checkpoint is at step {step}, past the end the steps now set "
