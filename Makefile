@@ -111,9 +111,11 @@ $(CP38_BASE):
 # msrgan by a plain `pip install .` (not editable, with its dependencies), as a user installs it
 # into CellProfiler's own environment; again whenever msrgan's files change. pip must change none
 # of CellProfiler's packages: every line of the freeze before msrgan is in the freeze after it
-# (tests/test_cellprofiler_env.py checks the pins against CellProfiler's metadata too).
+# (tests/test_cellprofiler_env.py checks the pins against CellProfiler's metadata too). On Python 3.8
+# PyPI's torch is a CUDA build (about 5 GB installed): --no-cache-dir keeps its 2.6 GB of downloads
+# from staying in pip's cache as well.
 $(CP38_STAMP): $(CP38_BASE) pyproject.toml $(MSRGAN_FILES)
-	leftover=$$(test -d build || echo yes); $(CP38_BIN)/pip install -q .; ok=$$?; \
+	leftover=$$(test -d build || echo yes); $(CP38_BIN)/pip install -q --no-cache-dir .; ok=$$?; \
 	if [ -n "$$leftover" ]; then rm -rf build; fi; exit $$ok
 	$(CP38_BIN)/pip freeze > $(CP38_VENV)/freeze-after-msrgan.txt
 	changed=$$(grep -vxFf $(CP38_VENV)/freeze-after-msrgan.txt $(CP38_VENV)/freeze-before-msrgan.txt); \
