@@ -46,7 +46,7 @@ class Harness:
             getattr(self.module, name).value = value
         self.pipeline.add_module(self.module)
         self.image_set_list = ImageSetList()
-        self.measurements = Measurements()
+        self.measurements = Measurements(mode="memory")  # no temporary file left behind
 
     def workspace(self, image, number: int = 0):
         from cellprofiler_core.object import ObjectSet
@@ -682,7 +682,7 @@ def test_a_cellprofiler_without_torch_or_msrgan_runs_msrgan_in_another_environme
         image_set_list = ImageSetList()
         image_set = image_set_list.get_image_set(0)
         image_set.add("DNA", Image(np.load({str(tmp_path / "crop.npy")!r})))
-        workspace = Workspace(pipeline, module, image_set, ObjectSet(), Measurements(), image_set_list)
+        workspace = Workspace(pipeline, module, image_set, ObjectSet(), Measurements(mode="memory"), image_set_list)
         module.prepare_run(workspace)
         module.run(workspace)
         np.save({str(tmp_path / "out.npy")!r}, image_set.get_image("Upscaled").pixel_data)
