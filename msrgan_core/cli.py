@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .options import (AS_THE_MODEL_SAYS, CALIBRATION_CELLS, DEFAULT_MODELS, DEVICES, ENSEMBLES, EVALUATION_PICTURES,
-                      PRECISIONS, QUALITY_GRID)
+from .options import (AS_THE_MODEL_SAYS, CALIBRATION_CELLS, DEFAULT_MODELS, ENSEMBLES, EVALUATION_PICTURES,
+                      PRECISIONS, QUALITY_GRID, device_name)
 
 #: the per-image figures of `msrgan evaluate`, unless --csv names another file
 EVALUATION_CSV = "msrgan_evaluation.csv"
@@ -283,6 +283,14 @@ def at_least(minimum: int):
     return whole_number
 
 
+def device_argument(text: str) -> str:
+    """An argparse type: a device name (:func:`msrgan_core.options.device_name`), else a one-line usage error."""
+    try:
+        return device_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_overwrite_option(p: argparse.ArgumentParser) -> None:
     """--overwrite of the commands that write one file: without it an existing file is refused before any work."""
     p.add_argument("--overwrite", action="store_true", help="replace the file to write if it exists")
@@ -304,7 +312,8 @@ def add_device_options(p: argparse.ArgumentParser, model_option: bool = True) ->
     precision, threads, tile."""
     if model_option:
         p.add_argument("--model", help=f"model file, or a packaged model: {', '.join(DEFAULT_MODELS)} (default {DEFAULT_MODELS[0]})")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", type=device_argument,
+                   help="auto (a GPU when there is one), cpu, cuda, or cuda:N for the GPU of index N (default: auto)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 where the device computes it (GPUs, CPUs with AVX-512 BF16 or AMX; output that is not finite "
                         "is redone in fp32), else fp32")
@@ -369,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.pretrain_steps=500 (repeatable)")
-    p.add_argument("--device", choices=DEVICES, help="overrides train.device")
+    p.add_argument("--device", type=device_argument, help="auto, cpu, cuda or cuda:N; overrides train.device")
     p.add_argument("--until-step", type=at_least(1), metavar="N",
                    help="stop at step N with a checkpoint (continue later with --resume)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

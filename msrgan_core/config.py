@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UserError
+from .options import device_name
 
 try:  # Python >= 3.11
     import tomllib
@@ -365,7 +366,10 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
         _check(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every!r}")
         _check(self.pixel_loss in ("l1", "mse"), f"train.pixel_loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
-        _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        try:
+            self.device = device_name(self.device)
+        except ValueError as error:
+            raise ConfigError(f"train.{error}") from None
         _check(self.workers >= 0, f"train.workers must be >= 0 (0: draw batches in the training process), got {self.workers!r}")
 
 

@@ -15,23 +15,28 @@ from typing import Optional
 
 import torch
 
-from .options import DEVICES
+from .options import device_name
 
 log = logging.getLogger("msrgan")
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (the GPU of index N).
 
-    Asking for ``cuda`` where there is none logs a warning and uses the CPU.
+    Asking for CUDA where there is none logs a warning and uses the CPU; a GPU index the machine
+    does not have is a ValueError that says which it has.
     """
-    device = (device or "auto").lower()
-    if device not in DEVICES + ("gpu",):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cpu":
+    name = device_name(device)
+    if name == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda")
-    if device in ("cuda", "gpu"):
+        if not name.startswith("cuda:"):
+            return torch.device("cuda")
+        index, count = int(name[5:]), torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"device {name}: this machine shows {count} GPU{'s' * (count != 1)} "
+                             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; CUDA_VISIBLE_DEVICES may hide others)")
+        return torch.device("cuda", index)
+    if name != "auto":
         log.warning("msrgan: a GPU was requested but CUDA is not available (torch %s): using the CPU", torch.__version__)
     return torch.device("cpu")
 
@@ -155,9 +160,9 @@ def cpu_has_bf16() -> bool:
 
 
 def describe_device(device: torch.device) -> str:
-    """``cuda (NVIDIA H200)`` or ``cpu (2 threads)``: what the log and the model files say."""
+    """``cuda (NVIDIA H200)``, ``cuda:1 (NVIDIA H200)`` or ``cpu (2 threads)``: what the log and the model files say."""
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
+        return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
 
 

@@ -192,7 +192,7 @@ class Upscaler:
         From :func:`msrgan_core.modelfile.load_model`, or what it takes: a packaged model's name
         (``"fidelity"``) or a model file.
     device : str
-        ``auto``, ``cpu`` or ``cuda``.
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the GPU of index N).
     tile : int
         Tile edge in input pixels, context included; 0 sizes it to :data:`TILE_MEMORY`.
     precision : str

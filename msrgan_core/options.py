@@ -3,8 +3,18 @@ CellProfiler module. Nothing here imports torch, so building a parser or a modul
 """
 from __future__ import annotations
 
-#: where the network runs: ``auto`` is CUDA when present, else the CPU
+#: where the network runs: ``auto`` is CUDA when present, else the CPU; ``cuda:N`` names one GPU (:func:`device_name`)
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_name(text: str) -> str:
+    """``text`` as a device name the library takes, in lower case: one of :data:`DEVICES`, ``gpu``
+    (``cuda``) or ``cuda:N``, the GPU of index N on a machine with several; a one-line ValueError else."""
+    name = str(text or "auto").strip().lower().replace("gpu", "cuda", 1)
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICES or (colon and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N (the GPU of index N), got {text!r}")
+    return f"cuda:{int(index)}" if colon else kind
 #: inference precisions; ``auto`` is bf16 where the device computes it (GPUs, CPUs with AVX-512 BF16 or
 #: AMX), else fp32; fp16 runs on GPUs only
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -98,6 +98,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     tifffile.imwrite(tmp_path / "x.tif", np.zeros((20, 20), np.uint8))
     result = msrgan("upscale", tmp_path / "x.tif", "-o", tmp_path / "o", "--model", bad_model, check=False)
     assert result.returncode == 2 and "bad.safetensors" in result.stderr and "Traceback" not in result.stderr
+    device = msrgan("upscale", tmp_path / "x.tif", "-o", tmp_path / "o", "--device", "cuda:first", check=False)
+    assert device.returncode == 2 and "cuda:N" in device.stderr and "Traceback" not in device.stderr
     absent = msrgan("upscale", tmp_path / "x.tif", "-o", tmp_path / "o", "--model", tmp_path / "gone.safetensors", check=False)
     assert absent.returncode == 2 and "does not exist" in absent.stderr
     stack = tmp_path / "stack.tif"

@@ -216,3 +216,10 @@ def test_each_packaged_model_says_what_its_recipe_trains(recipe, model):
     assert set(meta) - {"uncertainty_scale", "uncertainty_calibration"} == {
         "name", "generator", "normalization", "degradation", "loss", "training", "validation", "created",
         "msrgan_version", "format_version", "scale", "in_channels", "out_channels", "influence_radius", "weights_sha256"}
+
+
+def test_the_training_device_may_name_one_gpu():
+    assert TrainConfig(device="GPU:1").device == "cuda:1"
+    assert TrainConfig(device="cuda").device == "cuda"
+    with pytest.raises(ConfigError, match=r"train.device must be auto, cpu, cuda or cuda:N.*'tpu'"):
+        TrainConfig(device="tpu")

@@ -713,3 +713,26 @@ def test_a_sparse_or_constant_channel_keeps_its_own_scale_whatever_its_units():
     flat = percentile_stats(np.full((1, 8, 8), 3.0, np.float32))
     assert 0 < flat.span[0] < 1e-5  # a constant float channel: a span far below its value
     assert percentile_stats(np.full((1, 8, 8), 7, np.uint16)).span[0] == 1.0  # one grey level
+
+
+def test_a_gpu_is_named_by_its_index_and_one_the_machine_lacks_is_refused(monkeypatch, caplog):
+    """``cuda:N`` picks one GPU of several (a node running one msrgan per GPU); an index beyond the
+    GPUs the process sees is an error naming those it has, not a silent cuda:0."""
+    import torch
+    import msrgan_core.device as device
+
+    assert device.resolve_device("CPU") == torch.device("cpu")
+    with pytest.raises(ValueError, match="cuda:N"):
+        device.resolve_device("cuda:one")
+    with pytest.raises(ValueError, match="cuda:N"):
+        device.resolve_device("cpu:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="msrgan"):
+        assert device.resolve_device("cuda:1") == torch.device("cpu")  # as for plain cuda: a warning, the CPU
+    assert "CUDA is not available" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert device.resolve_device("gpu") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"cuda:2: this machine shows 2 GPUs \(cuda:0 to cuda:1"):
+        device.resolve_device("cuda:2")
