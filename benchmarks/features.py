@@ -34,7 +34,7 @@ def main() -> None:
     upscaler, paths = held_out_upscaler(args)
     model = upscaler.model
     for index, cell in enumerate(args.cells):
-        pairs = degraded_pairs(paths, model.normalization, grid_degradation(cell, scale=upscaler.scale), first_channel=True,
+        pairs = degraded_pairs(paths, model.normalization, grid_degradation(cell, scale=upscaler.scale), channel=0,
                                desc="upscaling")
         report = evaluate_features(pairs, upscaler, upscaler.scale, args.out / cell,
                                    name=f"{Path(model.source).name} and bicubic against the truth, held-out BBBC039 "

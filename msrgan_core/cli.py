@@ -98,15 +98,14 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
-def readable_images(inputs: List[str], channel_axis: Optional[int]) -> "tuple[list, int]":
+def readable_images(inputs: List[str], channel_axis: Optional[int]) -> "tuple[list, list]":
     """The image files of ``inputs``, each checked from its header (no pixels): a file msrgan cannot
     take stops the command at once, before any model loads or anything is written; and how many
-    of them hold several channels."""
+    channels each holds."""
     from .io import find_images, read_header
 
     files = find_images(inputs)
-    several = sum(read_header(path, channel_axis)[0][0] > 1 for path in files)
-    return files, several
+    return files, [read_header(path, channel_axis)[0][0] for path in files]
 
 
 def refuse_made_with_given(option: str, value) -> None:
@@ -152,10 +151,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            write_csv)
     from .io import clashes
 
-    files, several = readable_images(args.hr, args.channel_axis)
-    if args.features and several:
-        print(f"msrgan: --features measures the first channel of each image ({several} of {len(files)} hold several): "
-              "the nuclei's must be first", file=sys.stderr)
+    files, channels = readable_images(args.hr, args.channel_axis)
+    if args.nuclei_channel is not None and not args.features:
+        raise UserError("--nuclei-channel picks the channel --features measures: give --features too")
+    nuclei = (args.nuclei_channel or 1) - 1 if args.features else None  # the one channel --features measures
+    if args.features:
+        lacking = [(Path(f).name, n) for f, n in zip(files, channels) if n <= nuclei]
+        if lacking:
+            raise UserError(f"--nuclei-channel {args.nuclei_channel}: {len(lacking)} image(s) have fewer channels, "
+                            f"e.g. {lacking[0][0]} ({lacking[0][1]})")
+        several = sum(n > 1 for n in channels)
+        if several and args.nuclei_channel is None:
+            print(f"msrgan: --features measures the nuclei in channel 1 of each image ({several} of {len(files)} hold "
+                  "several): --nuclei-channel N picks another", file=sys.stderr)
     clashing = clashes(Path(f).stem for f in files)
     if clashing:  # figures, pictures and CellProfiler's fields are named after each image
         raise UserError(f"several --hr images share the name(s) {clashing}: their figures and pictures would mix; "
@@ -164,14 +172,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--features needs --out DIR for its images, CSVs and scatter plot")
     if args.lr:
         refuse_made_with_given("--degradation", args.degradation)
+    if args.features:
+        from .headless import find_cellprofiler
+
+        find_cellprofiler(args.cellprofiler)
     if args.out:  # where it writes, checked before the model loads: it fails at once, not after the work
         prepare_output_folder(args.out)
     if args.features:
-        from .headless import find_cellprofiler
         from .measurements import check_features_folder
 
         check_features_folder(args.out)
-        find_cellprofiler(args.cellprofiler)
     table = Path(args.csv) if args.csv else (args.out / EVALUATION_CSV if args.out else Path(EVALUATION_CSV))
     if not args.features:
         check_output_file(table, ".csv", overwrite=True)
@@ -183,11 +193,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         what = "real pairs (--lr)"
         pairs = registered_pairs(find_pairs(args.lr, files), upscaler.model.normalization, scale, args.channel_axis,
-                                 first_channel=args.features, desc=desc, progress=progress)
+                                 channel=nuclei, desc=desc, progress=progress)
     else:
         what = args.degradation or "bin"
         pairs = degraded_pairs(files, upscaler.model.normalization, grid_degradation(what, scale=scale), args.seed,
-                               args.channel_axis, first_channel=args.features, desc=desc, progress=progress)
+                               args.channel_axis, channel=nuclei, desc=desc, progress=progress)
     print(f"{Path(upscaler.model.source).name}: {what} x{scale}; {upscaler.options}")
     if args.features:
         from .measurements import evaluate_features, format_summary, verdicts
@@ -421,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "side) and the per-image CSV, or with --features the images, feature CSVs "
                                              "and scatter plot")
     p.add_argument("--cellprofiler", help="with --features: the CellProfiler executable (default: found beside this Python)")
+    p.add_argument("--nuclei-channel", type=at_least(1), metavar="N",
+                   help="with --features: the channel that holds the nuclei, 1 for the first (default: 1)")
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--channel-axis", type=int, choices=[0, -1, 2])
     p.add_argument("-q", "--quiet", action="store_true")

@@ -87,11 +87,11 @@ def check_not_blank(image: np.ndarray, normalization: NormalizationConfig, sourc
 
 def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degradation: DegradationConfig,
                   seed: int = 0, channel_axis: Optional[int] = None,
-                  first_channel: bool = False) -> "tuple[np.ndarray, np.ndarray, np.dtype]":
+                  channel: Optional[int] = None) -> "tuple[np.ndarray, np.ndarray, np.dtype]":
     """A high-resolution image file and its degraded counterpart, as every evaluation makes them.
 
     Returns ``(hr, lr, dtype)``: the image cropped to a multiple of the degradation's scale as
-    float32 ``(C, Y, X)`` (only its first channel with ``first_channel``), its
+    float32 ``(C, Y, X)`` (only channel ``channel``, counted from 0, where given), its
     :func:`low_resolution` with noise drawn from the file's name (:func:`image_seed`), and the
     file's dtype. Raises :class:`BlankField` for a blank image.
     """
@@ -101,7 +101,7 @@ def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degrad
         raise UserError(f"{path}: the image is {image.shape[1]} x {image.shape[2]} pixels; scoring a {degradation.scale}x "
                         f"upscaler needs at least {smallest} x {smallest}, so that its low-resolution version is "
                         f"{MIN_EDGE} x {MIN_EDGE}")
-    hr = crop_to_multiple(image[:1] if first_channel else image, degradation.scale).astype(np.float32)
+    hr = crop_to_multiple(image if channel is None else image[channel:channel + 1], degradation.scale).astype(np.float32)
     check_not_blank(hr, normalization, path)
     lr = low_resolution(hr, normalization, degradation, np.random.default_rng(image_seed(path, seed)))
     return hr, lr, image.dtype
@@ -129,12 +129,12 @@ def without_blanks(items: Sequence, make: Callable[[object], Tuple[Path, np.ndar
 
 
 def degraded_pairs(paths: Sequence[Path], normalization: NormalizationConfig, degradation: DegradationConfig,
-                   seed: int = 0, channel_axis: Optional[int] = None, first_channel: bool = False,
+                   seed: int = 0, channel_axis: Optional[int] = None, channel: Optional[int] = None,
                    desc: str = "evaluating", progress: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
     """``(path, hr, lr, dtype)`` of :func:`degraded_pair` for each image (:func:`without_blanks`).
     Real pairs of acquisitions come as the same tuples from :func:`msrgan_core.pairs.registered_pairs`."""
     def make(path):
-        return (Path(path), *degraded_pair(path, normalization, degradation, seed, channel_axis, first_channel))
+        return (Path(path), *degraded_pair(path, normalization, degradation, seed, channel_axis, channel))
 
     return without_blanks(paths, make, desc, progress)
 

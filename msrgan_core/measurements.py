@@ -131,7 +131,7 @@ def prepare_images(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dtype]
                    seed: int = 0, pictures: Optional[Path] = None) -> List[str]:
     """Write ``KEY__high-res.tif``, ``KEY__msrgan.tif``, ``KEY__bicubic.tif`` and ``KEY__repeat.tif``
     for each ``(path, hr, lr, dtype)`` pair (:func:`~msrgan_core.evaluate.degraded_pairs` or
-    :func:`~msrgan_core.pairs.registered_pairs`, first channel only), KEY its :func:`field_key`,
+    :func:`~msrgan_core.pairs.registered_pairs`, one channel each), KEY its :func:`field_key`,
     and with ``pictures`` a ``FIELD.png`` there (:func:`~msrgan_core.evaluate.picture`).
 
     Returns the field names (the files' stems), in the keys' order.
@@ -328,7 +328,7 @@ def evaluate_features(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dty
         rows = compare(fields, cp_out, keys=[field_key(i) for i in range(len(fields))])
         if not rows:
             raise FeatureEvaluationError(f"CellProfiler found no nuclei on the high-resolution images ({len(fields)} "
-                                         "field(s)): are they nuclei, in the first channel?")
+                                         "field(s)): are they nuclei, in the channel measured (evaluate --nuclei-channel)?")
         summary = summarize(rows)
         files = [write_rows(out_dir / "features_objects.csv", rows),
                  write_rows(out_dir / "features_summary.csv", summary, SUMMARY_COLUMNS),

@@ -564,19 +564,20 @@ def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[np.nd
 
 
 def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationConfig, scale: int,
-                    channel_axis: Optional[int] = None, first_channel: bool = False,
+                    channel_axis: Optional[int] = None, channel: Optional[int] = None,
                     log_level: int = logging.INFO) -> Tuple[np.ndarray, np.ndarray, np.dtype]:
     """``(hr, lr, dtype)`` of one real pair, as :func:`~msrgan_core.evaluate.degraded_pair` gives a
-    synthetic one: aligned, cropped to the area both show, ``lr`` on ``hr``'s intensity scale.
-    Registration uses the first channel; what it found is logged at ``log_level``."""
+    synthetic one: aligned, cropped to the area both show, ``lr`` on ``hr``'s intensity scale; only
+    channel ``channel`` (from 0) where given. Registration uses the first channel kept; what it
+    found is logged at ``log_level``."""
     from .evaluate import check_not_blank
 
     lr, _ = read_image(lr_path, channel_axis=channel_axis)
     hr, _ = read_image(hr_path, channel_axis=channel_axis)
     if lr.shape[0] != hr.shape[0]:
         raise UserError(f"{lr_path.name} has {lr.shape[0]} channel(s) and {hr_path.name} {hr.shape[0]}: a pair must have the same")
-    if first_channel:
-        lr, hr = lr[:1], hr[:1]
+    if channel is not None:
+        lr, hr = lr[channel:channel + 1], hr[channel:channel + 1]
     check_not_blank(hr.astype(np.float32), normalization, hr_path)
     turns, mirrored = best_orientation(lr[0], hr[0], scale)
     if turns or mirrored:
@@ -608,7 +609,7 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
 
 
 def registered_pairs(pairs: Sequence[Tuple[Path, Path]], normalization: NormalizationConfig, scale: int,
-                     channel_axis: Optional[int] = None, first_channel: bool = False, desc: str = "registering",
+                     channel_axis: Optional[int] = None, channel: Optional[int] = None, desc: str = "registering",
                      progress: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray, np.dtype]]:
     """``(high-resolution path, hr, lr, dtype)`` of :func:`registered_pair` for each ``(low, high)``
     pair of files (:func:`find_pairs`), with a progress bar; blank fields and pairs that cannot be
@@ -617,6 +618,6 @@ def registered_pairs(pairs: Sequence[Tuple[Path, Path]], normalization: Normaliz
 
     def make(pair: Tuple[Path, Path]):
         lr_path, hr_path = pair
-        return (hr_path, *registered_pair(lr_path, hr_path, normalization, scale, channel_axis, first_channel))
+        return (hr_path, *registered_pair(lr_path, hr_path, normalization, scale, channel_axis, channel))
 
     return without_blanks(list(pairs), make, desc, progress, also=(RegistrationError,))

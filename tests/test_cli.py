@@ -196,8 +196,14 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
     tifffile.imwrite(tmp_path / "two.tif", np.zeros((2, 12, 12), np.uint16), metadata={"axes": "CYX"})
     wrong = msrgan("evaluate", "--hr", tmp_path / "two.tif", tmp_path / "x.tif", "--features", "--out", tmp_path / "f",
                    "--cellprofiler", tmp_path / "no-cellprofiler", check=False)  # stops before the model loads
-    assert "measures the first channel of each image (1 of 2 hold several)" in wrong.stderr
-    assert wrong.returncode == 2 and "no-cellprofiler" in wrong.stderr
+    assert "measures the nuclei in channel 1 of each image (1 of 2 hold several): --nuclei-channel N" in wrong.stderr
+    assert wrong.returncode == 2 and "no-cellprofiler" in wrong.stderr and not (tmp_path / "f").exists()
+    beyond = msrgan("evaluate", "--hr", tmp_path / "two.tif", tmp_path / "x.tif", "--features", "--nuclei-channel", "2",
+                    "--out", tmp_path / "g", check=False)
+    assert beyond.returncode == 2 and "1 image(s) have fewer channels, e.g. x.tif (1)" in beyond.stderr
+    assert not (tmp_path / "g").exists()
+    alone = msrgan("evaluate", "--hr", tmp_path / "two.tif", "--nuclei-channel", "2", check=False)
+    assert alone.returncode == 2 and "give --features too" in alone.stderr
     broken = msrgan("calibrate", "fidelity", "--hr", tmp_path / "broken.tif", "-o", tmp_path / "c.safetensors", check=False)
     assert broken.returncode == 2 and "broken.tif: the TIFF holds no image" in broken.stderr
 

@@ -99,7 +99,7 @@ def test_features_end_to_end_through_cellprofiler(shared_data, cellprofiler_comm
         evaluate_features([], None, 4, tmp_path / "out", name="test")
     (tmp_path / "out" / "features_run").rmdir()
     upscaler = Upscaler(load_model("fidelity"), device="cpu")
-    pairs = degraded_pairs([crop], upscaler.model.normalization, grid_degradation("bin"), first_channel=True, progress=False)
+    pairs = degraded_pairs([crop], upscaler.model.normalization, grid_degradation("bin"), channel=0, progress=False)
     report = evaluate_features(pairs, upscaler, 4, tmp_path / "out", name="test")
     assert [p.name for p in report.files] == ["features_objects.csv", "features_summary.csv", "features_scatter.png",
                                               "side_by_side", "features_run"]
@@ -149,3 +149,19 @@ def test_float_fields_on_a_counts_scale_reach_cellprofiler_within_0_1_all_alike(
     assert saved[1][0, 1] / saved[0][0, 1] == pytest.approx(4200 / 4095)  # relative errors unchanged
     assert float_unit([np.array([[0.2, 0.9]])], np.float32) == 1.0  # 0..1 floats as they are
     assert float_unit([upscaled], np.uint16) == 1.0  # integers: CellProfiler scales them by their type
+
+
+def test_the_channel_measured_is_the_one_asked_for(tmp_path):
+    """Nuclei in the second channel of a two-channel field (a blank first one, e.g. a marker not
+    expressed in the well) are what ``--nuclei-channel 2`` evaluates; the first is refused as blank."""
+    from msrgan_core.config import NormalizationConfig
+    from msrgan_core.evaluate import BlankField, degraded_pair, grid_degradation
+
+    nuclei = (100 + 3000 * (_discs((66, 70), [(20, 20), (45, 50)], 9) > 0)).astype(np.uint16)
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.stack([np.full_like(nuclei, 100), nuclei]), metadata={"axes": "CYX"})
+    hr, lr, dtype = degraded_pair(path, NormalizationConfig(), grid_degradation("bin"), channel=1)
+    assert hr.shape == (1, 64, 68) and lr.shape == (1, 16, 17) and dtype == np.uint16
+    np.testing.assert_array_equal(hr[0], nuclei[:64, :68])
+    with pytest.raises(BlankField, match="two.tif"):
+        degraded_pair(path, NormalizationConfig(), grid_degradation("bin"), channel=0)
