@@ -331,13 +331,12 @@ def train(
     """
     run = set_up_run(config, Path(out_dir), resume, progress)
     tc, dist, device = config.train, run.dist, run.device
-    if dist.is_main:
-        _prepare_metrics_csv(run.out_dir / METRICS, run.step)
+    earlier = _prepare_metrics_csv(run.out_dir / METRICS, run.step) if dist.is_main else 0.0
     writer = _tensorboard(run.out_dir) if tc.tensorboard and dist.is_main else None
     autocast = {"pretrain": autocast_for(tc, device), "gan": autocast_for(tc, device, adversarial=True)}
     total = tc.pretrain_steps + tc.gan_steps
     bar = tqdm(total=total, initial=run.step, desc="training", unit="step", disable=not (progress and dist.is_main))
-    started = time.time()
+    started = time.time() - earlier  # a resumed run's seconds go on from its checkpoint's
     stop = total if until_step is None else min(total, int(until_step))
     if resume:
         for stale in run.out_dir.glob(".*.part"):  # left by a kill during a write (checkpoints, model files)
@@ -840,8 +839,9 @@ def save_run_state(run: Run, pretrain_ends: bool) -> None:
         save_checkpoint(run.out_dir / PRETRAINED_CHECKPOINT, state)
 
 
-def _prepare_metrics_csv(path: Path, resume_step: int) -> None:
-    """Create the CSV, or on resume drop rows past the checkpoint (they will be logged again)."""
+def _prepare_metrics_csv(path: Path, resume_step: int) -> float:
+    """Create the CSV, or on resume drop rows past the checkpoint (they will be logged again);
+    returns the training seconds of the last row kept (0 for a new run)."""
     rows = []
     if path.exists():
         with open(path, newline="") as fh:
@@ -850,6 +850,7 @@ def _prepare_metrics_csv(path: Path, resume_step: int) -> None:
         writer = csv.DictWriter(fh, fieldnames=METRICS_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+    return float(rows[-1]["seconds"] or 0) if rows else 0.0
 
 
 def _append_metrics(path: Path, row: dict) -> None:

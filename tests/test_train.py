@@ -79,13 +79,19 @@ def test_resume_continues_exactly(tmp_path):
     straight = train(tiny_config(data), tmp_path / "straight", progress=False)
     train(tiny_config(data), tmp_path / "stopped", progress=False, until_step=4)
     assert load_checkpoint(tmp_path / "stopped" / CHECKPOINT)["step"] == 4
+    metrics = tmp_path / "stopped" / "metrics.csv"  # as if its first steps had taken 1000 s
+    rows = list(csv.DictReader(open(metrics)))
+    with open(metrics, "w", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writeheader()
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writerows([dict(r, seconds="1000.0") for r in rows])
     resumed = train(tiny_config(data), tmp_path / "stopped", resume=True, progress=False)
     a, b = load_checkpoint(straight / CHECKPOINT), load_checkpoint(resumed / CHECKPOINT)
     assert a["step"] == b["step"] == 6
     assert states_equal(a["generator"], b["generator"])
     assert states_equal(a["discriminator"], b["discriminator"])
-    steps = [r["step"] for r in csv.DictReader(open(resumed / "metrics.csv"))]
-    assert steps == ["3", "6"]
+    rows = list(csv.DictReader(open(resumed / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["3", "6"]
+    assert float(rows[1]["seconds"]) >= 1000.0  # the run's time goes on from its checkpoint's, not from 0
 
 
 def test_worker_processes_draw_the_same_batches_as_the_training_process(tmp_path):
