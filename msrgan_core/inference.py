@@ -599,9 +599,12 @@ def _take(stats: Stats, group: slice) -> Stats:
     return Stats(low=stats.low[group], high=stats.high[group])
 
 
-def upscale(image: np.ndarray, model: LoadedModel, device: str = "auto", tile: int = 0) -> np.ndarray:
-    """Upscale one ``(Y, X)`` or ``(C, Y, X)`` image with ``model``; see :class:`Upscaler`."""
-    return Upscaler(model, device=device, tile=tile).upscale(image)
+def upscale(image: np.ndarray, model: "LoadedModel | str | Path" = "fidelity", device: str = "auto", tile: int = 0,
+            **options) -> np.ndarray:
+    """Upscale one ``(Y, X)`` or ``(C, Y, X)`` image with ``model`` (a packaged model's name, a model
+    file or a loaded model); ``options`` are :class:`Upscaler`'s (``precision``, ``ensemble``,
+    ``match_bins``, ``threads``). For many images make one :class:`Upscaler` and reuse it."""
+    return Upscaler(model, device=device, tile=tile, **options).upscale(image)
 
 
 def upscale_file(

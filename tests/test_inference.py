@@ -736,3 +736,10 @@ def test_a_gpu_is_named_by_its_index_and_one_the_machine_lacks_is_refused(monkey
     assert device.resolve_device("gpu") == torch.device("cuda")
     with pytest.raises(ValueError, match=r"cuda:2: this machine shows 2 GPUs \(cuda:0 to cuda:1"):
         device.resolve_device("cuda:2")
+
+
+def test_the_one_call_upscale_takes_a_packaged_models_name_and_the_upscalers_options():
+    image = smooth_image((24, 28)).astype(np.uint16)
+    options = dict(device="cpu", precision="fp32", ensemble=2, match_bins=True)
+    np.testing.assert_array_equal(upscale(image, "fidelity", **options), Upscaler("fidelity", **options).upscale(image))
+    assert not np.array_equal(upscale(image, "fidelity", **options), upscale(image, "fidelity", device="cpu", precision="fp32"))
