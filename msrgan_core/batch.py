@@ -7,6 +7,7 @@ upscaled or written is reported with its name and reason, and the others are sti
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import queue
@@ -14,7 +15,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
@@ -42,6 +43,7 @@ class Job:
     source: Path
     destination: Path
     uncertainty: Optional[Path] = None
+    stale: Optional[Path] = None  # an uncertainty image an earlier run left, which the new output makes wrong
 
     @property
     def outputs(self) -> List[Path]:
@@ -79,7 +81,8 @@ def check_output_file(path: "str | Path", suffix: str, overwrite: bool = False,
                       inputs: Iterable["str | Path"] = ()) -> Path:
     """Refuse, before any work, a file a command would write (a model file, a package): a folder,
     one not named ``*suffix``, one of ``inputs`` (through links too), an existing file unless
-    ``overwrite``, or one whose folder cannot be written. Creates its folder."""
+    ``overwrite``, or one whose folder cannot be written (a folder yet to be made: the folder
+    above it). Makes no folder: the file's writer does (:func:`~msrgan_core.io.atomic_write`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise BatchError(f"{path} is a folder: name the file to write")
@@ -89,14 +92,23 @@ def check_output_file(path: "str | Path", suffix: str, overwrite: bool = False,
         raise BatchError(f"{path} is an input: msrgan never writes over its inputs; choose another name")
     if path.exists() and not overwrite:
         raise BatchError(f"{path} exists: pass --overwrite to replace it")
-    prepare_output_folder(path.parent)
+    folder = path.parent.absolute()
+    while not folder.exists():  # made when the file is written (atomic_write), not before: a failed command leaves no folder
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BatchError(f"{path} cannot be written: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise BatchError(f"{path} cannot be written ({exc.strerror or exc}) in {folder}: choose another place") from None
     return path
 
 
 def remove_stale_parts(destination: Path) -> int:
     """Delete the hidden ``.NAME.*.part`` files a killed earlier write of ``destination`` left."""
     removed = 0
-    for part in destination.parent.glob(f".{destination.name}.*.part"):
+    for part in destination.parent.glob(f".{glob.escape(destination.name)}.*.part"):
         try:
             part.unlink()
             removed += 1
@@ -112,14 +124,17 @@ def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool 
     Refuses, before anything runs: an output folder that cannot be written; two inputs that
     would write one output; an output that is (or resolves to, through links) one of the inputs,
     ``overwrite`` or not. Removes what killed earlier runs left half-written. With
-    ``uncertainty``, each job also writes ``NAME.uncertainty.tif`` (:data:`UNCERTAINTY_SUFFIX`).
+    ``uncertainty``, each job also writes ``NAME.uncertainty.tif`` (:data:`UNCERTAINTY_SUFFIX`);
+    without it, ``overwrite`` removes such an image where it replaces the output it described.
+    An existing output is kept without ``overwrite``, also where its uncertainty image is asked
+    for and missing (it may come from another model: a warning says so).
 
     Returns
     -------
     jobs : list of Job
         The files to upscale, in order.
     skipped : list of Path
-        Outputs that exist already, with their uncertainty images when asked (kept, unless ``overwrite``).
+        Outputs that exist already (kept, unless ``overwrite``).
     """
     files = find_images(inputs)
     out_dir = prepare_output_folder(Path(out_dir))
@@ -135,8 +150,20 @@ def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool 
     stale = sum(remove_stale_parts(output) for job in jobs for output in job.outputs)
     if stale:
         log.info("msrgan: removed %d half-written file(s) left by an interrupted run", stale)
-    skipped = [job.destination for job in jobs if all(o.exists() for o in job.outputs) and not overwrite]
-    return [job for job in jobs if job.destination not in skipped], skipped
+    if overwrite:
+        return [job if uncertainty else replace(job, stale=_existing(same_name_tif(job.source, out_dir, UNCERTAINTY_SUFFIX)))
+                for job in jobs], []
+    incomplete = [job.uncertainty.name for job in jobs if job.destination.exists() and not job.uncertainty.exists()] \
+        if uncertainty else []
+    if incomplete:
+        log.warning("msrgan: %d output(s) exist without their uncertainty image (e.g. %s), perhaps from another model: "
+                    "skipped; --overwrite redoes both", len(incomplete), incomplete[0])
+    skipped = [job.destination for job in jobs if job.destination.exists()]
+    return [job for job in jobs if not job.destination.exists()], skipped
+
+
+def _existing(path: Path) -> Optional[Path]:
+    return path if path.exists() else None
 
 
 def check_headers(jobs: List[Job], channel_axis: Optional[int] = None,
@@ -162,7 +189,7 @@ _DONE = object()
 
 
 def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None, stop_on_error: bool = False,
-                  progress: bool = True) -> BatchReport:
+                  progress: bool = True, on_failure: Optional[Callable[[str], None]] = None) -> BatchReport:
     """Upscale every job's file into its destination, reading and writing beside the upscaling.
 
     Parameters
@@ -176,12 +203,28 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
         Stop at the first file that fails (its error is raised) instead of going on.
     progress : bool
         A progress bar over files.
+    on_failure : callable, optional
+        Called with a file's failure, in one line naming it, as it happens (not after the plate).
+
+    An error that is neither the input's nor the disk's (a defect, memory exhausted) stops the
+    batch and is raised; the outputs written so far stay.
     """
     report = BatchReport()
     to_upscale: "queue.Queue" = queue.Queue(QUEUE_DEPTH)
     to_write: "queue.Queue" = queue.Queue(QUEUE_DEPTH)
     stop = threading.Event()
-    failures: "queue.Queue" = queue.Queue()
+    errors: List[BaseException] = []  # the first file's failure, with stop_on_error
+    crashed: List[BaseException] = []  # the writer's own error, neither the input's nor the disk's
+    lock = threading.Lock()
+
+    def failed(job: Job, exc: BaseException) -> None:
+        message = str(exc) if str(job.source) in str(exc) or str(job.destination) in str(exc) else f"{job.source}: {exc}"
+        with lock:
+            report.failed.append((job.source, message))
+            if stop_on_error and not errors:
+                errors.append(exc)
+        if on_failure is not None:
+            on_failure(message)
 
     def read() -> None:
         for job in jobs:
@@ -189,30 +232,40 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
                 break
             try:
                 to_upscale.put((job, *read_image(job.source, channel_axis=channel_axis)))
-            except (UserError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to the main thread, which says or raises it
                 to_upscale.put((job, exc, None))
         to_upscale.put(_DONE)
+
+    def write_one(job: Job, result, layout) -> None:
+        deviation = None
+        if job.uncertainty is not None:
+            result, deviation = result
+        try:  # the output first: an uncertainty image is never left without the image it describes
+            write_image(job.destination, result, layout)
+        except OSError as exc:
+            failed(job, OSError(f"{job.destination}: cannot be written ({exc.strerror or exc})"))
+            return
+        try:
+            if deviation is not None:
+                write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype))
+            elif job.stale is not None:  # an earlier run's, describing the output just replaced
+                job.stale.unlink(missing_ok=True)
+                log.info("msrgan: removed %s: it described the output just replaced", job.stale)
+            report.written.append(job.destination)
+        except OSError as exc:
+            failed(job, OSError(f"{job.uncertainty or job.stale}: cannot be written ({exc.strerror or exc})"))
 
     def write() -> None:
         while True:
             item = to_write.get()
             if item is _DONE:
                 return
-            job, result, layout = item
-            deviation = None
-            if job.uncertainty is not None:
-                result, deviation = result
-            try:  # the output first: an uncertainty image is never left without the image it describes
-                write_image(job.destination, result, layout)
-            except OSError as exc:
-                failures.put((job, OSError(f"{job.destination}: cannot be written ({exc.strerror or exc})")))
-            else:
-                try:
-                    if deviation is not None:
-                        write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype))
-                    report.written.append(job.destination)
-                except OSError as exc:
-                    failures.put((job, OSError(f"{job.uncertainty}: cannot be written ({exc.strerror or exc})")))
+            if crashed:  # take what comes, so that nothing waits on this thread
+                continue
+            try:
+                write_one(*item)
+            except Exception as exc:  # noqa: BLE001 - raised in the main thread
+                crashed.append(exc)
             bar.update(1)
 
     bar = tqdm(total=len(jobs), desc="upscaling", unit="image", disable=not progress)
@@ -220,7 +273,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
     reader.start()
     writer.start()
     try:
-        while True:
+        while not crashed and not errors:
             item = to_upscale.get()
             if item is _DONE:
                 break
@@ -231,10 +284,8 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
                 to_write.put((job, upscaler.upscale(image, source=str(job.source), uncertainty=job.uncertainty is not None),
                               layout.upscaled(upscaler.scale)))
             except (UserError, OSError) as exc:
-                failures.put((job, exc))
+                failed(job, exc)
                 bar.update(1)
-            if stop_on_error and not failures.empty():
-                break
     finally:
         stop.set()
         to_write.put(_DONE)
@@ -245,12 +296,8 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             except queue.Empty:
                 reader.join(0.05)
         bar.close()
-    while not failures.empty():
-        job, exc = failures.get()
-        if stop_on_error:
-            raise exc
-        message = str(exc) if str(job.source) in str(exc) or str(job.destination) in str(exc) else f"{job.source}: {exc}"
-        report.failed.append((job.source, message))
+    if crashed or errors:
+        raise (crashed or errors)[0]
     return report
 
 

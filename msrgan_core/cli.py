@@ -39,11 +39,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"msrgan: failed: {reason}", file=sys.stderr)
     report = BatchReport()
     if jobs:
+        from tqdm.auto import tqdm
+
         upscaler = make_upscaler(args, progress=not args.quiet)
         report = upscale_files(upscaler, jobs, args.channel_axis, stop_on_error=args.stop_on_error,
-                               progress=not args.quiet)
-    for source, reason in report.failed:
-        print(f"msrgan: failed: {reason}", file=sys.stderr)
+                               progress=not args.quiet,  # each failure said as it happens, above the progress bar
+                               on_failure=lambda reason: tqdm.write(f"msrgan: failed: {reason}", file=sys.stderr))
     report.skipped = skipped
     report.failed[:0] = unreadable
     print(f"msrgan: into {args.out}: {report.summary()}")

@@ -38,7 +38,7 @@ from .batch import check_output_file
 from .binning import bin_mean
 from .errors import UserError
 from .io import atomic_write
-from .modelcard import ModelCard, describe_degradation
+from .modelcard import InferenceDefaults, ModelCard, describe_degradation
 from .modelfile import LoadedModel
 from .normalize import percentile_stats
 
@@ -143,6 +143,9 @@ def export_bioimageio(model: LoadedModel, out: "str | Path", sample: Optional[np
                           f"{g.in_channels} channel(s) in and {g.out_channels} out")
     radius = model.influence_radius
     min_edge = max(MIN_INPUT_EDGE, 2 * radius + 2)  # a tile of min_edge keeps a few pixels inside its halo
+    if card.inference != InferenceDefaults():
+        log.warning("msrgan export: %s runs by default with %s; the package runs the network alone, once (its README "
+                    "says so)", Path(card.source).name, card.inference.describe())
     test_input = _test_input(sample, min_edge, card.scale)
     normalized = _scale_range(test_input, card)
     generator = model.generator
@@ -218,7 +221,16 @@ def _test_input(sample: Optional[np.ndarray], min_edge: int, scale: int) -> np.n
 
 
 def _scale_range(image: np.ndarray, card: ModelCard) -> np.ndarray:
-    """bioimage.io's ``scale_range`` preprocessing of a ``(1, 1, Y, X)`` image, with msrgan's percentiles."""
+    """bioimage.io's ``scale_range`` preprocessing of a ``(1, 1, Y, X)`` image, with msrgan's percentiles.
+
+    An image whose percentiles coincide (nearly all one value: sparse beads, an empty centre) is
+    refused: msrgan then normalises by the brightest pixel, which ``scale_range`` cannot.
+    """
+    low, high = np.percentile(image, [card.normalization.low, card.normalization.high])
+    if high <= low:
+        raise ExportError(f"the sample's centre ({image.shape[2]} x {image.shape[3]} pixels) is nearly all one value "
+                          f"(its {card.normalization.low:g}th and {card.normalization.high:g}th percentiles are both {low:g}): "
+                          "bioimage.io's scale_range cannot normalise it; give a --sample with objects across its centre")
     stats = percentile_stats(image[0], card.normalization)
     low, high = np.float32(stats.low[0]), np.float32(stats.high[0])
     return ((image - low) / (high - low + np.float32(SCALE_RANGE_EPS))).astype(np.float32)
@@ -360,14 +372,19 @@ def readme(card: ModelCard, radius: int, min_edge: int) -> str:
               "",
               "At the image's border bioimage.io tools pad the input by mirroring it, and bioimageio.core's "
               "whole-image prediction takes the percentiles of the padded image; msrgan itself runs the network on "
-              f"the image as it is. So within {radius} input pixels of the border, and slightly (about 1% of the range "
-              "on a test field) everywhere in bioimageio.core's whole-image prediction, the outputs differ from "
-              "msrgan's own.",
+              f"the image as it is. So within {radius} input pixels of the border (by up to 14% of the image's range in the "
+              "outermost output pixels of a test field), and slightly (up to 2% of the range on test fields) everywhere "
+              "in bioimageio.core's whole-image prediction, the outputs differ from msrgan's own.",
               "",
               "msrgan's own inference options are not part of the package: averaging over orientations, matching "
               "the output's bins to the input and the uncertainty image need the `msrgan` command or its "
               "CellProfiler module (`pip install msrgan`), which run the model file attached here.",
               ""]
+    if card.inference != InferenceDefaults():
+        lines[-1:] = [f"**The model file attached here runs by default with {card.inference.describe()}; this package "
+                      "runs the network alone, once, so its output differs from `msrgan upscale` with that file** "
+                      "(`msrgan set-defaults FILE --ensemble 1 --no-match-bins -o ONE_PASS.safetensors` makes a file "
+                      "that runs as the package does).", ""]
     if "val_psnr" in figures:
         lines += ["## Validation", "",
                   f"On the training run's held-out pairs ({trained.get('val_files', 'some')} high-resolution images, "

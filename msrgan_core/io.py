@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tifffile
@@ -57,6 +57,8 @@ class ImageLayout:
     channel_names : tuple of str, or None
         The channels' names where an OME-TIFF gives one to each (:func:`_ome_channel_names`); an
         OME-TIFF output carries them.
+    ome : bool
+        The file is an OME-TIFF, whatever its name: the output is written as one too.
     imagej : bool
         The file is an ImageJ TIFF (a hyperstack's channels are channels to ImageJ and to
         Bio-Formats, so to CellProfiler, and its pixel size is in ImageJ's unit); the output is
@@ -68,6 +70,7 @@ class ImageLayout:
     compression: Optional[str] = None
     pixel_size_um: Optional[Tuple[float, float]] = None
     channel_names: Optional[Tuple[str, ...]] = None
+    ome: bool = False
     imagej: bool = False
 
     def upscaled(self, scale: int) -> "ImageLayout":
@@ -127,7 +130,7 @@ def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -
     An OME-TIFF's metadata is parsed once for both."""
     ome_pixels = _ome_pixels(tif)
     return {"compression": output_compression(_codec(series)), "pixel_size_um": _pixel_size_um(tif, ome_pixels),
-            "channel_names": _ome_channel_names(ome_pixels), "imagej": bool(tif.is_imagej)}
+            "channel_names": _ome_channel_names(ome_pixels), "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej)}
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -172,6 +175,8 @@ def _check_name(path: "str | Path") -> Path:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder: give an image file")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ImageError(f"{path}: unsupported file type {suffix!r}; msrgan reads {', '.join(IMAGE_SUFFIXES)}")
@@ -450,12 +455,12 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
 
     An interrupted write never leaves a half-written file under ``path``. The file is stored as
     ``layout`` says (axis order, dtype, compression, pixel size): as an OME-TIFF under an
-    ``.ome.tif`` name (pixel size and channel names in its XML), as an ImageJ TIFF for an ImageJ
+    ``.ome.tif`` name or for an OME-TIFF's layout (pixel size and channel names in its XML), as an ImageJ TIFF for an ImageJ
     file's layout where ImageJ can hold the pixels, else as a plain TIFF.
     """
     path = Path(path)
     layout = layout or ImageLayout(channel_axis=None if image.shape[0] == 1 else 0, dtype=image.dtype)
-    ome = path.name.lower().endswith(OME_SUFFIXES)
+    ome = layout.ome or path.name.lower().endswith(OME_SUFFIXES)
     array = from_cyx(image, layout)
     if array.ndim == 2:
         axes = "YX"
@@ -563,7 +568,10 @@ def find_images(inputs: Iterable["str | Path"]) -> List[Path]:
                 raise ImageError(f"{item}: no such file, folder or matching pattern")
             matches = [image for p in named for image in (_images_in(p) if p.is_dir() else [p] if _is_image_name(p) else [])]
         found.extend(matches)
-    unique = list(dict.fromkeys(found))
+    first_names: Dict[str, Path] = {}  # a file named twice (its folder and itself, two spellings) once
+    for path in found:
+        first_names.setdefault(os.path.abspath(path), path)
+    unique = list(first_names.values())
     if not unique:
         nested = any(_is_image_name(p) for item in inputs if Path(item).is_dir() for p in Path(item).glob("*/*"))
         hint = ": msrgan does not look into subfolders; give them, e.g. FOLDER/*/ or FOLDER/**/*.tif" if nested else ""
@@ -572,7 +580,8 @@ def find_images(inputs: Iterable["str | Path"]) -> List[Path]:
 
 
 def _images_in(folder: Path) -> List[Path]:
-    return [p for p in sorted(folder.iterdir()) if _is_image_name(p) and p.is_file()]
+    """The images in ``folder``, a broken link among them (refused on reading, not passed over)."""
+    return [p for p in sorted(folder.iterdir()) if _is_image_name(p) and not p.is_dir()]
 
 
 def _is_image_name(path: Path) -> bool:

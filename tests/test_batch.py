@@ -209,3 +209,77 @@ def test_outputs_carry_the_inputs_pixel_size_divided_by_the_scale(upscaler, tmp_
                     pixels_xml = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
                     assert (pixels_xml["PhysicalSizeY"], pixels_xml["PhysicalSizeX"]) == pytest.approx([s / 2 for s in size])
                     assert pixels_xml["PhysicalSizeXUnit"] == "\u00b5m"
+
+
+def test_each_failure_is_said_as_it_happens_not_after_the_plate(upscaler, tmp_path):
+    inputs = _plate(tmp_path / "in", count=4, bad=(0,))
+    said, upscaled_before = [], []
+
+    class Counting:  # the upscaler, counting the images it has upscaled
+        scale, calls = upscaler.scale, 0
+
+        def upscale(self, image, **kwargs):
+            Counting.calls += 1
+            return upscaler.upscale(image, **kwargs)
+
+    report = upscale_files(Counting(), plan([inputs], tmp_path / "out")[0], progress=False,
+                           on_failure=lambda reason: (said.append(reason), upscaled_before.append(Counting.calls)))
+    assert len(said) == 1 and "f0.tif" in said[0] and said == [reason for _, reason in report.failed]
+    assert upscaled_before == [0] and Counting.calls == 3  # said before the other three were upscaled
+
+
+def test_an_unexpected_error_in_the_writer_stops_the_batch_instead_of_hanging(upscaler, tmp_path, monkeypatch):
+    """A defect or exhausted memory while writing (not the disk's OSError) is raised in the caller;
+    the batch had waited forever on the writer's full queue."""
+    import msrgan_core.batch as batch
+
+    real = batch.write_image
+
+    def broken(path, *args, **kwargs):
+        if path.name == "f1.tif":
+            raise MemoryError("no room for the output")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_image", broken)
+    inputs = _plate(tmp_path / "in", count=6)
+    finished = []
+
+    def run():
+        try:
+            upscale_files(upscaler, plan([inputs], tmp_path / "out")[0], progress=False)
+        except MemoryError as error:
+            finished.append(error)
+
+    import threading
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and len(finished) == 1
+    assert (tmp_path / "out" / "f0.tif").exists() and not (tmp_path / "out" / "f1.tif").exists()
+
+
+def test_existing_outputs_are_never_replaced_without_overwrite_and_overwrite_leaves_no_stale_uncertainty(upscaler, tmp_path, caplog):
+    inputs = _plate(tmp_path / "in", count=2)
+    out = tmp_path / "out"
+    upscale_files(upscaler, plan([inputs], out)[0], progress=False)
+    before = (out / "f0.tif").read_bytes()
+    with caplog.at_level("WARNING", logger="msrgan"):
+        jobs, skipped = plan([inputs], out, uncertainty=True)  # outputs of another run, without uncertainty images
+    assert not jobs and [p.name for p in skipped] == ["f0.tif", "f1.tif"]
+    assert "2 output(s) exist without their uncertainty image (e.g. f0.uncertainty.tif)" in caplog.text
+    upscale_files(upscaler, plan([inputs], out, overwrite=True, uncertainty=True)[0], progress=False)
+    assert (out / "f0.uncertainty.tif").exists()
+    jobs, _ = plan([inputs], out, overwrite=True)  # now without: the old uncertainty images would describe old outputs
+    assert [job.stale.name for job in jobs] == ["f0.uncertainty.tif", "f1.uncertainty.tif"]
+    upscale_files(upscaler, jobs, progress=False)
+    assert not list(out.glob("*.uncertainty.tif")) and (out / "f0.tif").read_bytes() == before
+
+
+def test_part_files_are_matched_by_name_not_as_patterns(tmp_path):
+    from msrgan_core.batch import remove_stale_parts
+
+    (tmp_path / ".w[1].tif.abc.part").write_bytes(b"half")
+    (tmp_path / ".w1.tif.xyz.part").write_bytes(b"another file's")
+    assert remove_stale_parts(tmp_path / "w[1].tif") == 1
+    assert (tmp_path / ".w1.tif.xyz.part").exists() and not (tmp_path / ".w[1].tif.abc.part").exists()

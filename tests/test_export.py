@@ -7,6 +7,7 @@ runs in a Python that has the extra: this one, or ``.venv-bioimageio`` beside ``
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -52,7 +53,19 @@ def test_export_without_the_extra_is_one_line_saying_what_to_install(without_the
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "pip install 'msrgan[bioimageio]'" in err and "bioimageio.spec" in err and "onnx" in err
-    assert not out.exists() and not list(tmp_path.iterdir())
+    assert main(["export", "fidelity", "--bioimageio", str(tmp_path / "new" / "fidelity.zip")]) == 2
+    assert not out.exists() and not list(tmp_path.iterdir())  # nor the folder it would have gone in
+
+
+def test_a_package_of_a_model_with_other_defaults_says_it_runs_the_network_alone(tmp_path):
+    from msrgan_core.export import readme
+    from msrgan_core.modelfile import load_model
+
+    model = load_model("fidelity")
+    assert "this package runs the network alone" not in readme(model.card, 13, 32)
+    averaged = dataclasses.replace(model.card, inference=dataclasses.replace(model.card.inference, ensemble=8, match_bins=True))
+    text = readme(averaged, 13, 32)
+    assert f"runs by default with {averaged.inference.describe()}; this package runs the network alone" in text
 
 
 def test_export_refuses_an_existing_package_and_a_name_without_zip(tmp_path, capsys):
@@ -113,6 +126,12 @@ try:
     export_bioimageio(model, sys.argv[2] + "/small.zip", sample=np.ones((20, 20)))
 except ExportError as exc:
     report["small_sample"] = str(exc)
+sparse = np.full((96, 96), 100.0)
+sparse[::30, ::30] = 3000.0  # beads: percentiles 1 and 99.8 are both the background
+try:
+    export_bioimageio(model, sys.argv[2] + "/sparse.zip", sample=sparse)
+except ExportError as exc:
+    report["sparse_sample"] = str(exc)
 print(json.dumps(report))
 """
 
@@ -154,6 +173,7 @@ def test_bioimageio_package_validates_reproduces_and_onnx_matches_pytorch(tmp_pa
     assert report["onnx_error"] < 1e-4, report["onnx_error"]
     assert report["tiled_error"] < 1e-4, report["tiled_error"]  # the halo is enough context
     assert "smaller than the package's smallest input, 32 x 32" in report["small_sample"]
+    assert "nearly all one value" in report["sparse_sample"] and "--sample with objects" in report["sparse_sample"]
     print(f"export {seconds:.0f} s; ONNX vs PyTorch: {report['onnx_error']:.2e} of the range, "
           f"tiled vs whole: {report['tiled_error']:.2e}")
 

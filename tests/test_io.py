@@ -416,3 +416,29 @@ def test_find_images_takes_folders_globs_and_folders_of_wells(tmp_path):
         find_images([f"{plate}/*/*.csv"])
     with pytest.raises(ImageError, match="no input images given"):
         find_images([])
+
+
+def test_an_ome_tiff_named_tif_stays_an_ome_tiff(tmp_path):
+    """Acquisition software names OME-TIFFs .tif too: its output keeps the OME-XML, so the
+    channels' names and the pixel size reach Bio-Formats (and CellProfiler)."""
+    pixels = _pixels((2, 20, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "well.tif", pixels, ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DNA", "GFP"]}, "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    image, layout = read_image(tmp_path / "well.tif")
+    assert layout.ome and layout.channel_names == ("DNA", "GFP")
+    with tifffile.TiffFile(write_image(tmp_path / "out.tif", image, layout.upscaled(4))) as tif:
+        assert tif.is_ome
+        pixels_xml = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        assert [c["Name"] for c in pixels_xml["Channel"]] == ["DNA", "GFP"] and pixels_xml["PhysicalSizeX"] == 0.125
+
+
+def test_find_images_takes_a_file_named_twice_once_and_keeps_a_broken_link_to_refuse(tmp_path):
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for name in ("A01.tif", "A02.tif"):
+        tifffile.imwrite(folder / name, _pixels((20, 20), np.uint16))
+    (folder / "A03.tif").symlink_to(tmp_path / "gone.tif")  # a link whose file moved
+    found = io.find_images([folder, folder / "A01.tif", tmp_path / "plate" / ".." / "plate" / "A02.tif"])
+    assert [p.name for p in found] == ["A01.tif", "A02.tif", "A03.tif"]
+    with pytest.raises(ImageError, match="A03.tif"):
+        read_image(found[2])
