@@ -59,6 +59,10 @@ class ImageLayout:
         OME-TIFF output carries them.
     ome : bool
         The file is an OME-TIFF, whatever its name: the output is written as one too.
+    planar : bool
+        The channels were the samples of one TIFF page stored plane by plane (planar configuration
+        "separate", as tifffile writes a 3 x Y x X array): the output is one such page too, not a
+        page per channel.
     imagej : bool
         The file is an ImageJ TIFF (a hyperstack's channels are channels to ImageJ and to
         Bio-Formats, so to CellProfiler, and its pixel size is in ImageJ's unit); the output is
@@ -71,6 +75,7 @@ class ImageLayout:
     pixel_size_um: Optional[Tuple[float, float]] = None
     channel_names: Optional[Tuple[str, ...]] = None
     ome: bool = False
+    planar: bool = False
     imagej: bool = False
 
     def upscaled(self, scale: int) -> "ImageLayout":
@@ -130,7 +135,8 @@ def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -
     An OME-TIFF's metadata is parsed once for both."""
     ome_pixels = _ome_pixels(tif)
     return {"compression": output_compression(_codec(series)), "pixel_size_um": _pixel_size_um(tif, ome_pixels),
-            "channel_names": _ome_channel_names(ome_pixels), "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej)}
+            "channel_names": _ome_channel_names(ome_pixels), "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej),
+            "planar": len(series.pages) == 1 and series.axes.startswith("S")}
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -466,7 +472,8 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
         axes = "YX"
     else:
         axes = "CYX" if layout.channel_axis == 0 else "YXC"
-    photometric = "rgb" if axes == "YXC" and array.shape[-1] == 3 else "minisblack"
+    planar = layout.planar and axes == "CYX" and not ome
+    photometric = "rgb" if (axes == "YXC" or planar) and array.shape[-1 if axes == "YXC" else 0] == 3 else "minisblack"
     if ome and axes == "YXC" and photometric != "rgb":  # OME stores only RGB samples channels-last
         array, axes = np.moveaxis(array, -1, 0), "CYX"
     imagej = (layout.imagej and not ome and axes in ("YX", "CYX") and array.dtype in IMAGEJ_DTYPES
@@ -474,6 +481,8 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     metadata, options = {"axes": axes}, {}
     if axes == "YXC":  # one page of interleaved samples, as the file was, not a stack of pages Y x C pixels each
         options.update(planarconfig="contig")
+    if planar:  # one page of C samples, plane by plane, as the file was
+        options.update(planarconfig="separate")
     if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
         options.update(compression=layout.compression, predictor=layout.compression != "packbits")
     if layout.pixel_size_um is not None:

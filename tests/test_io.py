@@ -442,3 +442,17 @@ def test_find_images_takes_a_file_named_twice_once_and_keeps_a_broken_link_to_re
     assert [p.name for p in found] == ["A01.tif", "A02.tif", "A03.tif"]
     with pytest.raises(ImageError, match="A03.tif"):
         read_image(found[2])
+
+
+@pytest.mark.parametrize("channels, photometric", [(3, "rgb"), (2, "minisblack")])
+def test_channels_stored_as_the_samples_of_one_page_come_back_so(tmp_path, channels, photometric):
+    """tifffile writes a 3 x Y x X array as one RGB page stored plane by plane: the output is one
+    such page too (it had become a page per channel, which other readers see as planes)."""
+    pixels = _pixels((channels, 20, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", pixels, photometric=photometric, planarconfig="separate")
+    image, layout = read_image(tmp_path / "in.tif")
+    assert layout.planar and image.shape == (channels, 20, 30)
+    with tifffile.TiffFile(write_image(tmp_path / "out.tif", image, layout)) as tif:
+        assert len(tif.pages) == 1 and tif.pages[0].samplesperpixel == channels
+        assert tif.pages[0].planarconfig == 2 and tif.pages[0].photometric == (2 if channels == 3 else 1)
+    np.testing.assert_array_equal(read_image(tmp_path / "out.tif")[0], pixels)
