@@ -204,7 +204,8 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
     progress : bool
         A progress bar over files.
     on_failure : callable, optional
-        Called with a file's failure, in one line naming it, as it happens (not after the plate).
+        Called with a file's failure, in one line naming it, as it happens (not after the plate);
+        not with ``stop_on_error``, whose raised error says it.
 
     An error that is neither the input's nor the disk's (a defect, memory exhausted) stops the
     batch and is raised; the outputs written so far stay.
@@ -223,7 +224,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             report.failed.append((job.source, message))
             if stop_on_error and not errors:
                 errors.append(exc)
-        if on_failure is not None:
+        if on_failure is not None and not stop_on_error:  # with stop_on_error the error raised says it
             on_failure(message)
 
     def read() -> None:

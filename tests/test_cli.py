@@ -230,3 +230,15 @@ def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_pa
                      check=False)
     assert nothing.returncode == 2 and "all 2 image(s) are blank fields" in nothing.stderr
     assert not (tmp_path / "n.safetensors").exists()
+
+
+def test_a_failed_file_is_said_once_with_or_without_stop_on_error(tmp_path):
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    tifffile.imwrite(plate / "a_nan.tif", np.full((20, 20), np.nan, np.float32))  # its header is fine, its pixels not
+    tifffile.imwrite(plate / "b_fine.tif", smooth_image((20, 20)).astype(np.uint16))
+    for options in ([], ["--stop-on-error"]):
+        out = tmp_path / f"out{len(options)}"
+        result = msrgan("upscale", plate, "-o", out, "-q", *options, check=False)
+        assert result.returncode == 2 and result.stderr.count("a_nan.tif") == 1, result.stderr
+        assert (out / "b_fine.tif").exists() != bool(options)  # --stop-on-error stops at the first failure
