@@ -281,6 +281,13 @@ def cmd_cellprofiler_plugin_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cellprofiler_pipelines_dir(args: argparse.Namespace) -> int:
+    from .headless import pipelines_dir
+
+    print(pipelines_dir())
+    return 0
+
+
 def at_least(minimum: int):
     """An argparse type: a whole number no smaller than ``minimum``, else a one-line usage error."""
     def whole_number(text: str) -> int:
@@ -334,7 +341,7 @@ def add_device_options(p: argparse.ArgumentParser, model_option: bool = True) ->
 
 
 def add_cellprofiler_commands(sub: "argparse._SubParsersAction") -> None:
-    """``msrgan cellprofiler run | install-plugin | plugin-dir``."""
+    """``msrgan cellprofiler run | install-plugin | plugin-dir | pipelines-dir``."""
     parser = sub.add_parser(
         "cellprofiler",
         help="run CellProfiler pipelines headless with the UpscaleMSRGAN module; install the plugin",
@@ -358,7 +365,7 @@ def add_cellprofiler_commands(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("-l", "--last", type=int, help="last image set to run (inclusive)")
     run.add_argument("--plugins-dir", help="CellProfiler plugins folder (default: the packaged one)")
     run.add_argument("--cellprofiler", help="CellProfiler executable (default: found beside this Python or on PATH)")
-    run.add_argument("--timeout", type=float, help="stop CellProfiler after this many seconds")
+    run.add_argument("--timeout", type=at_least(1), help="stop CellProfiler after this many seconds")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="do not echo CellProfiler's log (one progress line per image set is printed still)")
     run.set_defaults(func=cmd_cellprofiler_run)
@@ -374,6 +381,8 @@ def add_cellprofiler_commands(sub: "argparse._SubParsersAction") -> None:
 
     where = commands.add_parser("plugin-dir", help="print the packaged plugin folder")
     where.set_defaults(func=cmd_cellprofiler_plugin_dir)
+    shipped = commands.add_parser("pipelines-dir", help="print the folder of the shipped pipelines (to copy or edit one)")
+    shipped.set_defaults(func=cmd_cellprofiler_pipelines_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

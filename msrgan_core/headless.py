@@ -10,9 +10,11 @@ into a CellProfiler plugins folder (``msrgan cellprofiler`` in ``cli.py``).
 from __future__ import annotations
 
 import importlib.util
+import locale
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,11 +109,15 @@ def resolve_pipeline(name_or_path: "str | Path") -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    if str(name_or_path) in SHIPPED_PIPELINES:
-        shipped = pipelines_dir() / f"{name_or_path}.cppipe"
+    name = str(name_or_path)
+    if name in SHIPPED_PIPELINES:
+        shipped = pipelines_dir() / f"{name}.cppipe"
         if shipped.is_file():
             return shipped
-        raise HeadlessRunError(f"the shipped pipeline {name_or_path!r} is missing from {shipped.parent}: reinstall msrgan")
+        raise HeadlessRunError(f"the shipped pipeline {name!r} is missing from {shipped.parent}: reinstall msrgan")
+    if path.stem in SHIPPED_PIPELINES:  # a file is never replaced by the shipped one silently: say how to ask for it
+        raise HeadlessRunError(f"pipeline {name_or_path} does not exist; the shipped pipeline of that name runs as "
+                               f"`msrgan cellprofiler run {path.stem}`")
     raise HeadlessRunError(
         f"pipeline {name_or_path} does not exist (shipped pipelines: {', '.join(SHIPPED_PIPELINES)})"
     )
@@ -239,11 +245,16 @@ def run_pipeline(
     if first is not None and last is not None and int(first) > int(last):
         raise HeadlessRunError(f"first image set {first} is after last image set {last}")
 
+    if output_dir.exists() and not output_dir.is_dir():
+        raise HeadlessRunError(f"output folder {output_dir} is a file: give a folder with -o")
+    if timeout is not None and not timeout > 0:
+        raise HeadlessRunError(f"timeout must be a number of seconds above 0, got {timeout}")
+    start_cellprofiler = find_cellprofiler(cellprofiler)  # before the output folder is made: a failure leaves none
     output_dir.mkdir(parents=True, exist_ok=True)
     before = _snapshot(output_dir)
     with tempfile.TemporaryDirectory(prefix="msrgan-cp-") as tmp:
         done_file = Path(tmp) / "done.txt"
-        command = find_cellprofiler(cellprofiler) + [
+        command = start_cellprofiler + [
             "-c", "-r",
             "-p", str(pipeline.resolve()),
             "-i", str(input_dir.resolve()),
@@ -307,17 +318,27 @@ class ImageSetProgress:
 
 def _run(command: Sequence[str], timeout: Optional[float], echo: Optional[Callable[[str], None]]) -> Tuple[int, str, bool]:
     """Run a command, collecting (and optionally echoing) its merged output; bounded by ``timeout``."""
-    try:
+    try:  # its own process group: a timeout or Ctrl-C stops a wrapper script's CellProfiler too
         proc = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            env=_child_environment(), start_new_session=os.name == "posix",
         )
     except OSError as exc:
         raise HeadlessRunError(f"CellProfiler could not be started ({' '.join(command[:3])}): {exc}") from None
     timed_out = threading.Event()
 
+    def kill() -> None:
+        if os.name == "posix":
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        else:
+            proc.kill()
+
     def stop() -> None:
         timed_out.set()
-        proc.kill()
+        kill()
 
     timer = threading.Timer(timeout, stop) if timeout else None
     if timer:
@@ -333,10 +354,18 @@ def _run(command: Sequence[str], timeout: Optional[float], echo: Optional[Callab
     finally:
         if timer:
             timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None or timed_out.is_set():
+            kill()
             proc.wait()
     return returncode, "".join(lines), timed_out.is_set()
+
+
+def _child_environment() -> Optional[Dict[str, str]]:
+    """CellProfiler's environment: this one, in a UTF-8 locale where this one is not (a batch job's
+    C or POSIX locale), so that Java finds files whose paths are not ASCII; None: unchanged."""
+    if locale.getpreferredencoding(False).replace("-", "").lower() == "utf8":
+        return None
+    return dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
 
 
 def diagnose(
@@ -350,11 +379,11 @@ def diagnose(
 ) -> str:
     """The reason a CellProfiler run failed, from its log, exit status and done file; '' if none.
 
-    A module that could not be loaded counts when it is a plugin in ``plugins`` or one the
-    pipeline uses (CellProfiler logs but ignores both and runs the rest of the pipeline).
+    A module that could not be loaded counts when the pipeline uses it (CellProfiler logs it but
+    runs the rest of the pipeline); other plugins of the folder ``plugins`` that fail do not.
     ``image_sets`` (how many ran) and ``first`` (``-f``) explain a range beyond the input.
     """
-    wanted = {m.lower() for m in modules} | {p.stem.lower() for p in plugins.glob("[!_]*.py")}
+    wanted = {m.lower() for m in modules}  # another plugin of the folder failing to load harms nothing
     failed_modules = []
     for line in log.splitlines():
         line = line.strip()

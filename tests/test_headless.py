@@ -9,6 +9,7 @@ plugin, segmentation and export all run for real.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -283,13 +284,16 @@ def test_shipped_pipelines_resolve_by_name():
         ({"plugins_dir": "empty"}, "has no upscalemsrgan.py"),
         ({"output_dir": "in/results"}, "is inside the input folder"),
         ({"pipeline": "notes.cppipe"}, "notes.cppipe is not a CellProfiler pipeline"),
+        ({"pipeline": "elsewhere/measure_nuclei.cppipe"}, "runs as `msrgan cellprofiler run measure_nuclei`"),
+        ({"output_dir": "notes.cppipe"}, "output folder .*notes.cppipe is a file"),
+        ({"timeout": 0}, "timeout must be a number of seconds above 0"),
     ],
 )
 def test_bad_arguments_fail_before_cellprofiler_starts(tmp_path, kwargs, message):
     (tmp_path / "in").mkdir()
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.cppipe").write_text("my pipeline ideas\n")
-    if kwargs.get("pipeline"):
+    if kwargs.get("pipeline"):  # a file is never swapped for the shipped pipeline of its name
         kwargs = {"pipeline": tmp_path / kwargs["pipeline"]}
     arguments = {"pipeline": "upscale_segment_measure", "input_dir": "in", "output_dir": "out"}
     arguments.update(kwargs)
@@ -329,3 +333,34 @@ def test_the_runner_counts_the_image_sets_a_module_failed_on(tmp_path):
     ])
     problem = diagnose(log, 1, "", ["UpscaleMSRGAN"], tmp_path, image_sets=2)
     assert problem.startswith("2 module errors in the run") and "UpscaleMSRGAN" in problem and "1 x 1 pixels" in problem
+
+
+def test_a_plugin_the_pipeline_does_not_use_may_fail_to_load(tmp_path):
+    """A plugins folder shared with other plugins (CellProfiler-plugins' active_plugins): one whose
+    dependency is missing harms no pipeline that does not use it."""
+    from msrgan_core.headless import diagnose
+
+    log = "Could not load runcellpose\nModuleNotFoundError: No module named 'cellpose'\n"
+    assert diagnose(log, 0, "Complete", ["Images", "UpscaleMSRGAN"], tmp_path, image_sets=2) == ""
+    assert "could not load the module(s) runcellpose" in diagnose(log, 0, "Complete", ["RunCellpose"], tmp_path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_a_timeout_stops_cellprofiler_started_by_a_wrapper_script(tmp_path):
+    """Cluster sites start CellProfiler through module or container wrappers that do not exec it:
+    the timeout must stop the wrapper's child, not only the wrapper (whose pipe the child holds)."""
+    import time
+
+    wrapper = tmp_path / "cellprofiler"
+    wrapper.write_text("#!/bin/sh\necho started\nsleep 60\necho done\n")
+    wrapper.chmod(0o755)
+    (tmp_path / "in").mkdir()
+    start = time.monotonic()
+    with pytest.raises(HeadlessRunError, match="within 2 s and was stopped"):
+        run_pipeline("measure_nuclei", tmp_path / "in", tmp_path / "out", cellprofiler=str(wrapper), timeout=2)
+    assert time.monotonic() - start < 20
+
+
+def test_pipelines_dir_command_prints_the_shipped_pipelines_folder(capsys):
+    assert cli(["cellprofiler", "pipelines-dir"]) == 0
+    assert capsys.readouterr().out.strip() == str(PIPELINES)
