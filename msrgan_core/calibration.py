@@ -9,6 +9,7 @@ the absolute error itself, on the output's intensity scale.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,6 +18,11 @@ import numpy as np
 from .errors import UserError
 from .evaluate import degraded_pairs, grid_degradation
 from .options import CALIBRATION_CELLS
+
+log = logging.getLogger("msrgan")
+
+#: output pixels below which a calibration is said to rest on too little (a 256 x 256 field's)
+MIN_PIXELS = 256 * 256
 
 
 def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATION_CELLS,
@@ -28,7 +34,7 @@ def calibrate(upscaler, paths: Sequence[Path], cells: Sequence[str] = CALIBRATIO
     mean absolute error to the mean (uncalibrated) spread, over every pixel of every image and
     cell, and what it was measured on.
     """
-    totals = np.zeros(2)
+    totals = np.zeros(3)
     used = list(paths)
     for cell in cells:
         degradation = grid_degradation(cell, scale=upscaler.scale)
@@ -45,7 +51,7 @@ def calibrate_on_pairs(upscaler, pairs: Sequence[Tuple[Path, Path]], channel_axi
     own microscope, registration included."""
     from .pairs import registered_pairs
 
-    totals = np.zeros(2)
+    totals = np.zeros(3)
     registered = registered_pairs(pairs, upscaler.model.normalization, upscaler.scale, channel_axis,
                                   desc="calibrating on real pairs", progress=progress)
     used = _add_pairs(upscaler, registered, totals)
@@ -53,20 +59,30 @@ def calibrate_on_pairs(upscaler, pairs: Sequence[Tuple[Path, Path]], channel_axi
 
 
 def _add_pairs(upscaler, pairs, totals: np.ndarray) -> List[Path]:
-    """Add each pair's uncalibrated spread and absolute error to ``totals``; the paths used."""
+    """Add each pair's uncalibrated spread, absolute error and pixels to ``totals``; the paths used."""
     scale_now = upscaler.model.card.uncertainty_scale
-    used = []
-    for path, hr, lr, _ in pairs:
-        used.append(path)
-        out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
-        totals += (float(np.sum(spread, dtype=np.float64)) / scale_now, float(np.sum(np.abs(out.astype(np.float64) - hr))))
+    used, checking = [], upscaler.check_uncertainty
+    upscaler.check_uncertainty = False  # the scale is what is being measured
+    try:
+        for path, hr, lr, _ in pairs:
+            used.append(path)
+            out, spread = upscaler.upscale(lr, source=str(path), uncertainty=True)
+            totals += (float(np.sum(spread, dtype=np.float64)) / scale_now,
+                       float(np.sum(np.abs(out.astype(np.float64) - hr))), out.size)
+    finally:
+        upscaler.check_uncertainty = checking
     return used
 
 
 def _scale(upscaler, totals: np.ndarray, images: int, degradations: List[str]) -> Dict[str, object]:
-    spread_total, error_total = totals
+    spread_total, error_total, pixels = totals
     if spread_total <= 0:
         raise UserError("the model's output does not change with the orientation of these images: nothing to calibrate")
+    per_acquisition = pixels / len(degradations)  # each image is counted once per degradation
+    if per_acquisition < MIN_PIXELS:
+        log.warning("msrgan: the scale rests on %d output pixels only (fewer than a 256 x 256 field's %d): a few nuclei "
+                    "decide it; calibrate on more or larger images", per_acquisition, MIN_PIXELS)
     return {"uncertainty_scale": round(error_total / spread_total, 4),
             "uncertainty_calibration": {"images": images, "degradations": degradations,
-                                        "orientations": len(upscaler.uncertainty_orientations())}}
+                                        "orientations": len(upscaler.uncertainty_orientations()),
+                                        "match_bins": bool(upscaler.match_bins)}}

@@ -6,6 +6,7 @@ Building the parser imports no torch: each command imports what it needs when it
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from pathlib import Path
@@ -71,8 +72,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def check_model_output(args: argparse.Namespace, *inputs) -> None:
     """-o of the commands that write a model file, checked before any model loads."""
     from .batch import check_output_file
+    from .modelcard import resolve_model
 
-    check_output_file(args.out, ".safetensors", args.overwrite, inputs)
+    # a packaged model named by its name is a file too, never to be written over
+    check_output_file(args.out, ".safetensors", args.overwrite, [resolve_model(model) for model in inputs])
 
 
 def cmd_blend(args: argparse.Namespace) -> int:
@@ -96,6 +99,9 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     model = with_inference_defaults(model, ensemble, match_bins)
     save_model(args.out, model.generator, model.metadata)
     print(f"msrgan: {args.out} = {args.model}, run by default with {model.inference.describe()}")
+    problem = model.card.uncertainty_problem(ensemble, match_bins)
+    if problem and model.card.uncertainty_calibrated_for is not None:
+        print(f"msrgan: note: {problem}")
     return 0
 
 
@@ -120,7 +126,7 @@ def refuse_made_with_given(option: str, value) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate, calibrate_on_pairs
     from .data import spread
-    from .modelfile import save_model
+    from .modelfile import save_model, with_inference_defaults
 
     def sample(items: list) -> list:  # --sample N: evenly spread, so every source of the list is represented
         return spread(items, args.sample) if args.sample else items
@@ -138,10 +144,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         upscaler = make_upscaler(args)
         found = calibrate(upscaler, sample(files), args.cells or CALIBRATION_CELLS,
                           channel_axis=args.channel_axis, progress=not args.quiet)
-    save_model(args.out, upscaler.model.generator, dict(upscaler.model.metadata, **found))
+    calibrated = with_inference_defaults(upscaler.model, upscaler.ensemble, upscaler.match_bins)  # as calibrated
+    save_model(args.out, calibrated.generator, dict(calibrated.metadata, **found))
     used = found["uncertainty_calibration"]["images"]
     print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {used} image(s): "
-          f"the error is {found['uncertainty_scale']:.2f} times the spread over orientations")
+          f"the error is {found['uncertainty_scale']:.2f} times the spread over orientations"
+          + (f"; it runs by default with {calibrated.inference.describe()}, as calibrated"
+             if calibrated.inference != upscaler.model.inference else ""))
     return 0
 
 
@@ -520,6 +529,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("msrgan: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped early (msrgan info MODEL | head -1): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, flushing what is left
+        return 1
     except (UserError, OSError) as exc:
         if args.debug:
             raise

@@ -232,6 +232,9 @@ class Upscaler:
         if self.requested_tile < 0:
             raise ValueError(f"tile must be >= 0 (0 = automatic), got {tile!r}")
         self.progress = progress
+        #: warn, the first time an uncertainty image is asked for, where it is not on the error's scale
+        #: (:meth:`uncertainty_problem`); ``msrgan calibrate``, which measures that scale, turns it off
+        self.check_uncertainty = True
         self.threads = use_cpu(threads) if self.device.type == "cpu" else None
         self.memory = self._tile_memory()
         # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
@@ -322,6 +325,11 @@ class Upscaler:
         two_d = np.ndim(image) == 2
         cyx = self.check(image, source)
         self.check_memory(cyx, source, uncertainty)
+        if uncertainty and self.check_uncertainty:
+            self.check_uncertainty = False  # said once
+            problem = self.uncertainty_problem()
+            if problem:
+                log.warning("msrgan: %s", problem)
         stats = percentile_stats(cyx, self.model.normalization)
         groups = [slice(c, c + 1) for c in range(cyx.shape[0])] if self.model.config.in_channels == 1 else [slice(None)]
         shape = (cyx.shape[0], cyx.shape[1] * self.scale, cyx.shape[2] * self.scale)
@@ -345,6 +353,11 @@ class Upscaler:
         if spread is None:
             return out[0] if two_d else out
         return (out[0], spread[0]) if two_d else (out, spread)
+
+    def uncertainty_problem(self) -> str:
+        """Why this upscaler's uncertainty image is not on its output's error scale, or ''
+        (:meth:`~msrgan_core.modelcard.ModelCard.uncertainty_problem`)."""
+        return self.model.card.uncertainty_problem(self.ensemble, self.match_bins)
 
     def uncertainty_orientations(self) -> List[Tuple[int, bool]]:
         """The orientations whose spread is the uncertainty: the ensemble's, with its mirror image

@@ -126,6 +126,38 @@ class ModelCard:
         return cls(generator=generator, normalization=normalization, inference=InferenceDefaults.from_metadata(meta, source),
                    influence_radius=radius, uncertainty_scale=float(scale), metadata=meta, source=str(source))
 
+    @property
+    def uncertainty_calibrated_for(self) -> "Optional[tuple[int, bool]]":
+        """The orientations the uncertainty's spread was taken over and whether bins were matched,
+        when ``msrgan calibrate`` measured its scale (None: never calibrated, the raw spread). Files
+        calibrated before match_bins was recorded were calibrated with their own defaults."""
+        calibration = self.metadata.get("uncertainty_calibration")
+        if not isinstance(calibration, dict):
+            return None
+        return int(calibration.get("orientations", 2)), bool(calibration.get("match_bins", self.inference.match_bins))
+
+    def uncertainty_problem(self, ensemble: int, match_bins: bool) -> str:
+        """Why the uncertainty image of a run with ``ensemble`` orientations and ``match_bins`` is not
+        on its output's error scale, or ''.
+
+        The calibration holds for the spread over the orientations and the bins it was measured with
+        (a single pass takes its spread over 2): 8 orientations spread more than 2 while their mean
+        errs less, and matched bins move the error, each by a factor of about 1.6-1.9 on held-out fields.
+        """
+        name = Path(self.source).name
+        if self.uncertainty_calibrated_for is None:
+            return (f"the uncertainty image of {name} is not calibrated: the raw spread over orientations, several times "
+                    f"smaller than the error as a rule (msrgan calibrate {name} --hr HELD_OUT_IMAGES -o CALIBRATED.safetensors)")
+        running = (max(int(ensemble), 2), bool(match_bins))
+        if running == self.uncertainty_calibrated_for:
+            return ""
+
+        def says(setting: "tuple[int, bool]") -> str:
+            return f"a spread over {setting[0]} orientations with bins {'matched' if setting[1] else 'as output'}"
+        return (f"the uncertainty image of {name} was calibrated for {says(self.uncertainty_calibrated_for)}; a run with "
+                f"{ensemble} orientation(s) and bins {'matched' if match_bins else 'as output'} takes {says(running)}, "
+                "so its uncertainty is not on the error's scale: calibrate the model with those options")
+
     def provenance(self) -> Dict[str, Any]:
         """Where this model came from, in a few fields: what a model trained or blended from it records."""
         trained = self.metadata.get("training", {})
@@ -151,10 +183,15 @@ class ModelCard:
         lines.append(f"  network: {g.architecture}, {g.n_blocks} x {g.n_features} features"
                      + (f"; tiles need {self.influence_radius} pixels of context" if self.influence_radius is not None else ""))
         lines.append(f"  runs by default with: {self.inference.describe()}")
-        calibration = meta.get("uncertainty_calibration")
-        if calibration:
+        calibration, calibrated_for = meta.get("uncertainty_calibration"), self.uncertainty_calibrated_for
+        if calibrated_for:
+            orientations, bins = calibrated_for
             lines.append(f"  uncertainty image: the spread over orientations x {self.uncertainty_scale:.2f}, calibrated on "
-                         f"{calibration.get('images')} image(s) ({', '.join(calibration.get('degradations', []))})")
+                         f"{calibration.get('images')} image(s) ({', '.join(calibration.get('degradations', []))}), for "
+                         f"a spread over {orientations} orientation(s) with bins {'matched' if bins else 'as output'}")
+        else:
+            lines.append(f"  uncertainty image: not calibrated: the spread over orientations x {self.uncertainty_scale:g}, "
+                         "several times smaller than the error as a rule (msrgan calibrate puts it on the error's scale)")
         if trained:
             lines.append(f"  training: {trained.get('steps')} steps, batch {trained.get('batch_size')} of "
                          f"{trained.get('patch_size')}-pixel patches, on {trained.get('hardware')}; "

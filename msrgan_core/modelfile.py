@@ -136,8 +136,8 @@ def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:
     texture for accuracy without retraining (Wang et al., ESRGAN); it is meaningful only for
     models with a common start, which is for the caller to know. Models whose architecture or
     normalisation differ are a :class:`ModelFileError`. The result's metadata is ``a``'s, with a
-    ``blend`` note of both and without ``a``'s validation figures and influence radius (they no
-    longer hold).
+    ``blend`` note of both and without ``a``'s validation figures, influence radius and uncertainty
+    calibration (they no longer hold).
     """
     if not 0.0 <= float(weight) <= 1.0:
         raise ModelFileError(f"the blend weight must be between 0 and 1, got {weight!r}")
@@ -151,7 +151,8 @@ def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:
     generator.load_state_dict({k: torch.lerp(theirs[k].float(), mine[k].float(), float(weight)).to(mine[k].dtype)
                                for k in mine})
     generator.eval().requires_grad_(False)
-    meta = {k: v for k, v in a.metadata.items() if k not in ("validation", "influence_radius")}
+    meta = {k: v for k, v in a.metadata.items()  # what held for a alone
+            if k not in ("validation", "influence_radius", "uncertainty_scale", "uncertainty_calibration")}
     meta["blend"] = {"weight": float(weight), "a": a.card.provenance(), "b": b.card.provenance()}
     card = ModelCard.from_metadata(meta, f"blend of {a.source} and {b.source}")
     return LoadedModel(generator=generator, card=card)

@@ -226,6 +226,16 @@ def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_pa
     assert "left out" in result.stderr and "well_without_cells.tif: a blank field" in result.stderr
     assert result.stderr.count("well_without_cells.tif") == 1  # once, not once per acquisition
     assert "uncertainty_scale:" in msrgan("info", out, "--all").stdout
+    assert "rests on 8192 output pixels only" in result.stderr  # two 64 x 64 fields: a few nuclei decide it
+    averaged = tmp_path / "averaged.safetensors"  # calibrated for 4 orientations: it runs so by default
+    result = msrgan("calibrate", "fidelity", "--hr", fields, "--cells", "bin", "--ensemble", "4", "-o", averaged, "-q")
+    assert "it runs by default with 4 orientation(s) averaged" in result.stdout
+    assert "for a spread over 4 orientation(s) with bins as output" in msrgan("info", averaged).stdout
+    tifffile.imwrite(tmp_path / "lr.tif", smooth_image((24, 24)).astype(np.uint16))
+    for options, warned in [([], False), (["--ensemble", "8"], True)]:
+        run = msrgan("upscale", tmp_path / "lr.tif", "-o", tmp_path / f"up{len(options)}", "--model", averaged,
+                     "--uncertainty", "-q", *options)
+        assert ("not on the error's scale" in run.stderr) == warned, run.stderr
     nothing = msrgan("calibrate", "fidelity", "--hr", empty, "--cells", "bin", "-o", tmp_path / "n.safetensors", "-q",
                      check=False)
     assert nothing.returncode == 2 and "all 2 image(s) are blank fields" in nothing.stderr
@@ -242,3 +252,27 @@ def test_a_failed_file_is_said_once_with_or_without_stop_on_error(tmp_path):
         result = msrgan("upscale", plate, "-o", out, "-q", *options, check=False)
         assert result.returncode == 2 and result.stderr.count("a_nan.tif") == 1, result.stderr
         assert (out / "b_fine.tif").exists() != bool(options)  # --stop-on-error stops at the first failure
+
+
+def test_model_commands_never_write_over_a_packaged_model_named_by_its_name(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import msrgan_core.modelcard as modelcard
+    from msrgan_core.cli import main
+
+    packaged = tmp_path / "weights"
+    packaged.mkdir()
+    for name in ("fidelity", "perceptual"):
+        shutil.copy(modelcard.packaged_model_path(name), packaged / f"{name}.safetensors")
+    monkeypatch.setattr(modelcard, "packaged_model_path", lambda name: packaged / f"{name}.safetensors")
+    before = (packaged / "fidelity.safetensors").read_bytes()
+    for command in (["set-defaults", "fidelity", "--match-bins"], ["blend", "perceptual", "fidelity", "--weight", "0.5"]):
+        assert main([*command, "-o", str(packaged / "fidelity.safetensors"), "--overwrite"]) == 2
+        assert "is an input: msrgan never writes over its inputs" in capsys.readouterr().err
+    assert (packaged / "fidelity.safetensors").read_bytes() == before
+
+
+def test_info_cut_short_by_its_reader_says_nothing(tmp_path):
+    result = subprocess.run(f"{sys.executable} -m msrgan_core.cli info fidelity | head -n 1", shell=True,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("file: ") and result.stderr == ""

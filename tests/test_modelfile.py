@@ -286,3 +286,21 @@ def test_model_info_reads_no_torch(tmp_path):
             "from msrgan_core.modelcard import read_card; read_card('fidelity').summary(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_uncertainty_calibration_holds_for_the_run_it_was_measured_on():
+    """The packaged files were calibrated at their defaults; another ensemble or bins setting, or
+    a blend (whose weights were never calibrated), is said not to be on the error's scale."""
+    from msrgan_core.modelfile import blend_models, load_model
+
+    fidelity, perceptual = load_model("fidelity"), load_model("perceptual")
+    assert fidelity.card.uncertainty_calibrated_for == (2, False)
+    assert fidelity.card.uncertainty_problem(1, False) == "" and fidelity.card.uncertainty_problem(2, False) == ""
+    assert "takes a spread over 8 orientations" in fidelity.card.uncertainty_problem(8, False)
+    assert "bins matched" in fidelity.card.uncertainty_problem(1, True)
+    clean = load_model("fidelity-clean")  # calibrated before match_bins was recorded: at its own defaults (matched)
+    assert clean.card.uncertainty_calibrated_for == (2, True) and clean.card.uncertainty_problem(1, True) == ""
+    blend = blend_models(perceptual, fidelity, 0.0)
+    assert blend.card.uncertainty_calibrated_for is None and blend.card.uncertainty_scale == 1.0
+    assert "not calibrated" in blend.card.uncertainty_problem(1, False)
+    assert "uncertainty image: not calibrated" in blend.card.summary()
