@@ -266,6 +266,10 @@ def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
         f"CellProfiler ran {result.image_sets} image set(s) in {result.seconds:.0f} s; "
         f"{len(result.outputs)} file(s) written in {Path(args.output)}: {names}"
     )
+    if result.replaced:  # jobs that share an output folder replace each other's spreadsheets
+        shown = ", ".join(p.name for p in result.replaced[:4]) + (", ..." if len(result.replaced) > 4 else "")
+        print(f"msrgan cellprofiler run: note: {len(result.replaced)} of them replaced files an earlier run had written "
+              f"there ({shown}): give each job its own output folder", file=sys.stderr)
     return 0
 
 

@@ -78,6 +78,8 @@ class RunResult:
         Image sets that ran.
     seconds : float
         Wall-clock time.
+    replaced : list of Path
+        Those of ``outputs`` that were there before the run (another run's spreadsheets, say).
     """
 
     command: List[str]
@@ -85,6 +87,7 @@ class RunResult:
     outputs: List[Path] = field(default_factory=list)
     image_sets: int = 0
     seconds: float = 0.0
+    replaced: List[Path] = field(default_factory=list)
 
 
 # --- where things are -----------------------------------------------------------------------
@@ -285,7 +288,8 @@ def run_pipeline(
             "the pipeline has no SaveImages/ExportToSpreadsheet output, or they were skipped",
             log,
         )
-    return RunResult(command=command, log=log, outputs=outputs, image_sets=image_sets, seconds=seconds)
+    return RunResult(command=command, log=log, outputs=outputs, image_sets=image_sets, seconds=seconds,
+                     replaced=[p for p in outputs if p in before])
 
 
 class ImageSetProgress:

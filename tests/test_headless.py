@@ -164,7 +164,10 @@ def test_first_and_last_image_set_split_a_run(fly_input, cellprofiler_command, t
     result = run_pipeline("upscale_segment_measure", fly_input["folder"], out, first=2, last=2, timeout=RUN_TIMEOUT_S)
     assert result.image_sets == 1
     assert [r["FileName_DNA"] for r in read_csv(out / "Image.csv")] == ["01_POS076_D.TIF"]
-    assert sorted(p.name for p in out.glob("*.tiff")) == ["01_POS076_D_msrgan.tiff"]
+    assert sorted(p.name for p in out.glob("*.tiff")) == ["01_POS076_D_msrgan.tiff"] and not result.replaced
+    # another job into the same folder replaces this one's spreadsheets: the result says which
+    again = run_pipeline("upscale_segment_measure", fly_input["folder"], out, first=1, last=1, timeout=RUN_TIMEOUT_S)
+    assert "Image.csv" in {p.name for p in again.replaced} and "01_POS076_D_msrgan.tiff" not in {p.name for p in again.replaced}
     # a job whose range starts past the input's end fails with a reason, not CellProfiler's IndexError
     with pytest.raises(HeadlessRunError, match="fewer than 3 image sets"):
         run_pipeline("upscale_segment_measure", fly_input["folder"], tmp_path / "job3", first=3, last=4)
