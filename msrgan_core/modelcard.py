@@ -142,7 +142,9 @@ class ModelCard:
 
         The calibration holds for the spread over the orientations and the bins it was measured with
         (a single pass takes its spread over 2): 8 orientations spread more than 2 while their mean
-        errs less, and matched bins move the error, each by a factor of about 1.6-1.9 on held-out fields.
+        errs less, and matched bins move the error. On held-out fields `fidelity`'s mean absolute
+        error was 0.87 times its mean uncertainty as calibrated, 0.54 with 8 orientations and 1.12
+        with bins matched.
         """
         name = Path(self.source).name
         if self.uncertainty_calibrated_for is None:
