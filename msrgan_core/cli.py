@@ -6,8 +6,8 @@ Building the parser imports no torch: each command imports what it needs when it
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
