@@ -367,3 +367,15 @@ def test_a_timeout_stops_cellprofiler_started_by_a_wrapper_script(tmp_path):
 def test_pipelines_dir_command_prints_the_shipped_pipelines_folder(capsys):
     assert cli(["cellprofiler", "pipelines-dir"]) == 0
     assert capsys.readouterr().out.strip() == str(PIPELINES)
+
+
+def test_cellprofiler_runs_in_a_utf8_locale_where_the_job_has_none(monkeypatch):
+    """A batch job's C locale made Java read non-ASCII paths as missing files."""
+    import locale
+
+    from msrgan_core.headless import _child_environment
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "ANSI_X3.4-1968")
+    assert _child_environment()["LC_ALL"] == "C.UTF-8"
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "UTF-8")
+    assert _child_environment() is None  # the job's own locale, untouched
