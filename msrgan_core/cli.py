@@ -248,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
-    from .headless import HeadlessRunError, ImageSetProgress, run_pipeline
+    from .headless import SHIPPED_PIPELINES, HeadlessRunError, ImageSetProgress, image_files_under, run_pipeline
 
     total = args.last - (args.first or 1) + 1 if args.last else None
     progress = ImageSetProgress(sys.stdout.write, total, args.first or 1)
@@ -266,6 +266,13 @@ def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
         f"CellProfiler ran {result.image_sets} image set(s) in {result.seconds:.0f} s; "
         f"{len(result.outputs)} file(s) written in {Path(args.output)}: {names}"
     )
+    if str(args.pipeline) in SHIPPED_PIPELINES and args.first is None and args.last is None:
+        found = image_files_under(Path(args.input))  # one image set per DNA image: say what the rule left out
+        if found > result.image_sets:
+            print(f"msrgan cellprofiler run: note: {found - result.image_sets} of the {found} image files under "
+                  f"{args.input} were left out by the pipeline's Images rule, which passes over files named like "
+                  "other channels (_w2.._w9, d1/d2, _F/_R.TIF): point -i at the nuclei images alone, or edit a copy "
+                  "of the pipeline (msrgan cellprofiler pipelines-dir)", file=sys.stderr)
     if result.replaced:  # jobs that share an output folder replace each other's spreadsheets
         shown = ", ".join(p.name for p in result.replaced[:4]) + (", ..." if len(result.replaced) > 4 else "")
         print(f"msrgan cellprofiler run: note: {len(result.replaced)} of them replaced files an earlier run had written "

@@ -126,6 +126,18 @@ def resolve_pipeline(name_or_path: "str | Path") -> Path:
     )
 
 
+def image_files_under(folder: Path) -> int:
+    """The TIFF and PNG files CellProfiler finds under ``folder`` that the shipped pipelines' Images
+    rule could take: not hidden, not in a folder named mask or masks (the rule's other clauses leave
+    out files named like the other channels of multi-channel sets; see ``pipelines/*.cppipe``)."""
+    count = 0
+    for root, folders, files in os.walk(folder):
+        if Path(root).name.lower() in ("mask", "masks"):
+            continue
+        count += sum(not name.startswith(".") and Path(name).suffix.lower() in (".tif", ".tiff", ".png") for name in files)
+    return count
+
+
 def find_cellprofiler(executable: Optional[str] = None) -> List[str]:
     """The command that starts CellProfiler.
 

@@ -379,3 +379,15 @@ def test_cellprofiler_runs_in_a_utf8_locale_where_the_job_has_none(monkeypatch):
     assert _child_environment()["LC_ALL"] == "C.UTF-8"
     monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "UTF-8")
     assert _child_environment() is None  # the job's own locale, untouched
+
+
+@pytest.mark.slow
+def test_a_run_says_how_many_image_files_the_shipped_rule_left_out(one_fly_image, cellprofiler_command, tmp_path, capsys):
+    """A user's nuclei images named like another channel (``_w2``) are passed over by the shipped
+    Images rule on purpose; the run says so instead of ending on a smaller count alone."""
+    shutil.copy(next(one_fly_image.glob("*.TIF")), one_fly_image / "plate_A01_w2.tif")
+    (one_fly_image / "masks").mkdir()  # label images beside the fields, which the rule skips too: not counted
+    shutil.copy(next(one_fly_image.glob("*.TIF")), one_fly_image / "masks" / "labels.tif")
+    assert cli(["cellprofiler", "run", "measure_nuclei", "-i", str(one_fly_image), "-o", str(tmp_path / "out"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of the 2 image files under" in err and "pipelines-dir" in err
