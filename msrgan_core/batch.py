@@ -153,8 +153,8 @@ def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool 
     if overwrite:
         return [job if uncertainty else replace(job, stale=_existing(same_name_tif(job.source, out_dir, UNCERTAINTY_SUFFIX)))
                 for job in jobs], []
-    incomplete = [job.uncertainty.name for job in jobs if job.destination.exists() and not job.uncertainty.exists()] \
-        if uncertainty else []
+    incomplete = [job.uncertainty.name for job in jobs
+                  if uncertainty and job.destination.exists() and not job.uncertainty.exists()]
     if incomplete:
         log.warning("msrgan: %d output(s) exist without their uncertainty image (e.g. %s), perhaps from another model: "
                     "skipped; --overwrite redoes both", len(incomplete), incomplete[0])

@@ -118,6 +118,12 @@ def model_channels(channels: int, in_channels: int, source: "str | Path") -> Lis
     return [slice(None)]
 
 
+#: what to do when every image of a role is too small: a training image gives patches of
+#: ``train.patch_size``, a validation image is scored whole and needs 8 x the scale
+TOO_SMALL_ADVICE = {"training": "use larger images or a smaller train.patch_size",
+                    "validation": "add larger images (another train.seed holds out others)"}
+
+
 def load_images(
     paths: Sequence[Path],
     normalization: NormalizationConfig,
@@ -146,12 +152,6 @@ def load_images(
         raise DataError(f"no usable {role} images among {len(paths)}: each needs at least {min_size} x {min_size} "
                         f"pixels; {TOO_SMALL_ADVICE[role]}")
     return images
-
-
-#: what to do when every image of a role is too small: a training image gives patches of
-#: ``train.patch_size``, a validation image is scored whole and needs 8 x the scale
-TOO_SMALL_ADVICE = {"training": "use larger images or a smaller train.patch_size",
-                    "validation": "add larger images (another train.seed holds out others)"}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from .errors import UserError
 from .io import atomic_write
 from .modelcard import InferenceDefaults, ModelCard, describe_degradation
 from .modelfile import LoadedModel
-from .normalize import percentile_stats
 
 log = logging.getLogger("msrgan")
 
@@ -226,13 +225,13 @@ def _scale_range(image: np.ndarray, card: ModelCard) -> np.ndarray:
     An image whose percentiles coincide (nearly all one value: sparse beads, an empty centre) is
     refused: msrgan then normalises by the brightest pixel, which ``scale_range`` cannot.
     """
-    low, high = np.percentile(image, [card.normalization.low, card.normalization.high])
+    # as percentile_stats computes them (in float64, every pixel of so small an image), without its fallback
+    low, high = np.percentile(image.astype(np.float64), [card.normalization.low, card.normalization.high])
     if high <= low:
         raise ExportError(f"the sample's centre ({image.shape[2]} x {image.shape[3]} pixels) is nearly all one value "
                           f"(its {card.normalization.low:g}th and {card.normalization.high:g}th percentiles are both {low:g}): "
                           "bioimage.io's scale_range cannot normalise it; give a --sample with objects across its centre")
-    stats = percentile_stats(image[0], card.normalization)
-    low, high = np.float32(stats.low[0]), np.float32(stats.high[0])
+    low, high = np.float32(low), np.float32(high)
     return ((image - low) / (high - low + np.float32(SCALE_RANGE_EPS))).astype(np.float32)
 
 

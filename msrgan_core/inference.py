@@ -33,7 +33,7 @@ from .errors import UserError
 from .io import MAX_UNNAMED_CHANNELS, ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel, load_model
 from .models import forward_bytes_per_pixel, forward_fixed_bytes, receptive_radius
-from .options import ENSEMBLES, PRECISIONS
+from .options import ENSEMBLES, PRECISIONS, uncertainty_orientation_count
 from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
 
 log = logging.getLogger("msrgan")
@@ -362,7 +362,7 @@ class Upscaler:
     def uncertainty_orientations(self) -> List[Tuple[int, bool]]:
         """The orientations whose spread is the uncertainty: the ensemble's, with its mirror image
         added to a single pass (one more pass; the output itself stays the ensemble's mean)."""
-        return self.orientations if len(self.orientations) > 1 else orientations(2)
+        return orientations(uncertainty_orientation_count(self.ensemble))
 
     def runs(self, uncertainty: bool = False) -> List[Tuple[int, bool]]:
         """The orientations each image goes through the network in: the ensemble's, or with

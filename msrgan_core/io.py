@@ -367,8 +367,9 @@ def to_cyx(
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ImageError(f"{source}: {bad} pixel(s) are NaN or infinite; fill or mask them before upscaling")
-    if array.dtype == np.float64 and array.size and np.abs(array).max() > np.finfo(np.float32).max:
-        raise ImageError(f"{source}: values up to {np.abs(array).max():.3g} are beyond what msrgan computes in "
+    largest = float(np.abs(array).max()) if array.dtype == np.float64 and array.size else 0.0
+    if largest > np.finfo(np.float32).max:
+        raise ImageError(f"{source}: values up to {largest:.3g} are beyond what msrgan computes in "
                          f"(float32, up to {np.finfo(np.float32).max:.3g}): scale the image down first")
     array = array.reshape(squeezed)
     if layout.channel_axis is None:
@@ -473,7 +474,8 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     else:
         axes = "CYX" if layout.channel_axis == 0 else "YXC"
     planar = layout.planar and axes == "CYX" and not ome
-    photometric = "rgb" if (axes == "YXC" or planar) and array.shape[-1 if axes == "YXC" else 0] == 3 else "minisblack"
+    samples = array.shape[-1] if axes == "YXC" else array.shape[0] if planar else 1  # channels stored as a page's samples
+    photometric = "rgb" if samples == 3 else "minisblack"
     if ome and axes == "YXC" and photometric != "rgb":  # OME stores only RGB samples channels-last
         array, axes = np.moveaxis(array, -1, 0), "CYX"
     imagej = (layout.imagej and not ome and axes in ("YX", "CYX") and array.dtype in IMAGEJ_DTYPES

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import ConfigError, GeneratorConfig, NormalizationConfig
 from .errors import UserError
-from .options import DEFAULT_MODELS, ENSEMBLES
+from .options import DEFAULT_MODELS, ENSEMBLES, uncertainty_orientation_count
 
 FORMAT_VERSION = 1
 METADATA_KEY = "msrgan"
@@ -146,17 +146,17 @@ class ModelCard:
         error was 0.87 times its mean uncertainty as calibrated, 0.54 with 8 orientations and 1.12
         with bins matched.
         """
-        name = Path(self.source).name
-        if self.uncertainty_calibrated_for is None:
+        name, calibrated_for = Path(self.source).name, self.uncertainty_calibrated_for
+        if calibrated_for is None:
             return (f"the uncertainty image of {name} is not calibrated: the raw spread over orientations, several times "
                     f"smaller than the error as a rule (msrgan calibrate {name} --hr HELD_OUT_IMAGES -o CALIBRATED.safetensors)")
-        running = (max(int(ensemble), 2), bool(match_bins))
-        if running == self.uncertainty_calibrated_for:
+        running = (uncertainty_orientation_count(ensemble), bool(match_bins))
+        if running == calibrated_for:
             return ""
 
         def says(setting: "tuple[int, bool]") -> str:
             return f"a spread over {setting[0]} orientations with bins {'matched' if setting[1] else 'as output'}"
-        return (f"the uncertainty image of {name} was calibrated for {says(self.uncertainty_calibrated_for)}; a run with "
+        return (f"the uncertainty image of {name} was calibrated for {says(calibrated_for)}; a run with "
                 f"{ensemble} orientation(s) and bins {'matched' if match_bins else 'as output'} takes {says(running)}, "
                 "so its uncertainty is not on the error's scale: calibrate the model with those options")
 

@@ -6,15 +6,6 @@ from __future__ import annotations
 #: where the network runs: ``auto`` is CUDA when present, else the CPU; ``cuda:N`` names one GPU (:func:`device_name`)
 DEVICES = ("auto", "cpu", "cuda")
 
-
-def device_name(text: str) -> str:
-    """``text`` as a device name the library takes, in lower case: one of :data:`DEVICES`, ``gpu``
-    (``cuda``) or ``cuda:N``, the GPU of index N on a machine with several; a one-line ValueError else."""
-    name = str(text or "auto").strip().lower().replace("gpu", "cuda", 1)
-    kind, colon, index = name.partition(":")
-    if kind not in DEVICES or (colon and not (kind == "cuda" and index.isdigit())):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N (the GPU of index N), got {text!r}")
-    return f"cuda:{int(index)}" if colon else kind
 #: inference precisions; ``auto`` is bf16 where the device computes it (GPUs, CPUs with AVX-512 BF16 or
 #: AMX), else fp32; fp16 runs on GPUs only
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -39,3 +30,19 @@ GRID_READ_NOISE = 0.0015
 CALIBRATION_CELLS = ("bin", "bin+1000ph", "bin+300ph", "blur1.5+bin+300ph")
 #: the folder under ``msrgan evaluate --out`` that holds a picture of each image (``NAME.png``)
 EVALUATION_PICTURES = "side_by_side"
+
+
+def device_name(text: str) -> str:
+    """``text`` as a device name the library takes, in lower case: one of :data:`DEVICES`, ``gpu``
+    (``cuda``) or ``cuda:N``, the GPU of index N on a machine with several; a one-line ValueError else."""
+    name = str(text or "auto").strip().lower().replace("gpu", "cuda", 1)
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICES or (colon and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N (the GPU of index N), got {text!r}")
+    return f"cuda:{int(index)}" if colon else kind
+
+
+def uncertainty_orientation_count(ensemble: int) -> int:
+    """How many orientations an uncertainty image's spread is taken over for a run averaging
+    ``ensemble``: the ensemble's own, or for a single pass the image and its mirror image."""
+    return max(int(ensemble), 2)
