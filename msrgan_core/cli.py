@@ -79,17 +79,18 @@ def check_model_output(args: argparse.Namespace, *inputs) -> None:
 
 
 def cmd_blend(args: argparse.Namespace) -> int:
-    from .modelfile import blend_models, load_model, save_model
+    from .modelfile import blend_models, load_model, save_model, with_change
 
     check_model_output(args, args.a, args.b)
     blended = blend_models(load_model(args.a), load_model(args.b), args.weight)
-    save_model(args.out, blended.generator, blended.metadata)
+    save_model(args.out, blended.generator, with_change(blended.metadata, f"blend {args.weight:g} x {Path(args.a).name} + "
+                                                                         f"{1 - args.weight:g} x {Path(args.b).name}"))
     print(f"msrgan: {args.out} = {args.weight:g} x {args.a} + {1 - args.weight:g} x {args.b}")
     return 0
 
 
 def cmd_set_defaults(args: argparse.Namespace) -> int:
-    from .modelfile import load_model, save_model, with_inference_defaults
+    from .modelfile import load_model, save_model, with_change, with_inference_defaults
 
     check_model_output(args, args.model)
     model = load_model(args.model)
@@ -97,7 +98,7 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
     ensemble = was.ensemble if args.ensemble is None else args.ensemble
     match_bins = was.match_bins if args.match_bins is None else args.match_bins
     model = with_inference_defaults(model, ensemble, match_bins)
-    save_model(args.out, model.generator, model.metadata)
+    save_model(args.out, model.generator, with_change(model.metadata, f"set-defaults: {model.inference.describe()}"))
     print(f"msrgan: {args.out} = {args.model}, run by default with {model.inference.describe()}")
     problem = model.card.uncertainty_problem(ensemble, match_bins)
     if problem and model.card.uncertainty_calibrated_for is not None:
@@ -126,7 +127,7 @@ def refuse_made_with_given(option: str, value) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate, calibrate_on_pairs
     from .data import spread
-    from .modelfile import save_model, with_inference_defaults
+    from .modelfile import save_model, with_change, with_inference_defaults
 
     def sample(items: list) -> list:  # --sample N: evenly spread, so every source of the list is represented
         return spread(items, args.sample) if args.sample else items
@@ -145,8 +146,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         found = calibrate(upscaler, sample(files), args.cells or CALIBRATION_CELLS,
                           channel_axis=args.channel_axis, progress=not args.quiet)
     calibrated = with_inference_defaults(upscaler.model, upscaler.ensemble, upscaler.match_bins)  # as calibrated
-    save_model(args.out, calibrated.generator, dict(calibrated.metadata, **found))
     used = found["uncertainty_calibration"]["images"]
+    save_model(args.out, calibrated.generator,
+               with_change(dict(calibrated.metadata, **found), f"uncertainty calibrated on {used} image(s)"))
     print(f"msrgan: {args.out} = {upscaler.model.source} with its uncertainty image calibrated on {used} image(s): "
           f"the error is {found['uncertainty_scale']:.2f} times the spread over orientations"
           + (f"; it runs by default with {calibrated.inference.describe()}, as calibrated"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -163,7 +164,7 @@ class ModelCard:
     def provenance(self) -> Dict[str, Any]:
         """Where this model came from, in a few fields: what a model trained or blended from it records."""
         trained = self.metadata.get("training", {})
-        return {"model": Path(self.source).name, "name": self.metadata.get("name"), "steps": trained.get("steps"),
+        return {"model": Path(self.source).name, "name": self.metadata.get("name") or Path(self.source).stem, "steps": trained.get("steps"),
                 "created": self.metadata.get("created"), "hardware": trained.get("hardware"), "init": trained.get("init")}
 
     def summary(self) -> str:
@@ -208,6 +209,8 @@ class ModelCard:
                          f"bicubic {figures.get('bicubic_psnr', float('nan')):.2f} dB")
         if meta.get("created"):
             lines.append(f"  created: {meta['created']} with msrgan {meta.get('msrgan_version')}")
+        for change in meta.get("changes", []):
+            lines.append(f"  changed: {change.get('at')} with msrgan {change.get('msrgan_version')}: {change.get('what')}")
         return "\n".join(lines)
 
 
@@ -332,6 +335,20 @@ def describe(meta: Dict[str, Any]) -> str:
 
     walk("", meta)
     return "\n".join(lines)
+
+
+def timestamp() -> str:
+    """Now, as model files record when they were made or changed: ``2026-12-08T02:30:00+0000``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def with_change(metadata: Dict[str, Any], what: str) -> Dict[str, Any]:
+    """``metadata`` with a line added to its ``changes``: what a command (calibrate, blend,
+    set-defaults) did to the file, when and with which msrgan; ``created`` stays the training's."""
+    from . import __version__
+
+    change = {"what": what, "at": timestamp(), "msrgan_version": __version__}
+    return dict(metadata, changes=[*metadata.get("changes", []), change])
 
 
 def generator_metadata(config: GeneratorConfig) -> Dict[str, Any]:

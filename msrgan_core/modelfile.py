@@ -19,7 +19,7 @@ from .io import atomic_write
 from .modelcard import (  # noqa: F401 - re-exported: what a model file is, beside how it loads
     CHECKSUM_KEY, DEFAULT_MODELS, FORMAT_VERSION, METADATA_KEY, InferenceDefaults, ModelCard, ModelFileError,
     check_checksum, describe, generator_metadata, gist, packaged_model_path, read_card, read_metadata, resolve_model,
-    weights_checksum,
+    timestamp, weights_checksum, with_change,
 )
 from .models import build_generator, influence_radius
 
@@ -135,8 +135,8 @@ def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:
     Between an adversarial model and the fidelity model it was trained on from, this trades
     texture for accuracy without retraining (Wang et al., ESRGAN); it is meaningful only for
     models with a common start, which is for the caller to know. Models whose architecture or
-    normalisation differ are a :class:`ModelFileError`. The result's metadata is ``a``'s, with a
-    ``blend`` note of both and without ``a``'s validation figures, influence radius and uncertainty
+    normalisation differ are a :class:`ModelFileError`. The result's metadata is ``a``'s, named as a
+    blend, with a ``blend`` note of both and without ``a``'s validation figures, influence radius and uncertainty
     calibration (they no longer hold).
     """
     if not 0.0 <= float(weight) <= 1.0:
@@ -154,6 +154,7 @@ def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:
     meta = {k: v for k, v in a.metadata.items()  # what held for a alone
             if k not in ("validation", "influence_radius", "uncertainty_scale", "uncertainty_calibration")}
     meta["blend"] = {"weight": float(weight), "a": a.card.provenance(), "b": b.card.provenance()}
+    meta["name"] = f"blend {float(weight):g} x {a.card.provenance()['name']} + {1 - float(weight):g} x {b.card.provenance()['name']}"
     card = ModelCard.from_metadata(meta, f"blend of {a.source} and {b.source}")
     return LoadedModel(generator=generator, card=card)
 

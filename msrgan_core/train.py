@@ -45,7 +45,7 @@ from .features import make_feature_extractor
 from .io import atomic_write, find_images
 from .losses import discriminator_loss, perceptual_loss, pixel_loss
 from .metrics import image_metrics, upscale_bicubic
-from .modelfile import ModelFileError, load_model, save_model
+from .modelfile import ModelFileError, load_model, save_model, timestamp
 from .models import Discriminator, build_generator, count_parameters
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
             "torch": torch.__version__,
         },
         "validation": metrics,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": timestamp(),
         "msrgan_version": __version__,
     }
 

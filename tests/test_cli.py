@@ -126,7 +126,12 @@ def test_blend_writes_a_model_between_the_packaged_two(tmp_path):
     result = msrgan("blend", "perceptual", "fidelity", "--weight", "0.5", "-o", out)
     assert "0.5 x perceptual + 0.5 x fidelity" in result.stdout
     info = msrgan("info", out, "--all").stdout
-    assert "blend.weight: 0.5" in info and "name: perceptual" in info and "validation." not in info
+    assert "blend.weight: 0.5" in info and "name: blend 0.5 x perceptual + 0.5 x fidelity" in info and "validation." not in info
+    # created stays the training's date; the blend is a change of its own, and info says so
+    changes = load_model(out).metadata["changes"]
+    assert [c["what"] for c in changes] == ["blend 0.5 x perceptual + 0.5 x fidelity"]
+    assert load_model(out).metadata["created"] == load_model("perceptual").metadata["created"] != changes[0]["at"]
+    assert "changed: " in msrgan("info", out).stdout
     half, ends = load_model(out).generator.state_dict(), [load_model(n).generator.state_dict() for n in ("perceptual", "fidelity")]
     torch.testing.assert_close(half["tail.weight"], (ends[0]["tail.weight"] + ends[1]["tail.weight"]) / 2)
 
@@ -226,6 +231,7 @@ def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_pa
     assert "left out" in result.stderr and "well_without_cells.tif: a blank field" in result.stderr
     assert result.stderr.count("well_without_cells.tif") == 1  # once, not once per acquisition
     assert "uncertainty_scale:" in msrgan("info", out, "--all").stdout
+    assert "with msrgan" in msrgan("info", out).stdout.split("changed: ")[1].split("uncertainty calibrated on 2 image(s)")[0]
     assert "rests on 8192 output pixels only" in result.stderr  # two 64 x 64 fields: a few nuclei decide it
     averaged = tmp_path / "averaged.safetensors"  # calibrated for 4 orientations: it runs so by default
     result = msrgan("calibrate", "fidelity", "--hr", fields, "--cells", "bin", "--ensemble", "4", "-o", averaged, "-q")

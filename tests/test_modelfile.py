@@ -199,10 +199,11 @@ def test_blend_is_the_weighted_mean_of_the_weights_and_says_so(tmp_path):
     with torch.no_grad():  # the two ends are the models themselves
         assert torch.equal(blend_models(adv, fid, 1.0).generator(_x()), adv.generator(_x()))
         assert torch.equal(blend_models(adv, fid, 0.0).generator(_x()), fid.generator(_x()))
-    # written and read back like any model: the adversarial model's metadata, a blend note, no stale figures
+    # written and read back like any model: the adversarial model's metadata named as a blend, a blend note, no stale figures
     reloaded = load_model(save_model(tmp_path / "b.safetensors", blended.generator, blended.metadata))
     meta = reloaded.metadata
-    assert meta["name"] == "perceptual" and meta["training"]["steps"] == 9 and "validation" not in meta
+    assert meta["name"] == "blend 0.75 x perceptual + 0.25 x fidelity" and meta["training"]["steps"] == 9
+    assert "validation" not in meta
     assert meta["blend"]["weight"] == 0.75 and meta["blend"]["a"]["steps"] == 9 and meta["blend"]["a"]["name"] == "perceptual"
     assert meta["blend"]["b"]["model"] == "f.safetensors"  # the file's name: no path into the blender's folders
     assert reloaded.normalization == NormalizationConfig(low=2.0, high=99.0)
