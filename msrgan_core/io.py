@@ -263,7 +263,7 @@ def _pixel_size_um(tif: "tifffile.TiffFile", ome_pixels) -> Optional[Tuple[float
     """A TIFF's pixel height and width at the sample in micrometres: from its OME metadata
     (PhysicalSizeY/X of ``ome_pixels``, :func:`_ome_pixels`), else its resolution tags in the unit ImageJ's metadata names (ImageJ saves
     pixels per micron with no TIFF unit) or the TIFF's own (inch or centimetre). None where the
-    file does not say (no tags, or resolution without a unit) or says it in a way not understood:
+    file does not say (no tags, resolution without a unit, a screen's 72 or 96 dpi) or says it in a way not understood:
     metadata never makes an image unreadable."""
     try:
         size = _ome_pixel_size_um(ome_pixels)
@@ -307,6 +307,10 @@ def _ome_pixel_size_um(pixels) -> Optional[Tuple[float, float]]:
     return y, x
 
 
+#: resolutions in dots per inch that writers put in every TIFF they save (screen defaults): no microscope's pixel
+SCREEN_DPI = {72.0, 96.0}
+
+
 def _tagged_pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, float]]:
     tags = tif.pages[0].tags
     if "XResolution" not in tags or "YResolution" not in tags:
@@ -319,6 +323,8 @@ def _tagged_pixel_size_um(tif: "tifffile.TiffFile") -> Optional[Tuple[float, flo
     if unit not in MICROMETRES:
         return None
     (y_pixels, y_units), (x_pixels, x_units) = tags["YResolution"].value, tags["XResolution"].value
+    if unit == "INCH" and {y_pixels / y_units, x_pixels / x_units} <= SCREEN_DPI:
+        return None  # a writer's default, not a size at the sample (ExampleHuman's fields carry 72 dpi)
     return y_units / y_pixels * MICROMETRES[unit], x_units / x_pixels * MICROMETRES[unit]
 
 

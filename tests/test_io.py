@@ -393,10 +393,13 @@ def test_a_pixel_size_the_file_states_badly_is_ignored_not_an_error(tmp_path):
     tifffile.imwrite(tmp_path / "zero.ome.tif", pixels, metadata={"axes": "YX", "PhysicalSizeX": 0, "PhysicalSizeY": 0.3})
     tifffile.imwrite(tmp_path / "unit.ome.tif", pixels, metadata={"axes": "YX", "PhysicalSizeX": 2, "PhysicalSizeY": 2,
                                                                   "PhysicalSizeXUnit": "pc", "PhysicalSizeYUnit": "pc"})
-    for name in ("zero.tif", "zero.ome.tif", "unit.ome.tif"):
+    tifffile.imwrite(tmp_path / "screen.tif", pixels, resolution=(72, 72, "INCH"))  # a writer's default (ExampleHuman)
+    for name in ("zero.tif", "zero.ome.tif", "unit.ome.tif", "screen.tif"):
         image, layout = read_image(tmp_path / name)
         np.testing.assert_array_equal(image[0], pixels)
         assert layout.pixel_size_um is None
+    tifffile.imwrite(tmp_path / "fine.tif", pixels, resolution=(12700, 12700, "INCH"))  # in inches, yet a microscope's
+    assert read_image(tmp_path / "fine.tif")[1].pixel_size_um == pytest.approx((2.0, 2.0))
 
 
 def test_find_images_takes_folders_globs_and_folders_of_wells(tmp_path):
