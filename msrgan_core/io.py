@@ -606,5 +606,9 @@ def _is_image_name(path: Path) -> bool:
 
 
 def same_name_tif(path: Path, out_dir: Path, suffix: str = ".tif") -> Path:
-    """``out_dir/<input stem>.tif``; an OME-TIFF keeps its ``.ome`` in the stem."""
-    return Path(out_dir) / (Path(path).stem + suffix)
+    """``out_dir/<input stem><suffix>``; an OME-TIFF keeps ``.ome.tif`` at the end of its names, where
+    OME-TIFF readers look for it: ``a.ome.tif`` gives ``a.ome.tif`` and ``a.uncertainty.ome.tif``."""
+    stem = Path(path).stem
+    if stem.lower().endswith(".ome") and suffix.lower().endswith(".tif") and suffix.lower() != ".tif":
+        return Path(out_dir) / (stem[:-4] + suffix[:-4] + stem[-4:] + ".tif")
+    return Path(out_dir) / (stem + suffix)
