@@ -434,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write NAME.uncertainty.tif (NAME.uncertainty.ome.tif beside an OME-TIFF): per pixel, "
-                        "an estimate of the output's error on its intensity scale (the spread over orientations; one more pass per image when the model runs once)")
+                        "an estimate of the output's error on its intensity scale (the spread over orientations; "
+                        "one more pass per image when the model runs once)")
     p.add_argument("--stop-on-error", action="store_true",
                    help="stop at the first file that fails (default: report it, go on, exit 2 at the end)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
