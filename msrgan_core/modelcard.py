@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,7 +240,8 @@ def packaged_model_path(name: str) -> Path:
 def resolve_model(name_or_path: "str | Path | None") -> Path:
     """A packaged model's name (``fidelity``, ``perceptual``; ``None`` = ``fidelity``) or a path.
 
-    A path that does not exist is an error: a custom model is never replaced by a packaged one.
+    A path that does not exist is an error: a custom model is never replaced by a packaged one. A
+    file named as a packaged model in the working folder is named with a warning, not taken.
     """
     if name_or_path is None:
         name_or_path = DEFAULT_MODELS[0]
@@ -247,6 +249,9 @@ def resolve_model(name_or_path: "str | Path | None") -> Path:
         path = packaged_model_path(str(name_or_path))
         if not path.is_file():
             raise ModelFileError(f"the packaged model {name_or_path!r} is missing from {path.parent}: reinstall msrgan")
+        if Path(name_or_path).is_file():
+            logging.getLogger("msrgan").warning("%s: the packaged model of that name runs, not the file of that name "
+                                                "in this folder (give ./%s for the file)", name_or_path, name_or_path)
         return path
     path = Path(name_or_path).expanduser()
     if path.is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,15 @@ def test_missing_custom_path_never_falls_back(tmp_path):
         load_model(missing)
     with pytest.raises(ModelFileError):
         resolve_model(str(tmp_path / "fidelity"))  # a path that merely ends like a packaged name
+
+
+def test_a_file_named_as_a_packaged_model_is_named_in_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("perceptual") == packaged_model_path("perceptual") and not caplog.records
+    (tmp_path / "perceptual").write_bytes(b"a user's model file, saved without its suffix")
+    assert resolve_model("perceptual") == packaged_model_path("perceptual")
+    assert "give ./perceptual for the file" in caplog.text
+    assert resolve_model("./perceptual") == Path("perceptual")
 
 
 def test_weights_that_do_not_match_the_metadata(tmp_path, saved):
