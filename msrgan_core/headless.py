@@ -40,6 +40,7 @@ _COULD_NOT_LOAD_LIST = re.compile(r"could not load these modules: (.+)$")
 _FAILED_PIPELINE = "Failed to load pipeline"
 _RUN_ERROR = re.compile(r"(Error detected during run of module \S+|Failed to prepare run for module \S+)")
 _NO_IMAGES = "Empty image set list"
+_SAYS_ERROR = re.compile(r"\b(error|fatal)\b", re.IGNORECASE)
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit)\b.*:")
 _IMAGE_SET = re.compile(r"Image # (\d+), module ")
 _MODULE_HEADER = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):\[module_num:\d+")
@@ -384,6 +385,18 @@ def _child_environment() -> Optional[Dict[str, str]]:
     return dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
 
 
+def ended(returncode: int) -> str:
+    """How a process ended, in words: ``exit status 1``, or the signal that stopped it."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"stopped by {name}" + (" (out of memory? a job's memory limit or the system's out-of-memory killer sends it)"
+                                   if -returncode == signal.SIGKILL else "")
+
+
 def diagnose(
     log: str,
     returncode: int,
@@ -429,10 +442,12 @@ def diagnose(
     if image_sets == 0 and first is not None and first > 1 and not run_errors:
         return f"no image set was run: the input has fewer than {first} image sets (first image set {first})"
     if returncode != 0 or done != "Complete":
-        what = run_errors[0] if run_errors else f"exit status {returncode}, done file says {done or 'nothing'!r}"
+        what = run_errors[0] if run_errors else f"{ended(returncode)}, done file says {done or 'nothing'!r}"
         if len(run_errors) > 1:
             what = f"{len(run_errors)} module errors in the run; the first: {what}"
         cause = next((e for e in reversed(exceptions) if "MySQLdb" not in e), "")
+        if not cause and not run_errors:  # an error CellProfiler or Java said in words, not as an exception
+            cause = next((line.strip() for line in reversed(log.splitlines()) if _SAYS_ERROR.search(line)), "")
         return what + (f": {cause}" if cause else "")
     return ""
 

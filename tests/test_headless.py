@@ -338,6 +338,16 @@ def test_the_runner_counts_the_image_sets_a_module_failed_on(tmp_path):
     assert problem.startswith("2 module errors in the run") and "UpscaleMSRGAN" in problem and "1 x 1 pixels" in problem
 
 
+def test_the_runner_says_an_error_said_in_words_and_a_kill(tmp_path):
+    from msrgan_core.headless import diagnose
+
+    log = "Tue Dec 1 19:32:08 2026: Image # 1, module Images # 1: CPU_time = 0.00 secs\nERROR: Java heap too small\nbye\n"
+    assert diagnose(log, 255, "", ["Images"], tmp_path, image_sets=1) == (
+        "exit status 255, done file says 'nothing': ERROR: Java heap too small")
+    killed = diagnose("Tue Dec 1 19:32:08 2026: Image # 1, module Images # 1\n", -9, "", ["Images"], tmp_path)
+    assert killed.startswith("stopped by SIGKILL (out of memory?") and "exit status" not in killed
+
+
 def test_a_plugin_the_pipeline_does_not_use_may_fail_to_load(tmp_path):
     """A plugins folder shared with other plugins (CellProfiler-plugins' active_plugins): one whose
     dependency is missing harms no pipeline that does not use it."""
