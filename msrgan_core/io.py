@@ -410,6 +410,7 @@ def plane_layout(
         names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
         raise ImageError(f"{source}: pixel type {dtype} is not supported; msrgan takes {names}")
 
+    named_by_file = False
     if axes is not None and len(axes) == len(shape):
         keep = [i for i, n in enumerate(shape) if n > 1 or axes[i] in "YX"]
         axes = "".join(axes[i] for i in keep)
@@ -425,7 +426,7 @@ def plane_layout(
             if channel_axis is not None and channel_axis % 3 != named[0]:
                 raise ImageError(f"{source}: its axes are {axes}, channels on axis {named[0]}, but the channel axis "
                                  f"given is {channel_axis}: leave the channel axis out for files that name their axes")
-            channel_axis = named[0]
+            channel_axis, named_by_file = named[0], True
     else:
         shape = tuple(n for n in shape if n > 1) or (1, 1)
 
@@ -447,6 +448,11 @@ def plane_layout(
     channel_axis = channel_axis % 3
     if channel_axis == 1:
         raise ImageError(f"{source}: channel axis 1 of {shape} is not supported; channels go first or last")
+    other = 2 - channel_axis  # the other end: channels there would leave a plane of the given axis's length
+    if not named_by_file and shape[channel_axis] > MAX_UNNAMED_CHANNELS and shape[other] < shape[channel_axis]:
+        raise ImageError(f"{source}: channel axis {channel_axis} of {shape} would make {shape[channel_axis]} channels of "
+                         f"{' x '.join(str(n) for i, n in enumerate(shape) if i != channel_axis)} pixels: "
+                         f"is the channel axis {other}, or is it a stack of planes?")
     _check_plane(tuple(n for i, n in enumerate(shape) if i != channel_axis), source)
     return shape, ImageLayout(channel_axis=channel_axis, dtype=dtype)
 

@@ -112,6 +112,8 @@ def test_channel_axis_option_for_a_file_without_axes(tmp_path):
     image, layout = read_image(tmp_path / "six.tif", channel_axis=0)  # ...unless told they are channels
     np.testing.assert_array_equal(image, pixels)
     assert layout.channel_axis == 0
+    with pytest.raises(ImageError, match=r"would make 30 channels of 6 x 20 pixels: is the channel axis 0"):
+        read_image(tmp_path / "six.tif", channel_axis=-1)  # the wrong end: more channels than rows left
 
 
 def test_channel_axis_option_channels_last():
