@@ -250,7 +250,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
-    from .headless import SHIPPED_PIPELINES, HeadlessRunError, ImageSetProgress, image_files_under, run_pipeline
+    from .headless import (
+        SHIPPED_PIPELINES, HeadlessRunError, ImageSetProgress, image_files_under, newer_pipeline, run_pipeline,
+    )
 
     total = args.last - (args.first or 1) + 1 if args.last else None
     progress = ImageSetProgress(sys.stdout.write, total, args.first or 1)
@@ -275,6 +277,8 @@ def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
                   f"{args.input} were left out by the pipeline's Images rule, which passes over files named like "
                   "other channels (_w2.._w9, d1/d2, _F/_R.TIF): point -i at the nuclei images alone, or edit a copy "
                   "of the pipeline (msrgan cellprofiler pipelines-dir)", file=sys.stderr)
+    if newer_pipeline(result.log):
+        print(f"msrgan cellprofiler run: note: {newer_pipeline(result.log)}", file=sys.stderr)
     if result.replaced:  # jobs that share an output folder replace each other's spreadsheets
         shown = ", ".join(p.name for p in result.replaced[:4]) + (", ..." if len(result.replaced) > 4 else "")
         print(f"msrgan cellprofiler run: note: {len(result.replaced)} of them replaced files an earlier run had written "

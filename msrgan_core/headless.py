@@ -40,6 +40,7 @@ _COULD_NOT_LOAD_LIST = re.compile(r"could not load these modules: (.+)$")
 _FAILED_PIPELINE = "Failed to load pipeline"
 _RUN_ERROR = re.compile(r"(Error detected during run of module \S+|Failed to prepare run for module \S+)")
 _NO_IMAGES = "Empty image set list"
+_NEWER_PIPELINE = re.compile(r"Your pipeline version is (\S+) but you are running CellProfiler version (\S+)")
 _SAYS_ERROR = re.compile(r"\b(error|fatal)\b", re.IGNORECASE)
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit)\b.*:")
 _IMAGE_SET = re.compile(r"Image # (\d+), module ")
@@ -292,7 +293,9 @@ def run_pipeline(
     image_sets = len(set(_IMAGE_SET.findall(log)))
     problem = diagnose(log, returncode, done, modules, plugins, image_sets=image_sets, first=first)
     if problem:
-        raise HeadlessRunError(f"CellProfiler run of {pipeline.name} failed: {problem}", log)
+        newer = newer_pipeline(log)
+        raise HeadlessRunError(f"CellProfiler run of {pipeline.name} failed: {problem}" + (f"; {newer}" if newer else ""),
+                               log)
     after = _snapshot(output_dir)
     outputs = sorted(p for p, stamp in after.items() if before.get(p) != stamp)
     if not outputs:
@@ -383,6 +386,16 @@ def _child_environment() -> Optional[Dict[str, str]]:
     if locale.getpreferredencoding(False).replace("-", "").lower() == "utf8":
         return None
     return dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+
+
+def newer_pipeline(log: str) -> str:
+    """What CellProfiler's log says of a pipeline saved by a newer CellProfiler than the one that ran
+    it (it loads such a pipeline with a warning, and may run it wrongly); '' where it says nothing."""
+    match = _NEWER_PIPELINE.search(log)
+    if not match:
+        return ""
+    return (f"the pipeline was saved by a newer CellProfiler (pipeline version {match.group(1)}, this CellProfiler "
+            f"{match.group(2)}): its settings may have loaded wrongly; run it with that CellProfiler, or rebuild it in this one")
 
 
 def ended(returncode: int) -> str:

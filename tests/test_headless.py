@@ -374,6 +374,24 @@ def test_a_timeout_stops_cellprofiler_started_by_a_wrapper_script(tmp_path):
     assert time.monotonic() - start < 20
 
 
+def test_a_pipeline_from_a_newer_cellprofiler_is_noted(tmp_path, capsys):
+    """CellProfiler loads such a pipeline with a warning in its log, which a quiet run never showed."""
+    import sys
+
+    fake = tmp_path / "cellprofiler"  # says what CellProfiler 4.2.8 logs, writes a spreadsheet, and is done
+    fake.write_text(f"#!{sys.executable}\nimport sys, pathlib\na = sys.argv\n"
+                    "print('WARNING:root:Your pipeline version is 50001 but you are running CellProfiler version 428. "
+                    "Loading this pipeline may fail or have unpredictable results.')\n"
+                    "pathlib.Path(a[a.index('-o') + 1], 'Nuclei.csv').write_text('x')\n"
+                    "pathlib.Path(a[a.index('--done-file') + 1]).write_text('Complete')\n")
+    fake.chmod(0o755)
+    (tmp_path / "in").mkdir()
+    assert cli(["cellprofiler", "run", "measure_nuclei", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                "--cellprofiler", str(fake), "-q"]) == 0
+    assert "note: the pipeline was saved by a newer CellProfiler (pipeline version 50001, this CellProfiler 428" in \
+        capsys.readouterr().err
+
+
 def test_pipelines_dir_command_prints_the_shipped_pipelines_folder(capsys):
     assert cli(["cellprofiler", "pipelines-dir"]) == 0
     assert capsys.readouterr().out.strip() == str(PIPELINES)
