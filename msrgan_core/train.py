@@ -23,6 +23,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -348,7 +349,9 @@ def train(
     bar.close()
     if writer is not None:
         writer.close()
-    if dist.world_size > 1:
+    if dist.world_size > 1:  # the DDP wrappers (their reducers hold the group's work) go first, then the group
+        run.generator, run.discriminator, stream = unwrap(run.generator), unwrap(run.discriminator), None
+        gc.collect()
         torch.distributed.destroy_process_group()
     if dist.is_main:
         log.info("msrgan: %s", run_summary(run, total))
