@@ -497,8 +497,10 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
         options.update(planarconfig="contig")
     if planar:  # one page of C samples, plane by plane, as the file was
         options.update(planarconfig="separate")
-    if layout.compression is not None:  # with the predictor that suits the dtype, as the codec allows
-        options.update(compression=layout.compression, predictor=layout.compression != "packbits")
+    if layout.compression is not None:  # integers after differences of neighbours (the codec allowing); floats
+        # without tifffile's floating-point predictor, which Bio-Formats (so CellProfiler and Fiji) cannot read
+        options.update(compression=layout.compression,
+                       predictor=layout.compression != "packbits" and array.dtype.kind in "iu")
     if layout.pixel_size_um is not None:
         options.update(_resolution_tags(layout.pixel_size_um, per_micrometre=imagej))
         if imagej:  # ImageJ's own way: pixels per unit, the unit in its description
