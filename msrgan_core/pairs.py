@@ -30,7 +30,7 @@ import numpy as np
 from .binning import bin_mean
 from .config import NormalizationConfig
 from .errors import UserError
-from .io import clashes, find_images, read_image
+from .io import OME_SUFFIXES, clashes, find_images, read_image
 
 log = logging.getLogger("msrgan")
 
@@ -120,30 +120,41 @@ def _few(names: Sequence[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
+def file_name(path: "str | Path") -> str:
+    """A file's name without its suffix, ``.ome.tif`` counted as one: what pairs files by name."""
+    name = Path(path).name
+    ome = next((suffix for suffix in OME_SUFFIXES if name.lower().endswith(suffix)), None)
+    return name[:-len(ome)] if ome else Path(path).stem
+
+
 def pair_files(lr_paths: Sequence[Path], hr_paths: Sequence[Path]) -> List[Tuple[Path, Path]]:
-    """``(low, high)`` resolution files matched by file name without its suffix: a high-resolution
-    file partners the low-resolution one of its name, or else the one whose name, followed by one
-    of :data:`SITE_SEPARATORS`, begins its own (the longest such), so one low-magnification field
-    can hold several high-magnification ones. In the order of ``lr_paths``; a file without a
-    partner is an error that names it."""
+    """``(low, high)`` resolution files matched by file name without its suffix (:func:`file_name`):
+    a high-resolution file partners the low-resolution one of its name, or else the one whose name,
+    followed by one of :data:`SITE_SEPARATORS`, begins its own (the longest such), so one
+    low-magnification field can hold several high-magnification ones. In the order of ``lr_paths``;
+    a high-resolution file without a partner is an error that names it, low-resolution files
+    without one (the rest of a plate imaged at low magnification) are left out with a note."""
     for name, paths in (("--lr", lr_paths), ("--hr", hr_paths)):
-        twice = clashes(Path(p).stem for p in paths)
+        twice = clashes(file_name(p) for p in paths)
         if twice:
             raise UserError(f"{name} has several files named {twice[0]} (other suffixes or folders): pairs are made by name")
-    lr_by_stem = {Path(p).stem: Path(p) for p in lr_paths}
+    lr_by_name = {file_name(p): Path(p) for p in lr_paths}
 
-    def partner(stem: str) -> Optional[Path]:
-        holders = [lr for lr in lr_by_stem if stem == lr or (stem.startswith(lr) and stem[len(lr)] in SITE_SEPARATORS)]
-        return lr_by_stem[max(holders, key=len)] if holders else None
+    def partner(name: str) -> Optional[Path]:
+        holders = [lr for lr in lr_by_name if name == lr or (name.startswith(lr) and name[len(lr)] in SITE_SEPARATORS)]
+        return lr_by_name[max(holders, key=len)] if holders else None
 
-    partners = {Path(p): partner(Path(p).stem) for p in hr_paths}
-    alone = sorted({p.name for p in lr_by_stem.values() if p not in partners.values()}
-                   | {hr.name for hr, lr in partners.items() if lr is None})
+    partners = {Path(p): partner(file_name(p)) for p in hr_paths}
+    alone = sorted(hr.name for hr, lr in partners.items() if lr is None)
     if alone:
         raise UserError(f"--lr and --hr files are paired by name, and {_few(alone)} has no partner: give each "
                         "high-resolution field the name of the low-resolution one it lies in, alone or followed by "
                         "_, -, . or a space and more (A01.tif holds A01_s1.tif, A01_s2.tif)")
-    return [(lr, hr) for lr in lr_by_stem.values() for hr, holder in partners.items() if holder == lr]
+    unused = sorted(p.name for p in lr_by_name.values() if p not in partners.values())
+    if unused:
+        log.info("msrgan: %d low-resolution file(s) hold no high-resolution field and are left out (%s)",
+                 len(unused), _few(unused))
+    return [(lr, hr) for lr in lr_by_name.values() for hr, holder in partners.items() if holder == lr]
 
 
 def pairs_from_csv(path: Path, hr_paths: Sequence[Path]) -> List[Tuple[Path, Path]]:
@@ -551,7 +562,7 @@ def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[np.nd
         signal = (x > (x.min() + x.max()) / 2).reshape(gain.shape)  # where the gain is seen, not extrapolated
         median = float(np.median(gain[signal]))
         if median <= 0:
-            raise UserError("the low-resolution field's intensities do not rise with the high-resolution one's: "
+            raise RegistrationError("the low-resolution field's intensities do not rise with the high-resolution one's: "
                             "is one of them inverted or a different channel?")
         gain = np.clip(gain, median / MAX_SHADING, median * MAX_SHADING)
         # the shading as seen at the signal's level: gain and offset fields trade off against each
@@ -587,12 +598,22 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
                 lr_path.name)
     try:  # every error of the pair names both files
         registration = register(lr[0], hr[0], scale)
+        ratio, (least, most) = registration.pixel_ratio(scale), (scale / (ZOOMS.max() + 0.02), scale / (ZOOMS.min() - 0.02))
+        if not least <= ratio <= most:  # the search's ratios and a step beyond: else the truth would be resampled far
+            raise RegistrationError(f"the pixels are {ratio:.2f} times apart, not about {scale} ({least:.2f}-{most:.2f}; "
+                                    f"{registration.describe(scale)}): are these the objectives the model is for?")
         lr_crop, hr_crop, resampled = align(lr, hr, registration, scale)
         agreement = _agreement(lr_crop[0], hr_crop[0], scale)
         if agreement < MIN_AGREEMENT:
             raise RegistrationError(f"registered, the fields agree poorly (correlation {agreement:.2f} of the low-resolution "
                                     f"field with the high-resolution one binned; {registration.describe(scale)}): are "
                                     f"they the same field, with pixels about {scale} times apart?")
+        for c in range(1, lr_crop.shape[0]):  # registered on the first channel: each other must agree as well
+            agreement = _agreement(lr_crop[c], hr_crop[c], scale)
+            if agreement < MIN_AGREEMENT:
+                raise RegistrationError(f"registered on channel 0, channel {c} agrees poorly (correlation {agreement:.2f} "
+                                        "of the low-resolution field with the high-resolution one binned): are the "
+                                        "channels in the same order in both files?")
         matched, (low, high) = match_intensities(lr_crop, hr_crop, scale)
     except UserError as error:
         raise type(error)(f"{lr_path.name} / {hr_path.name}: {error}") from None

@@ -170,8 +170,11 @@ def test_one_low_magnification_field_partners_the_sites_named_after_it(tmp_path)
     assert pair_files(lr, hr) == [(lr[0], hr[0]), (lr[0], hr[2]), (lr[0], hr[3]), (lr[1], hr[1]), (lr[2], hr[4])]
     with pytest.raises(UserError, match="A01x.tif has no partner"):  # no separator: another field
         pair_files(lr, hr + [tmp_path / "hr" / "A01x.tif"])
-    with pytest.raises(UserError, match="A02.tif has no partner"):  # a low-resolution field with no site
-        pair_files(lr + [tmp_path / "lr" / "A02.tif"], hr)
+    # a low-resolution field with no site (the plate imaged at 10x, a few wells at 40x) is left out
+    assert pair_files(lr + [tmp_path / "lr" / "A02.tif"], hr) == pair_files(lr, hr)
+    # an OME-TIFF's name ends at .ome.tif, as a plain TIFF's at .tif
+    ome = [tmp_path / "lr" / "B01.ome.tif"], [tmp_path / "hr" / "B01_s1.ome.tif", tmp_path / "hr" / "B01.s2.ome.tiff"]
+    assert pair_files(*ome) == [(ome[0][0], ome[1][0]), (ome[0][0], ome[1][1])]
 
 
 def test_a_csv_of_pairs_partners_files_whose_names_do_not(tmp_path):
@@ -233,6 +236,38 @@ def test_a_pair_that_does_not_agree_once_registered_is_left_out_and_the_others_k
     assert "left out A02.tif / A02_hr.tif: registered, the fields agree poorly" in caplog.text
     with pytest.raises(UserError, match="none of the 1 image"):
         list(registered_pairs(pairs[1:], NormalizationConfig(), 4, progress=False))
+
+
+def test_a_multichannel_pair_whose_other_channels_do_not_agree_is_left_out(tmp_path, caplog):
+    """Registration uses the first channel; stains saved in another order, or a channel inverted,
+    must leave the pair out (named) and the others kept, not be scored or stop the run."""
+    specimen, other = sample(13), sample(14)
+    crop = (slice(100, 356), slice(120, 376))
+    hr = np.stack([specimen[crop], other[crop]]).astype(np.uint16)
+    lr = np.stack([low_magnification(specimen), low_magnification(other)]).astype(np.float32)
+    cases = {"good": lr, "swapped": np.stack([lr[0], low_magnification(sample(15))]).astype(np.float32),
+             "inverted": np.stack([lr[0], lr[1].max() - lr[1]]).astype(np.float32)}
+    pairs = []
+    for name, low in cases.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", low, metadata={"axes": "CYX"})
+        tifffile.imwrite(tmp_path / f"{name}_hr.tif", hr, metadata={"axes": "CYX"})
+        pairs.append((tmp_path / f"{name}.tif", tmp_path / f"{name}_hr.tif"))
+    with caplog.at_level("WARNING", logger="msrgan"):
+        found = list(registered_pairs(pairs, NormalizationConfig(), 4, progress=False))
+    assert [path.name for path, *_ in found] == ["good_hr.tif"]
+    assert "swapped.tif / swapped_hr.tif: registered on channel 0, channel 1 agrees poorly" in caplog.text
+    assert "inverted.tif / inverted_hr.tif: " in caplog.text
+
+
+def test_a_pair_whose_pixels_are_not_about_4_times_apart_is_left_out(tmp_path, caplog):
+    """A 10x field against a 45x one registers (at 4.50), but its truth would be the 45x image
+    resampled: not what the model is for."""
+    specimen = sample(16)
+    tifffile.imwrite(tmp_path / "A01.tif", low_magnification(specimen, zoom=4 / 4.5).astype(np.float32))
+    tifffile.imwrite(tmp_path / "A01_hr.tif", specimen[200:520, 150:500].astype(np.uint16))
+    with caplog.at_level("WARNING", logger="msrgan"), pytest.raises(UserError, match="none of the 1 image"):
+        list(registered_pairs([(tmp_path / "A01.tif", tmp_path / "A01_hr.tif")], NormalizationConfig(), 4, progress=False))
+    assert "the pixels are 4.50 times apart, not about 4 (3.64-4.44" in caplog.text
 
 
 def test_a_noisy_pair_of_files_is_registered_as_the_noise_free_one(tmp_path):
