@@ -121,6 +121,15 @@ DEGRADATION_RANGES = ("blur_sigma", "poisson_peak", "gaussian_sigma", "backgroun
 OPTICS_FIELDS = ("na_high", "na_low", "wavelength_um", "pixel_size_um")
 
 
+#: the blur sigma range (high-resolution pixels) training draws from unless told otherwise
+DEFAULT_BLUR_SIGMA = (0.0, 2.5)
+#: what the optics of a config may be: no objective's NA is above this; emission wavelengths and
+#: pixel sizes at the sample, in micrometres (460 is nanometres, 6.5 a camera's pixel unmagnified)
+MAX_NA = 1.7
+WAVELENGTHS_UM = (0.3, 1.2)
+PIXEL_SIZES_UM = (0.02, 5.0)
+
+
 @dataclass
 class DegradationConfig:
     """How low-resolution training inputs are made from high-resolution images: a simulated
@@ -166,7 +175,7 @@ class DegradationConfig:
 
     method: str = "bin"
     scale: int = 4
-    blur_sigma: tuple = (0.0, 2.5)
+    blur_sigma: tuple = DEFAULT_BLUR_SIGMA
     poisson_peak: tuple = (30.0, 100000.0)
     gaussian_sigma: tuple = (0.0, 0.005)
     background: tuple = (0.0, 0.0)
@@ -217,10 +226,23 @@ class DegradationConfig:
                    f"degradation: give all of {', '.join(OPTICS_FIELDS)} (> 0) to derive the blur, got {optics}")
             _check(self.na_low < self.na_high,
                    f"degradation.na_low ({self.na_low}) must be below na_high ({self.na_high})")
+            _check(self.na_high <= MAX_NA, f"degradation.na_high ({self.na_high}) is beyond any objective's "
+                   f"(oil immersion: 1.4-1.5, at most {MAX_NA})")
+            for name, (low, high), unit in (("wavelength_um", WAVELENGTHS_UM, "an emission wavelength"),
+                                            ("pixel_size_um", PIXEL_SIZES_UM, "a pixel size at the sample")):
+                _check(low <= getattr(self, name) <= high, f"degradation.{name} ({getattr(self, name)}) is not "
+                       f"{unit} in micrometres ({low}-{high}): nanometres, or the camera's pixel unmagnified?")
             from .degradation import optical_blur_sigma
 
             sigma = optical_blur_sigma(**optics)
+            _check(self.blur_sigma in (DEFAULT_BLUR_SIGMA, (sigma, sigma)),
+                   f"degradation: give the optics (one blur, sigma {sigma:.2f} px) or blur_sigma (a range, such as "
+                   f"[{max(sigma - 0.5, 0):.1f}, {sigma + 0.5:.1f}]), not both: the optics had replaced "
+                   f"blur_sigma {list(self.blur_sigma)}")
             self.blur_sigma = (sigma, sigma)
+        _check(not 0 == self.poisson_peak[0] < self.poisson_peak[1],
+               f"degradation.poisson_peak {list(self.poisson_peak)}: photons are drawn log-uniformly, so a range "
+               "from 0 is mostly under 10 photons; for noise-free patches among noisy ones set noise_free_fraction")
 
 
 FEATURE_EXTRACTORS = ("discriminator", "vgg19")

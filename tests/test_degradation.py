@@ -187,6 +187,22 @@ def test_optical_blur_follows_the_documented_formula():
         DegradationConfig(na_high=0.95, na_low=0.3, wavelength_um=0.46)
     with pytest.raises(ConfigError, match="below na_high"):
         DegradationConfig(na_high=0.3, na_low=0.95, wavelength_um=0.46, pixel_size_um=0.16)
+    # optics in the wrong unit or beyond any objective, and optics beside a blur range, are refused
+    optics = dict(na_high=0.95, na_low=0.3, wavelength_um=0.46, pixel_size_um=0.16)
+    for wrong, says in [({"wavelength_um": 460}, "nanometres"), ({"pixel_size_um": 6.5}, "unmagnified"),
+                        ({"na_high": 1.8}, "beyond any objective"), ({"blur_sigma": (0.5, 3.0)}, "not both")]:
+        with pytest.raises(ConfigError, match=says):
+            DegradationConfig(**dict(optics, **wrong))
+    assert DegradationConfig(**dict(optics, blur_sigma=config.blur_sigma)).blur_sigma == (sigma, sigma)  # as saved
+
+
+def test_a_photon_range_from_zero_is_refused():
+    """Drawn log-uniformly, [0, 1000] is mostly under 10 photons: not 'noise-free to 1000'."""
+    from msrgan_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="noise_free_fraction"):
+        DegradationConfig(poisson_peak=(0.0, 1000.0))
+    assert DegradationConfig(poisson_peak=(0.0, 0.0)).poisson_peak == (0.0, 0.0)  # no shot noise at all
 
 
 def test_defaults_span_a_real_acquisition_and_acquisition_fixes_one():
