@@ -68,12 +68,22 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def validation_files(data: Path, model_meta: dict) -> Dict[str, List[Path]]:
-    """The held-out files, per dataset, as the model's training split made them (from its seed)."""
+    """The held-out files, per dataset, as the model's training split made them (from its seed).
+
+    The split is made again from the files under ``data``: where it does not count the files the
+    model's training recorded (a file added or missing moves every later one), the "held-out"
+    files would be partly training files, and the benchmark stops saying so."""
     training = model_meta["training"]
-    files = find_images([data / folder for folder in DATASETS.values()])
+    per_dataset = {name: find_images([data / folder]) for name, folder in DATASETS.items()}
+    files = [p for paths in per_dataset.values() for p in paths]
     split = split_files(files, training.get("well_regex"), training.get("val_fraction", 0.2), training["seed"])
+    recorded = (training.get("train_files"), training.get("val_files"))
+    if recorded != (len(split.train), len(split.val)):
+        raise SystemExit(f"{data}: its images split {len(split.train)} / {len(split.val)} (train / held out), the model's "
+                         f"training recorded {recorded[0]} / {recorded[1]}: not the data it was trained on, so the "
+                         "held-out images would not all be held out (give --data the folder it was trained on)")
     held_out = set(split.val)
-    return {name: [p for p in files if p in held_out and folder.split("/")[0] in str(p)] for name, folder in DATASETS.items()}
+    return {name: [p for p in paths if p in held_out] for name, paths in per_dataset.items()}
 
 
 def add_held_out_arguments(parser: argparse.ArgumentParser, cells: List[str]) -> None:
