@@ -117,6 +117,7 @@ def measure(what: str, size: int, model: str, repeats: int, threads: int, option
             upscaler = Upscaler(load_model(model), device="cpu", threads=threads, **options)
             run, scale = (lambda: upscaler.upscale(image)), upscaler.scale
             result["options"] = upscaler.options
+            result["orientations"] = len(upscaler.orientations)  # network passes per image: each does the arithmetic
             result["layout"] = upscaler.layout((size, size))
         else:
             from msrgan_core.metrics import upscale_bicubic
@@ -191,7 +192,10 @@ def main() -> None:
                "--precision", precision]
         cmd += [] if args.ensemble is None else ["--ensemble", str(args.ensemble)]
         cmd += [] if args.match_bins is None else ["--match-bins" if args.match_bins else "--no-match-bins"]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:  # the measuring child's own error, in one line
+            said = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+            raise SystemExit(f"speed.py: measuring {what} at {size} failed: {said[-1]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     sgemm = child("gemm", 2048, "fp32")["gflops"]
@@ -208,7 +212,7 @@ def main() -> None:
           f"{net['gflops']:>8.0f} {shares(net['gflops'])} {net['peak_rss_mib']:>13.0f}")
     for size in args.sizes:
         r = child("msrgan", size)
-        gflops = r["mp_per_s"] / net["mp_per_s"] * net["gflops"]
+        gflops = r["mp_per_s"] / net["mp_per_s"] * net["gflops"] * r["orientations"]
         print(f"{'msrgan %dx%d' % (size, size):<20} {r['mp_per_s']:>9.3f} {r['seconds']:>8.3f} "
               f"{r['mp_per_s'] / net['mp_per_s']:>10.2f} {gflops:>8.0f} {shares(gflops)} {r['peak_rss_mib']:>13.0f}")
         if size <= 1024:
