@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -77,25 +76,29 @@ def main() -> None:
         print(f"plate of {args.fields} uint16 fields of {args.edge} x {args.edge}, model {args.model}, {args.threads} threads")
         print(f"model only:      {alone:7.3f} output MP/s ({args.model_fields} fields in memory)")
         for count in args.processes:
-            seconds = run_split(paths, out / f"x{count}", args.model, count, args.threads)
+            seconds, rss = run_split(paths, out / f"x{count}", args.model, count, args.threads)
             assert len(list((out / f"x{count}").glob("*.tif"))) == args.fields, "an output is missing"
-            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             end_to_end = args.fields * args.edge ** 2 * 16 / seconds / 1e6
             print(f"msrgan upscale x{count}: {end_to_end:7.3f} output MP/s ({seconds:.0f} s for the plate in {count} "
                   f"process(es) of {max(1, args.threads // count)} thread(s), model loading and writing included; "
                   f"end to end / model only {end_to_end / alone:.0%}; peak RSS of a process {rss:.0f} MiB)")
 
 
-def run_split(paths: list, out: Path, model: str, count: int, threads: int) -> float:
-    """Seconds for ``count`` concurrent ``msrgan upscale`` processes, each on every count-th field."""
+def run_split(paths: list, out: Path, model: str, count: int, threads: int) -> "tuple[float, float]":
+    """Seconds for ``count`` concurrent ``msrgan upscale`` processes, each on every count-th field,
+    and the largest peak RSS (MiB) of these processes (each process's own, not of every child so far)."""
     start = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "msrgan_core.cli", "upscale", *map(str, paths[i::count]), "-o", str(out),
                                "--model", model, "--device", "cpu", "--threads", str(max(1, threads // count)), "-q"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(count)]
+    peak = 0.0
     for proc in procs:
-        if proc.wait() != 0:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = max(peak, usage.ru_maxrss / 1024)
+        if proc.returncode != 0:
             raise SystemExit(f"plate.py: msrgan upscale failed: {proc.stderr.read().decode()[-2000:]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, peak
 
 
 if __name__ == "__main__":
