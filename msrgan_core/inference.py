@@ -299,8 +299,10 @@ class Upscaler:
         """Upscale a ``(Y, X)`` or ``(C, Y, X)`` image; same dtype and layout, ``scale`` times larger.
 
         A one-channel model upscales each channel of a multi-channel image separately. Integer
-        outputs are clipped to their type's range; float outputs are not clipped at all (like
-        bicubic interpolation, the network can undershoot beside bright edges, below 0 too).
+        outputs are clipped to their type's range, and to a channel's 10-, 12- or 14-bit ceiling
+        where its pixels reach it (a saturated camera: nothing was measured above it); float
+        outputs are not clipped at all (like bicubic interpolation, the network can undershoot
+        beside bright edges, below 0 too).
 
         Parameters
         ----------
@@ -340,15 +342,17 @@ class Upscaler:
             normalized = torch.from_numpy(normalize(cyx[group], _take(stats, group)))
             clipped += self._upscale_group(normalized, _take(stats, group), out[group],
                                            None if spread is None else spread[group], source)
+        clipped += _clip_to_sensor_ceiling(cyx, out, source)
         fraction = clipped / out.size
         if fraction > 0.01:
-            log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range and were clipped",
+            log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range (or the camera's) and were clipped",
                         source, 100 * fraction, cyx.dtype)
         elif fraction > 0:
-            log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range", source, 100 * fraction, cyx.dtype)
+            log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range (or the camera's)", source,
+                     100 * fraction, cyx.dtype)
         if fraction > 0 and self.match_bins:
-            log.warning("msrgan: %s: where output pixels were clipped to the %s range (beside saturated or empty "
-                        "pixels), their %d x %d blocks no longer bin back exactly to the input", source, cyx.dtype,
+            log.warning("msrgan: %s: where output pixels were clipped to the %s range or the camera's (beside "
+                        "saturated or empty pixels), their %d x %d blocks no longer bin back exactly to the input", source, cyx.dtype,
                         self.scale, self.scale)
         if spread is None:
             return out[0] if two_d else out
@@ -553,6 +557,29 @@ def _finite(y: torch.Tensor, source: str, model: str) -> torch.Tensor:
     if not _all_finite(y):
         raise _not_finite(source, model)
     return y
+
+
+#: the largest values of cameras' 10-, 12- and 14-bit pixels, stored in 16-bit types
+SENSOR_CEILINGS = (2 ** 10 - 1, 2 ** 12 - 1, 2 ** 14 - 1)
+
+
+def _clip_to_sensor_ceiling(image: np.ndarray, out: np.ndarray, source: str) -> int:
+    """Clip each channel of the upscaled ``out`` to the sensor's ceiling where ``image``'s pixels
+    reach one (:data:`SENSOR_CEILINGS`; saturated nuclei of a 12-bit camera stored as uint16): the
+    network extrapolates above it where nothing was measured; returns the pixels clipped."""
+    if image.dtype.kind not in "iu":
+        return 0
+    clipped = 0
+    for c in range(image.shape[0]):
+        top = int(image[c].max())
+        if top in SENSOR_CEILINGS and top < np.iinfo(image.dtype).max:
+            above = int(np.count_nonzero(out[c] > top))
+            if above:
+                np.minimum(out[c], top, out=out[c])
+                clipped += above
+                log.info("msrgan: %s: reaches its %d-bit ceiling (%d): %d output pixels above it clipped to it",
+                         source, top.bit_length(), top, above)
+    return clipped
 
 
 def _store(tile: Tile, result: tuple, out: np.ndarray, spread: Optional[np.ndarray]) -> int:

@@ -544,6 +544,21 @@ def test_an_empty_image_is_not_reported_as_clipped_and_negative_floats_stay_fini
     assert np.isfinite(Upscaler(bicubic_x4, device="cpu").upscale(signed)).all()
 
 
+def test_a_saturated_12_bit_channel_is_not_upscaled_past_its_ceiling(bicubic_x4, caplog):
+    """A 12-bit camera stored as uint16 saturates at 4095: nothing was measured above, and values
+    over it would break saturation and percent-maximal measurements; an image below its ceiling
+    keeps what the network gives (bicubic overshoots beside bright edges)."""
+    import logging
+
+    image = smooth_image((24, 30), seed=43, low=0, high=4000).round().astype(np.uint16)
+    below = Upscaler(bicubic_x4, device="cpu").upscale(image)
+    assert below.max() > image.max()  # overshoot beside the brightest pixels, kept
+    image[:6, :10] = 4095  # saturated nuclei
+    with caplog.at_level(logging.INFO, logger="msrgan"):
+        out = Upscaler(bicubic_x4, device="cpu").upscale(image, source="sat.tif")
+    assert out.max() == 4095 and "sat.tif: reaches its 12-bit ceiling (4095)" in caplog.text
+
+
 def test_matched_bins_say_where_clipping_broke_them(model_x4, caplog):
     import logging
 
