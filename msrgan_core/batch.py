@@ -248,7 +248,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             return
         try:
             if deviation is not None:
-                write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype))
+                write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype, miniswhite=False))
             elif job.stale is not None:  # an earlier run's, describing the output just replaced
                 job.stale.unlink(missing_ok=True)
                 log.info("msrgan: removed %s: it described the output just replaced", job.stale)

@@ -63,6 +63,10 @@ class ImageLayout:
         The channels were the samples of one TIFF page stored plane by plane (planar configuration
         "separate", as tifffile writes a 3 x Y x X array): the output is one such page too, not a
         page per channel.
+    miniswhite : bool
+        The TIFF stores its intensities inverted (photometric MINISWHITE: 0 is white); unsigned
+        integer pixels are read as the intensities they show (the largest value minus the stored
+        one) and written back stored as they came.
     imagej : bool
         The file is an ImageJ TIFF (a hyperstack's channels are channels to ImageJ and to
         Bio-Formats, so to CellProfiler, and its pixel size is in ImageJ's unit); the output is
@@ -77,6 +81,7 @@ class ImageLayout:
     ome: bool = False
     planar: bool = False
     imagej: bool = False
+    miniswhite: bool = False
 
     def upscaled(self, scale: int) -> "ImageLayout":
         """The layout of this image's upscaled output: pixels ``scale`` times smaller."""
@@ -122,7 +127,16 @@ def read_image(path: "str | Path", channel_axis: Optional[int] = None) -> "tuple
         else:
             array, axes, stored = _read_tiff(path, channel_axis)
     image, layout = to_cyx(array, path, axes=axes, channel_axis=channel_axis)
-    return image, replace(layout, **stored)
+    layout = replace(layout, **stored)
+    return _shown(image, layout), layout
+
+
+def _shown(pixels: np.ndarray, layout: ImageLayout) -> np.ndarray:
+    """Stored unsigned pixels of an inverted (MINISWHITE) TIFF as the intensities they show, or
+    the other way round (the largest value minus each); other pixels as they are."""
+    if layout.miniswhite and pixels.dtype.kind == "u":
+        return np.iinfo(pixels.dtype).max - pixels
+    return pixels
 
 
 #: what a PNG's layout says of its storage: deflate, as its pixels were
@@ -136,7 +150,8 @@ def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -
     ome_pixels = _ome_pixels(tif)
     return {"compression": output_compression(_codec(series)), "pixel_size_um": _pixel_size_um(tif, ome_pixels),
             "channel_names": _ome_channel_names(ome_pixels), "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej),
-            "planar": len(series.pages) == 1 and series.axes.startswith("S")}
+            "planar": len(series.pages) == 1 and series.axes.startswith("S"),
+            "miniswhite": getattr(series.keyframe.photometric, "name", None) == "MINISWHITE"}
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -487,7 +502,8 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
         axes = "CYX" if layout.channel_axis == 0 else "YXC"
     planar = layout.planar and axes == "CYX" and not ome
     samples = array.shape[-1] if axes == "YXC" else array.shape[0] if planar else 1  # channels stored as a page's samples
-    photometric = "rgb" if samples == 3 else "minisblack"
+    photometric = "rgb" if samples == 3 else "miniswhite" if layout.miniswhite else "minisblack"
+    array = _shown(array, layout) if photometric == "miniswhite" else array  # stored inverted, as it came
     if ome and axes == "YXC" and photometric != "rgb":  # OME stores only RGB samples channels-last
         array, axes = np.moveaxis(array, -1, 0), "CYX"
     imagej = (layout.imagej and not ome and axes in ("YX", "CYX") and array.dtype in IMAGEJ_DTYPES

@@ -461,3 +461,18 @@ def test_channels_stored_as_the_samples_of_one_page_come_back_so(tmp_path, chann
         assert len(tif.pages) == 1 and tif.pages[0].samplesperpixel == channels
         assert tif.pages[0].planarconfig == 2 and tif.pages[0].photometric == (2 if channels == 3 else 1)
     np.testing.assert_array_equal(read_image(tmp_path / "out.tif")[0], pixels)
+
+
+def test_an_inverted_tiff_is_read_as_it_shows_and_written_back_as_it_was_stored(tmp_path):
+    """MINISWHITE (0 is white): stored 0 on a field of 60000 shows bright nuclei on dark; the
+    network must see them bright, and Fiji and CellProfiler the output as they saw the input."""
+    stored = np.full((16, 20), 60000, np.uint16)
+    stored[4:8, 5:9] = 100  # a nucleus, bright as shown
+    tifffile.imwrite(tmp_path / "inverted.tif", stored, photometric="miniswhite")
+    image, layout = read_image(tmp_path / "inverted.tif")
+    assert layout.miniswhite and image[0, 5, 6] == 65535 - 100 and image[0, 0, 0] == 65535 - 60000
+    write_image(tmp_path / "out.tif", image, layout)
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert tif.pages[0].photometric.name == "MINISWHITE"
+        np.testing.assert_array_equal(tif.asarray(), stored)
+    np.testing.assert_array_equal(read_image(tmp_path / "out.tif")[0], image)
