@@ -13,7 +13,7 @@ import glob
 import inspect
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -63,6 +63,9 @@ class ImageLayout:
         The channels were the samples of one TIFF page stored plane by plane (planar configuration
         "separate", as tifffile writes a 3 x Y x X array): the output is one such page too, not a
         page per channel.
+    imagej_display : dict or None
+        An ImageJ TIFF's display settings (composite mode, channel labels, display ranges, colour
+        tables; :data:`IMAGEJ_DISPLAY`), written back into an ImageJ output so Fiji shows it alike.
     miniswhite : bool
         The TIFF stores its intensities inverted (photometric MINISWHITE: 0 is white); unsigned
         integer pixels are read as the intensities they show (the largest value minus the stored
@@ -82,6 +85,7 @@ class ImageLayout:
     planar: bool = False
     imagej: bool = False
     miniswhite: bool = False
+    imagej_display: Optional[dict] = field(default=None, compare=False)  # colour tables are arrays
 
     def upscaled(self, scale: int) -> "ImageLayout":
         """The layout of this image's upscaled output: pixels ``scale`` times smaller."""
@@ -139,6 +143,10 @@ def _shown(pixels: np.ndarray, layout: ImageLayout) -> np.ndarray:
     return pixels
 
 
+#: an ImageJ TIFF's display settings an output keeps, and per channel how many values each holds
+IMAGEJ_DISPLAY = {"mode": None, "Labels": 1, "Ranges": 2, "LUTs": 1}
+
+
 #: what a PNG's layout says of its storage: deflate, as its pixels were
 PNG_STORAGE = {"compression": "zlib"}
 
@@ -151,7 +159,9 @@ def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -
     return {"compression": output_compression(_codec(series)), "pixel_size_um": _pixel_size_um(tif, ome_pixels),
             "channel_names": _ome_channel_names(ome_pixels), "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej),
             "planar": len(series.pages) == 1 and series.axes.startswith("S"),
-            "miniswhite": getattr(series.keyframe.photometric, "name", None) == "MINISWHITE"}
+            "miniswhite": getattr(series.keyframe.photometric, "name", None) == "MINISWHITE",
+            "imagej_display": {k: v for k, v in (tif.imagej_metadata or {}).items() if k in IMAGEJ_DISPLAY} or None
+            if tif.is_imagej else None}
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -517,6 +527,9 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
         # without tifffile's floating-point predictor, which Bio-Formats (so CellProfiler and Fiji) cannot read
         options.update(compression=layout.compression,
                        predictor=layout.compression != "packbits" and array.dtype.kind in "iu")
+    if imagej and layout.imagej_display:  # as Fiji showed the input, where they fit the channels
+        metadata.update({k: v for k, v in layout.imagej_display.items()
+                         if IMAGEJ_DISPLAY[k] is None or len(v) == IMAGEJ_DISPLAY[k] * image.shape[0]})
     if layout.pixel_size_um is not None:
         options.update(_resolution_tags(layout.pixel_size_um, per_micrometre=imagej))
         if imagej:  # ImageJ's own way: pixels per unit, the unit in its description

@@ -476,3 +476,21 @@ def test_an_inverted_tiff_is_read_as_it_shows_and_written_back_as_it_was_stored(
         assert tif.pages[0].photometric.name == "MINISWHITE"
         np.testing.assert_array_equal(tif.asarray(), stored)
     np.testing.assert_array_equal(read_image(tmp_path / "out.tif")[0], image)
+
+
+def test_an_imagej_hyperstack_keeps_how_fiji_shows_it(tmp_path):
+    """A composite of named, coloured channels with display ranges came back as grey channels
+    shown one at a time."""
+    green = np.zeros((3, 256), np.uint8)
+    green[1] = np.arange(256)
+    blue = np.roll(green, 1, axis=0)  # the ramp in the third row
+    display = {"mode": "composite", "Labels": ["DNA", "Actin"], "Ranges": (0.0, 900.0, 10.0, 2000.0), "LUTs": [blue, green]}
+    tifffile.imwrite(tmp_path / "stack.tif", _pixels((2, 16, 20), np.uint16), imagej=True,
+                     metadata={"axes": "CYX", **display})
+    image, layout = read_image(tmp_path / "stack.tif")
+    write_image(tmp_path / "out.tif", np.repeat(np.repeat(image, 2, axis=1), 2, axis=2), layout.upscaled(2))
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        shown = tif.imagej_metadata
+    assert shown["mode"] == "composite" and shown["Labels"] == ["DNA", "Actin"]
+    assert tuple(shown["Ranges"]) == display["Ranges"]
+    assert all(np.array_equal(a, b) for a, b in zip(shown["LUTs"], display["LUTs"]))
