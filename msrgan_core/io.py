@@ -186,6 +186,7 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
         if path.suffix.lower() == ".png":
             import imageio.v3 as iio
 
+            _check_png(path)
             props = iio.improps(path)
             shape = props.shape[:2] if _has_lookup_table(path) else props.shape  # the indices
             dtype, axes, stored = props.dtype, None, PNG_STORAGE
@@ -226,9 +227,18 @@ def _reading(path: Path) -> Iterator[None]:
         raise ImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {detail})") from None
 
 
+def _check_png(path: Path) -> None:
+    """Refuse a file named ``.png`` that is not one (imageio's error would advise installing codecs)."""
+    with open(path, "rb") as fh:
+        start = fh.read(8)
+    if start != b"\x89PNG\r\n\x1a\n":
+        raise ImageError(f"{path}: is not a PNG file, whatever its name (it begins {start[:4]!r})")
+
+
 def _read_png(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
+    _check_png(path)
     if _has_lookup_table(path):  # the indices are the pixel values, the table only colours them
         from PIL import Image
 
