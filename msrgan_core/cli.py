@@ -83,8 +83,8 @@ def cmd_blend(args: argparse.Namespace) -> int:
 
     check_model_output(args, args.a, args.b)
     blended = blend_models(load_model(args.a), load_model(args.b), args.weight)
-    save_model(args.out, blended.generator, with_change(blended.metadata, f"blend {args.weight:g} x {Path(args.a).name} + "
-                                                                         f"{1 - args.weight:g} x {Path(args.b).name}"))
+    what = f"blend {args.weight:g} x {Path(args.a).name} + {1 - args.weight:g} x {Path(args.b).name}"
+    save_model(args.out, blended.generator, with_change(blended.metadata, what))
     print(f"msrgan: {args.out} = {args.weight:g} x {args.a} + {1 - args.weight:g} x {args.b}")
     return 0
 

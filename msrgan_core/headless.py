@@ -395,7 +395,8 @@ def newer_pipeline(log: str) -> str:
     if not match:
         return ""
     return (f"the pipeline was saved by a newer CellProfiler (pipeline version {match.group(1)}, this CellProfiler "
-            f"{match.group(2)}): its settings may have loaded wrongly; run it with that CellProfiler, or rebuild it in this one")
+            f"{match.group(2)}): its settings may have loaded wrongly; run it with that CellProfiler, or rebuild it "
+            "in this one")
 
 
 def ended(returncode: int) -> str:

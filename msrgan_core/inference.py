@@ -345,15 +345,15 @@ class Upscaler:
         clipped += _clip_to_sensor_ceiling(cyx, out, source)
         fraction = clipped / out.size
         if fraction > 0.01:
-            log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range (or the camera's) and were clipped",
-                        source, 100 * fraction, cyx.dtype)
+            log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range (or the camera's) and were "
+                        "clipped", source, 100 * fraction, cyx.dtype)
         elif fraction > 0:
             log.info("msrgan: %s: %.4f%% of output pixels clipped to the %s range (or the camera's)", source,
                      100 * fraction, cyx.dtype)
         if fraction > 0 and self.match_bins:
             log.warning("msrgan: %s: where output pixels were clipped to the %s range or the camera's (beside "
-                        "saturated or empty pixels), their %d x %d blocks no longer bin back exactly to the input", source, cyx.dtype,
-                        self.scale, self.scale)
+                        "saturated or empty pixels), their %d x %d blocks no longer bin back exactly to the input",
+                        source, cyx.dtype, self.scale, self.scale)
         if spread is None:
             return out[0] if two_d else out
         return (out[0], spread[0]) if two_d else (out, spread)

@@ -63,17 +63,17 @@ class ImageLayout:
         The channels were the samples of one TIFF page stored plane by plane (planar configuration
         "separate", as tifffile writes a 3 x Y x X array): the output is one such page too, not a
         page per channel.
-    imagej_display : dict or None
-        An ImageJ TIFF's display settings (composite mode, channel labels, display ranges, colour
-        tables; :data:`IMAGEJ_DISPLAY`), written back into an ImageJ output so Fiji shows it alike.
-    miniswhite : bool
-        The TIFF stores its intensities inverted (photometric MINISWHITE: 0 is white); unsigned
-        integer pixels are read as the intensities they show (the largest value minus the stored
-        one) and written back stored as they came.
     imagej : bool
         The file is an ImageJ TIFF (a hyperstack's channels are channels to ImageJ and to
         Bio-Formats, so to CellProfiler, and its pixel size is in ImageJ's unit); the output is
         written as one too where ImageJ can hold it (:func:`write_image`).
+    miniswhite : bool
+        The TIFF stores its intensities inverted (photometric MINISWHITE: 0 is white); unsigned
+        integer pixels are read as the intensities they show (the largest value minus the stored
+        one) and written back stored as they came.
+    imagej_display : dict or None
+        An ImageJ TIFF's display settings (composite mode, channel labels, display ranges, colour
+        tables; :data:`IMAGEJ_DISPLAY`), written back into an ImageJ output so Fiji shows it alike.
     """
 
     channel_axis: Optional[int]
@@ -160,8 +160,13 @@ def _tiff_storage(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries") -
             "channel_names": _ome_channel_names(ome_pixels), "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej),
             "planar": len(series.pages) == 1 and series.axes.startswith("S"),
             "miniswhite": getattr(series.keyframe.photometric, "name", None) == "MINISWHITE",
-            "imagej_display": {k: v for k, v in (tif.imagej_metadata or {}).items() if k in IMAGEJ_DISPLAY} or None
-            if tif.is_imagej else None}
+            "imagej_display": _imagej_display(tif)}
+
+
+def _imagej_display(tif: "tifffile.TiffFile") -> Optional[dict]:
+    """An ImageJ TIFF's display settings (:data:`IMAGEJ_DISPLAY`), or None (none, or not ImageJ's)."""
+    settings = (tif.imagej_metadata or {}) if tif.is_imagej else {}
+    return {k: v for k, v in settings.items() if k in IMAGEJ_DISPLAY} or None
 
 
 def output_compression(codec: Optional[str]) -> Optional[str]:
@@ -298,8 +303,8 @@ def _pixel_size_um(tif: "tifffile.TiffFile", ome_pixels) -> Optional[Tuple[float
     """A TIFF's pixel height and width at the sample in micrometres: from its OME metadata
     (PhysicalSizeY/X of ``ome_pixels``, :func:`_ome_pixels`), else its resolution tags in the unit ImageJ's metadata names (ImageJ saves
     pixels per micron with no TIFF unit) or the TIFF's own (inch or centimetre). None where the
-    file does not say (no tags, resolution without a unit, a screen's 72 or 96 dpi) or says it in a way not understood:
-    metadata never makes an image unreadable."""
+    file does not say (no tags, resolution without a unit, a screen's 72 or 96 dpi) or says it in
+    a way not understood: metadata never makes an image unreadable."""
     try:
         size = _ome_pixel_size_um(ome_pixels)
         if size is None:

@@ -165,8 +165,9 @@ class ModelCard:
     def provenance(self) -> Dict[str, Any]:
         """Where this model came from, in a few fields: what a model trained or blended from it records."""
         trained = self.metadata.get("training", {})
-        return {"model": Path(self.source).name, "name": self.metadata.get("name") or Path(self.source).stem, "steps": trained.get("steps"),
-                "created": self.metadata.get("created"), "hardware": trained.get("hardware"), "init": trained.get("init")}
+        return {"model": Path(self.source).name, "name": self.metadata.get("name") or Path(self.source).stem,
+                "steps": trained.get("steps"), "created": self.metadata.get("created"),
+                "hardware": trained.get("hardware"), "init": trained.get("init")}
 
     def summary(self) -> str:
         """A plain account for ``msrgan info``: what images it is for, how it runs, its figures."""

@@ -135,9 +135,9 @@ def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:
     Between an adversarial model and the fidelity model it was trained on from, this trades
     texture for accuracy without retraining (Wang et al., ESRGAN); it is meaningful only for
     models with a common start, which is for the caller to know. Models whose architecture or
-    normalisation differ are a :class:`ModelFileError`. The result's metadata is ``a``'s, named as a
-    blend, with a ``blend`` note of both and without ``a``'s validation figures, influence radius and uncertainty
-    calibration (they no longer hold).
+    normalisation differ are a :class:`ModelFileError`. The result's metadata is ``a``'s, named as
+    a blend, with a ``blend`` note of both and without ``a``'s validation figures, influence radius
+    and uncertainty calibration (they no longer hold).
     """
     if not 0.0 <= float(weight) <= 1.0:
         raise ModelFileError(f"the blend weight must be between 0 and 1, got {weight!r}")
@@ -153,8 +153,9 @@ def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:
     generator.eval().requires_grad_(False)
     meta = {k: v for k, v in a.metadata.items()  # what held for a alone
             if k not in ("validation", "influence_radius", "uncertainty_scale", "uncertainty_calibration")}
-    meta["blend"] = {"weight": float(weight), "a": a.card.provenance(), "b": b.card.provenance()}
-    meta["name"] = f"blend {float(weight):g} x {a.card.provenance()['name']} + {1 - float(weight):g} x {b.card.provenance()['name']}"
+    ends = {"a": a.card.provenance(), "b": b.card.provenance()}
+    meta["blend"] = {"weight": float(weight), **ends}
+    meta["name"] = f"blend {float(weight):g} x {ends['a']['name']} + {1 - float(weight):g} x {ends['b']['name']}"
     card = ModelCard.from_metadata(meta, f"blend of {a.source} and {b.source}")
     return LoadedModel(generator=generator, card=card)
 

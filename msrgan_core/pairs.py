@@ -562,8 +562,8 @@ def match_intensities(lr: np.ndarray, hr: np.ndarray, scale: int) -> Tuple[np.nd
         signal = (x > (x.min() + x.max()) / 2).reshape(gain.shape)  # where the gain is seen, not extrapolated
         median = float(np.median(gain[signal]))
         if median <= 0:
-            raise RegistrationError("the low-resolution field's intensities do not rise with the high-resolution one's: "
-                            "is one of them inverted or a different channel?")
+            raise RegistrationError("the low-resolution field's intensities do not rise with the high-resolution "
+                                    "one's: is one of them inverted or a different channel?")
         gain = np.clip(gain, median / MAX_SHADING, median * MAX_SHADING)
         # the shading as seen at the signal's level: gain and offset fields trade off against each
         # other where the truth varies little, and noise moves either alone more than their sum
@@ -598,8 +598,9 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
                 lr_path.name)
     try:  # every error of the pair names both files
         registration = register(lr[0], hr[0], scale)
-        ratio, (least, most) = registration.pixel_ratio(scale), (scale / (ZOOMS.max() + 0.02), scale / (ZOOMS.min() - 0.02))
-        if not least <= ratio <= most:  # the search's ratios and a step beyond: else the truth would be resampled far
+        ratio = registration.pixel_ratio(scale)
+        least, most = scale / (ZOOMS.max() + 0.02), scale / (ZOOMS.min() - 0.02)  # the search's ratios, a step beyond
+        if not least <= ratio <= most:  # else the truth would be the high-resolution image resampled far
             raise RegistrationError(f"the pixels are {ratio:.2f} times apart, not about {scale} ({least:.2f}-{most:.2f}; "
                                     f"{registration.describe(scale)}): are these the objectives the model is for?")
         lr_crop, hr_crop, resampled = align(lr, hr, registration, scale)
