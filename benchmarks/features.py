@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import add_held_out_arguments, held_out_upscaler  # noqa: E402 - the quality benchmark's held-out split
+from quality import add_held_out_arguments, held_out_upscaler, run  # noqa: E402 - the quality benchmark's held-out split
 
 from msrgan_core.evaluate import degraded_pairs, grid_degradation  # noqa: E402
 from msrgan_core.measurements import evaluate_features, format_summary, verdicts  # noqa: E402
@@ -48,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -38,7 +38,7 @@ from skimage.transform import AffineTransform, warp
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import add_held_out_arguments, held_out_upscaler  # noqa: E402 - the quality benchmark's held-out split
+from quality import add_held_out_arguments, held_out_upscaler, run  # noqa: E402 - the quality benchmark's held-out split
 
 from msrgan_core.evaluate import grid_degradation, image_seed, low_resolution, score_pairs, summarize  # noqa: E402
 from msrgan_core.io import read_image  # noqa: E402
@@ -118,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -31,7 +31,7 @@ from msrgan_core.metrics import (
     above_cutoff, high_frequency_cutoff, high_frequency_ratio, psnr, upscale_lanczos,
 )
 from msrgan_core.modelfile import load_model
-from quality import SCALE, read_pair, validation_files
+from quality import SCALE, read_pair, run, validation_files
 
 ROWS = ["fidelity", "perceptual", "fidelity + noise", "fidelity + own HF"]
 
@@ -87,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,7 +24,7 @@ from msrgan_core.evaluate import grid_degradation
 from msrgan_core.io import read_image
 from msrgan_core.normalize import percentile_stats
 from msrgan_core.options import QUALITY_GRID
-from quality import SCALE, add_held_out_arguments, held_out_fields, read_mask
+from quality import SCALE, add_held_out_arguments, held_out_fields, read_mask, run
 
 
 def relative_sigmas(hr: np.ndarray, labels: np.ndarray, low: float, span: float, photons: float, read_noise: float) -> list:
@@ -69,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

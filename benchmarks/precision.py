@@ -25,7 +25,7 @@ from msrgan_core.metrics import psnr
 from msrgan_core.modelfile import load_model
 from msrgan_core.options import QUALITY_GRID
 
-from quality import read_pair, validation_files
+from quality import read_pair, run, validation_files
 
 
 def main() -> None:
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

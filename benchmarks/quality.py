@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 
 from msrgan_core.cli import add_inference_options
 from msrgan_core.data import split_files
+from msrgan_core.errors import UserError
 from msrgan_core.evaluate import degraded_pair, grid_degradation
 from msrgan_core.inference import Upscaler
 from msrgan_core.io import find_images
@@ -65,6 +67,15 @@ def read_mask(path: Path) -> np.ndarray:
         components, n = ndimage.label(red == value)
         labels[components > 0] = components[components > 0] + labels.max()
     return labels
+
+
+def run(main) -> None:
+    """A benchmark's ``main``, with what the user can mend (a missing data folder, an unknown model,
+    an image too small or blank) said in one line, as msrgan's commands say it, not a traceback."""
+    try:
+        main()
+    except UserError as exc:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {exc}") from None
 
 
 def validation_files(data: Path, model_meta: dict) -> Dict[str, List[Path]]:
@@ -280,4 +291,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

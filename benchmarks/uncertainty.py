@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import add_held_out_arguments, held_out_upscaler, read_mask, read_pair  # noqa: E402 - the quality benchmark's split and pairs
+from quality import add_held_out_arguments, held_out_upscaler, read_mask, read_pair, run  # noqa: E402 - the quality benchmark's split and pairs
 
 from msrgan_core.metrics import segment_nuclei  # noqa: E402
 
@@ -116,4 +116,4 @@ def partial_spearman(x, y, z) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
