@@ -16,7 +16,7 @@ upscales; segment and measure the upscaled image with the usual modules downstre
 ============ ============ ===============
 Supports 2D? Supports 3D? Respects masks?
 ============ ============ ===============
-YES          NO           NO
+YES          NO           YES
 ============ ============ ===============
 
 See also
@@ -43,8 +43,9 @@ What do I get as output?
 
 A new image, 4 times (the model's scale factor) larger in X and Y, on the input's intensity
 scale: the intensities are mapped to the model's range from the input's own percentiles and
-mapped back with the same values, then kept within CellProfiler's 0 to 1 range. The output has
-no mask and no cropping, even when its input has them, so that objects can be identified on it.
+mapped back with the same values, then kept within CellProfiler's 0 to 1 range. The input's mask
+and cropping, where it has them, come with the output upscaled (each pixel 4 x 4, as **Resize**
+upscales them); the network itself reads every pixel, masked or not.
 
 Which model should I use?
 ^^^^^^^^^^^^^^^^^^^^^^^^^
@@ -554,6 +555,21 @@ class ExecutablePath(Pathname):
 SETTINGS_PER_REVISION = {1: 7, 2: 9, 3: 9, 4: 12, 5: 14, 6: 15}
 
 
+def upscaled_masks(image, factor):
+    """The mask and cropping of a CellProfiler image, each pixel ``factor`` x ``factor`` pixels (as
+    Resize upscales them, nearest neighbour), as keyword arguments of the upscaled ``Image``; a
+    cropping not of the image's own size (kept in its parent's frame) is left out."""
+    def upscaled(mask):
+        return numpy.repeat(numpy.repeat(numpy.asarray(mask, bool), factor, axis=0), factor, axis=1)
+
+    masks = {}
+    if image.has_mask:
+        masks["mask"] = upscaled(image.mask)
+    if image.has_crop_mask and image.crop_mask.shape == image.pixel_data.shape[:2]:
+        masks["crop_mask"] = upscaled(image.crop_mask)
+    return masks
+
+
 class UpscaleMSRGAN(ImageProcessing):
     module_name = "UpscaleMSRGAN"
 
@@ -940,13 +956,13 @@ workers do not fight over the same cores. The threads used are written to the lo
         results, model_name, device = upscale(x, self.inference_options())
         y_data = results[0]
 
+        factor = y_data.shape[0] // x.pixel_data.shape[0]
+        masks = upscaled_masks(x, factor)
         if self.wants_uncertainty.value:
-            images.add(self.uncertainty_name.value, Image(results[1], convert=False, dimensions=x.dimensions))
-        workspace.measurements.add_image_measurement("Upscale_ScaleFactor_{}".format(y_name),
-                                                     y_data.shape[0] // x.pixel_data.shape[0])
+            images.add(self.uncertainty_name.value, Image(results[1], convert=False, dimensions=x.dimensions, **masks))
+        workspace.measurements.add_image_measurement("Upscale_ScaleFactor_{}".format(y_name), factor)
         workspace.measurements.add_image_measurement("Upscale_Model_{}".format(y_name), model_name)
-        # No parent image: the output must not inherit the input's mask or cropping, whose
-        # shape no longer matches.
+        # No parent image, whose mask and cropping have the input's size: the output's own, upscaled.
         y = Image(
             y_data,
             convert=False,
@@ -954,6 +970,7 @@ workers do not fight over the same cores. The threads used are written to the lo
             scale=x.scale,
             path_name=x.path_name,
             file_name=x.file_name,
+            **masks
         )
         images.add(y_name, y)
 

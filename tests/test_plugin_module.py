@@ -93,7 +93,7 @@ def use_custom(harness: Harness, path: Path) -> None:
 
 # --- output ---------------------------------------------------------------------------------
 
-def test_output_is_4x_larger_on_the_input_scale_without_mask_or_crop(upscale_module_class, fly_dna):
+def test_output_is_4x_larger_on_the_input_scale_with_its_mask_and_crop_upscaled(upscale_module_class, fly_dna):
     harness = Harness(upscale_module_class, device="CPU")
     mask = np.ones(fly_dna.shape, bool)
     mask[:10] = False
@@ -103,7 +103,9 @@ def test_output_is_4x_larger_on_the_input_scale_without_mask_or_crop(upscale_mod
     out = workspace.image_set.get_image("Upscaled")
     assert out.pixel_data.shape == (4 * 96, 4 * 120)
     assert out.pixel_data.dtype == fly_dna.dtype
-    assert not out.has_mask and not out.has_crop_mask and not out.has_parent_image
+    assert out.has_mask and out.has_crop_mask and not out.has_parent_image  # as Resize: each pixel 4 x 4
+    assert out.mask.shape == out.pixel_data.shape and not out.mask[:40].any() and out.mask[40:].all()
+    assert out.crop_mask.all() and out.crop_mask.shape == out.pixel_data.shape
     assert out.scale == 255
     # same intensity scale: CellProfiler's 0..1, mean and percentiles close to the input's
     assert 0.0 <= out.pixel_data.min() and out.pixel_data.max() <= 1.0
@@ -199,7 +201,8 @@ def test_dim_12_bit_image_is_not_stretched(upscale_module_class, fly_dna):
 
 
 def test_identify_primary_objects_runs_on_the_upscaled_image_of_a_masked_input(upscale_module_class, fly_dna):
-    """The parent's mask and cropping do not follow the image (a size mismatch would fail here)."""
+    """The input's mask and cropping come upscaled, so the nuclei are found as on Resize's output:
+    none in the masked strip (a size mismatch would fail here)."""
     from cellprofiler.modules.identifyprimaryobjects import IdentifyPrimaryObjects
 
     harness = Harness(upscale_module_class)
@@ -216,7 +219,7 @@ def test_identify_primary_objects_runs_on_the_upscaled_image_of_a_masked_input(u
     identify.run(workspace)
     nuclei = workspace.object_set.get_objects("Nuclei")
     assert nuclei.segmented.shape == (4 * 96, 4 * 120)
-    assert nuclei.count >= 3
+    assert nuclei.count >= 3 and not nuclei.segmented[:, :4 * 8].any()
 
 
 def test_color_image_is_upscaled_channel_by_channel(upscale_module_class, fly_dna):
