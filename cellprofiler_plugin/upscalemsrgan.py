@@ -733,7 +733,10 @@ with **MeasureObjectIntensity** on your nuclei and, for example, filter out with
 **FilterObjects** the nuclei whose mean uncertainty is high: their features are the least to be
 trusted. See the shipped pipeline ``flag_uncertain_nuclei.cppipe``. Much of it follows edges and
 textured nuclei, where errors are largest; beyond that it marks where the network answers
-differently for the mirrored image (msrgan's README: "Where not to trust it").""",
+differently for the mirrored image (msrgan's README: "Where not to trust it"). It is on the
+error's scale only with the orientations and bin matching its model file was calibrated for (the
+packaged models as they run by default; ``msrgan calibrate`` for others): otherwise the module
+warns.""",
         )
 
         self.environment = Choice(
@@ -917,8 +920,14 @@ workers do not fight over the same cores. The threads used are written to the lo
                                   "image's", self.uncertainty_name)
 
     def validate_module_warnings(self, pipeline):
-        if self.runs_elsewhere() or self.device.value != DEVICE_GPU or library_problem() is not None:
+        if self.runs_elsewhere() or library_problem() is not None:
             return  # the other environment's msrgan warns in the log
+        problem = self.uncertainty_problem() if self.wants_uncertainty.value else ""
+        if problem:  # the log's warning is seen by nobody in a headless or quiet run
+            raise ValidationError("The uncertainty image will not be on the error's scale: " + problem,
+                                  self.wants_uncertainty)
+        if self.device.value != DEVICE_GPU:
+            return
         from msrgan_core.device import resolve_device
 
         if resolve_device("auto").type != "cuda":
@@ -927,6 +936,20 @@ workers do not fight over the same cores. The threads used are written to the lo
                 "(install a CUDA build of PyTorch to use the GPU)",
                 self.device,
             )
+
+    def uncertainty_problem(self):
+        """Why the uncertainty image of the chosen model, run with these settings, is not on the
+        output's error scale (the file's calibration holds for its own orientations and bins), or ''."""
+        from msrgan_core.modelcard import ModelFileError, read_card
+
+        try:
+            card = read_card(self.model_path(), check_weights=False)
+        except (ModelFileError, ValidationError):
+            return ""  # validate_module says what is wrong with the file
+        options = self.inference_options()
+        ensemble = card.inference.ensemble if options["ensemble"] is None else options["ensemble"]
+        match_bins = card.inference.match_bins if options["match_bins"] is None else options["match_bins"]
+        return card.uncertainty_problem(ensemble, match_bins)
 
     def prepare_to_create_batch(self, workspace, fn_alter_path):
         """CreateBatchFiles: the model folder and msrgan's path as the cluster's nodes see them."""

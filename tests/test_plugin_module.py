@@ -310,6 +310,22 @@ def test_model_is_loaded_once_and_reused_across_image_sets(upscale_module_class,
     assert len(calls) == 1
 
 
+def test_an_uncertainty_image_off_the_errors_scale_is_a_warning_in_the_module(upscale_module_class):
+    """The library's warning went to a log nobody reads in a headless run (or -q): a pipeline that
+    filters nuclei by their uncertainty would filter on the wrong scale."""
+    from cellprofiler_core.setting import ValidationError
+
+    Harness(upscale_module_class, device="CPU", wants_uncertainty=True).module.validate_module_warnings(None)
+    for settings, says in [({"orientations": "8"}, "calibrated for a spread over 2 orientations with bins as output"),
+                           ({"match_bins": "Yes"}, "calibrated for a spread over 2 orientations with bins as output"),
+                           ({"model_choice": "Default: fidelity-clean", "match_bins": "No"}, "with bins matched")]:
+        harness = Harness(upscale_module_class, device="CPU", wants_uncertainty=True, **settings)
+        with pytest.raises(ValidationError, match=says) as caught:
+            harness.module.validate_module_warnings(harness.pipeline)
+        assert caught.value.setting is harness.module.wants_uncertainty
+    Harness(upscale_module_class, device="CPU", orientations="8").module.validate_module_warnings(None)  # no image
+
+
 def test_gpu_requested_without_cuda_warns_and_runs_on_cpu(upscale_module_class, plugin, fly_dna, caplog):
     from cellprofiler_core.setting import ValidationError
 
