@@ -975,6 +975,11 @@ workers do not fight over the same cores. The threads used are written to the lo
                 "UpscaleMSRGAN upscales 2-D images, but '{}' is a 3-D image {}: process the planes "
                 "as 2-D images instead".format(x_name, x.pixel_data.shape)
             )
+        bad = x.pixel_data.size - numpy.count_nonzero(numpy.isfinite(x.pixel_data))
+        if bad:  # said here, in the module's terms: msrgan's own advice (mask them) does not hold in a pipeline
+            raise ValueError("UpscaleMSRGAN cannot upscale '{}': {} pixel(s) are NaN or infinite, masked or not (the "
+                             "network reads every pixel); replace them upstream, e.g. ImageMath's 'Replace invalid "
+                             "values with 0?'".format(x_name, bad))
         upscale = self.upscale_in_other_environment if self.runs_elsewhere() else self.upscale_here
         results, model_name, device = upscale(x, self.inference_options())
         y_data = results[0]

@@ -247,6 +247,15 @@ def test_3d_image_is_a_clear_error(upscale_module_class, fly_dna):
         Harness(upscale_module_class).run(cp_image(stack, dimensions=3))
 
 
+def test_nan_pixels_are_a_clear_error_in_the_modules_terms(upscale_module_class, fly_dna):
+    pixels = fly_dna.copy()
+    pixels[0, 0] = np.nan
+    mask = np.ones(pixels.shape, bool)
+    mask[0, 0] = False  # masked, yet read
+    with pytest.raises(ValueError, match="'DNA': 1 pixel.s. are NaN or infinite, masked or not.*Replace invalid values"):
+        Harness(upscale_module_class).run(cp_image(pixels, mask=mask))
+
+
 def test_wrong_channel_count_is_a_clear_error(upscale_module_class, fly_dna, tmp_path):
     harness = Harness(upscale_module_class)
     use_custom(harness, custom_model(tmp_path / "rgb.safetensors", channels=3))
