@@ -478,7 +478,11 @@ def from_section(section_cls: Any, values: dict, name: str) -> Any:
 
 
 def load_config(path: Optional["str | Path"], overrides: "list[str] | tuple" = ()) -> ExperimentConfig:
-    """A config from TOML (or the defaults), with ``section.key=value`` overrides (TOML values)."""
+    """A config from TOML (or the defaults), with ``section.key=value`` overrides (TOML values).
+
+    Overriding ``data.train`` (or ``train_lr``) without ``data.description`` empties the
+    description, so that a model trained on other images does not carry the config's words
+    about its own (a fine-tune of ``default_models.toml`` had said it was trained on BBBC039)."""
     base = ExperimentConfig.from_toml(path).to_dict() if path else ExperimentConfig().to_dict()
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -492,4 +496,7 @@ def load_config(path: Optional["str | Path"], overrides: "list[str] | tuple" = (
         except tomllib.TOMLDecodeError:
             value = raw
         base[section][name] = value
+    given = {item.partition("=")[0].strip() for item in overrides}
+    if given & {"data.train", "data.train_lr"} and "data.description" not in given:
+        base["data"]["description"] = ""  # the config's words are about its own images: the folders' names say these
     return ExperimentConfig.from_dict(base)

@@ -82,7 +82,8 @@ def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: 
     singles = sorted({g for g in groups.values() if not g.startswith("well ")})
     if pattern is not None and not wells and paths:
         log.warning("msrgan: data.well_regex %r names the well of none of the %d files (nor their folders): they are "
-                    "split one by one, and fields of one well may fall on both sides", well_regex, len(paths))
+                    "split one by one, and fields of one well may fall on both sides (set data.well_regex for your file "
+                    "names)", well_regex, len(paths))
     rng = np.random.default_rng(seed)
     held_out = set()
     for names in (wells, singles):

@@ -198,6 +198,14 @@ def save_sample(path: Path, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray) -> N
         iio.imwrite(tmp, row8, extension=".png")
 
 
+def folder_name(pattern: str) -> str:
+    """The name of a data folder, file or glob as a model file records it: a glob by its deepest
+    folder without wildcards (``plate 1/*/`` is ``plate 1``), not ``*``."""
+    parts = Path(pattern).parts
+    plain = parts[:next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))]
+    return plain[-1] if plain else str(pattern)
+
+
 def model_metadata(config: ExperimentConfig, split, name: str, step: int, metrics: Dict[str, float],
                    device: torch.device, world_size: int, init: Optional[dict] = None) -> dict:
     """What a model file says about its training: for its users, who have neither the run folder
@@ -208,7 +216,7 @@ def model_metadata(config: ExperimentConfig, split, name: str, step: int, metric
         "degradation": None if config.data.train_lr else dataclasses.asdict(config.degradation),
         "loss": dataclasses.asdict(config.loss) if name == "perceptual" else {"pixel": config.train.pixel_loss},
         "training": {
-            "data": config.data.description or ", ".join(Path(p).name for p in config.data.train),
+            "data": config.data.description or ", ".join(folder_name(p) for p in config.data.train),
             "real_pairs": bool(config.data.train_lr),
             "train_files": len(split.train),
             "val_files": len(split.val),

@@ -223,3 +223,19 @@ def test_the_training_device_may_name_one_gpu():
     assert TrainConfig(device="cuda").device == "cuda"
     with pytest.raises(ConfigError, match=r"train.device must be auto, cpu, cuda or cuda:N.*'tpu'"):
         TrainConfig(device="tpu")
+
+
+def test_other_training_images_do_not_carry_the_configs_description(tmp_path):
+    """A fine-tune of default_models.toml on one's own plate had recorded 'trained on: BBBC039 ...';
+    the model file names the folders instead (a glob by its folder, not '*')."""
+    from pathlib import Path
+
+    from msrgan_core.config import load_config
+    from msrgan_core.train import folder_name
+
+    recipe = Path(__file__).parents[1] / "msrgan_core" / "configs" / "default_models.toml"
+    assert "BBBC039" in load_config(recipe).data.description
+    assert load_config(recipe, ['data.train=["plate 1/*/"]']).data.description == ""
+    assert load_config(recipe, ['data.train=["p"]', 'data.description="my plates"']).data.description == "my plates"
+    assert [folder_name(p) for p in ("/data/données plaque 1/*/", "../plates/A", "plate/**/*.tif")] == \
+        ["données plaque 1", "A", "plate"]
