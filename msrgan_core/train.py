@@ -588,7 +588,21 @@ def load_data(config: ExperimentConfig, progress: bool
     train_images = load(split.train, tc.patch_size, progress)
     val_images = (load(spread(split.val, config.data.max_val_images), g_cfg.scale * 8, False, role="validation")
                   if split.val else [])
-    return split, train_images, validation_pairs(val_images, config.degradation, tc.seed)
+    return split, train_images, validation_pairs(scorable(val_images, config), config.degradation, tc.seed)
+
+
+def scorable(images: list, config: ExperimentConfig) -> list:
+    """The validation images that are not blank fields (an empty well, an empty channel), with a
+    warning for the rest: as evaluate and calibrate leave them out, since bicubic scores 60 dB and
+    more on them and their mean would choose the model by how flat it draws nothing."""
+    from .evaluate import BLANK_NOISE_SPANS, noise_spans
+
+    kept = [image for image in images
+            if noise_spans(getattr(image, "hr", image), config.normalization).min() >= BLANK_NOISE_SPANS]
+    if len(kept) < len(images):
+        log.warning("msrgan: %d of the %d validation images are blank fields (an empty well or channel) and are left "
+                    "out of validation", len(images) - len(kept), len(images))
+    return kept
 
 
 def write_run_description(out_dir: Path, config: ExperimentConfig, split: Split) -> None:

@@ -354,3 +354,19 @@ def test_texture_term_trains_at_the_generators_scale_and_is_recorded(tmp_path, m
     run = train(config, tmp_path / "run", progress=False)
     assert scales == [2, 2]
     assert read_metadata(run / "perceptual.safetensors")["loss"]["w_texture"] == 0.5
+
+
+def test_blank_validation_images_are_left_out_with_a_warning(caplog):
+    """An empty well scored 61 dB for bicubic (an all-zero one inf): the mean chose the model by
+    how flat it draws nothing."""
+    import logging
+
+    from msrgan_core.config import ExperimentConfig
+    from msrgan_core.train import scorable
+
+    cells = smooth_image((64, 64), seed=3, noise=0.02)[None].astype(np.float32)
+    empty_well = np.random.default_rng(0).normal(0.1, 0.01, (1, 64, 64)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="msrgan"):
+        kept = scorable([cells, empty_well, np.zeros((1, 64, 64), np.float32)], ExperimentConfig())
+    assert len(kept) == 1 and kept[0] is cells
+    assert "2 of the 3 validation images are blank fields" in caplog.text
