@@ -91,6 +91,12 @@ def split_files(paths: Sequence[Path], well_regex: Optional[str], val_fraction: 
         if val_fraction > 0 and len(names) > 1:
             n_val = min(max(n_val, 1), len(names) - 1)
         held_out |= set(rng.permutation(names)[:n_val].tolist()) if n_val else set()
+    if held_out and held_out == set(groups.values()):  # one well and one file, say: something must train
+        held_out.discard(max(held_out))
+    if val_fraction > 0 and not held_out and paths:
+        log.warning("msrgan: nothing is held out for validation (%d file(s), %s), so the run's figures will not "
+                    "say how the model does on images it did not train on", len(paths),
+                    "one well" if wells else "one image")
     by = "well" if wells and not singles else "file" if not wells else "well and file"
     train = [p for p in paths if groups[p] not in held_out]
     val = [p for p in paths if groups[p] in held_out]

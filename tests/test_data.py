@@ -129,3 +129,18 @@ def test_a_training_pair_of_two_fields_is_left_out_not_learned(tmp_path, caplog)
         pairs = load_pairs([(tmp_path / f"lr{i}.tif", tmp_path / f"hr{i}.tif") for i in range(2)], NormalizationConfig(),
                            1, 4, 32)
     assert len(pairs) == 1 and "left out lr1.tif / hr1.tif" in caplog.text
+
+
+def test_a_split_of_one_well_trains_on_it_and_says_nothing_is_held_out(caplog):
+    """A plate of one well with val_fraction 0.6 had put every file in validation, and the run then
+    blamed the images' size."""
+    import logging
+
+    from msrgan_core.data import split_files
+
+    fields = [Path(f"plate_A01_s{i}.tif") for i in (1, 2)]
+    with caplog.at_level(logging.WARNING, logger="msrgan"):
+        split = split_files(fields, r"_(?P<well>[A-P][0-9]{2})_s", 0.6, 0)
+    assert split.train == fields and not split.val and "nothing is held out for validation" in caplog.text
+    mixed = split_files(fields + [Path("loose.tif")], r"_(?P<well>[A-P][0-9]{2})_s", 0.6, 0)
+    assert mixed.train and mixed.val  # one well and one file: one of them trains
