@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import platform
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
@@ -378,7 +379,8 @@ def run_summary(run: Run, total: int) -> str:
     scores = f"; validation PSNR {run.best_psnr:.2f} dB (pixel-loss phase's best), bicubic " \
              f"{run.baseline['bicubic_psnr']:.2f} dB" if run.val_pairs and math.isfinite(run.best_psnr) else ""
     return (f"done, {total} steps, generator {count_parameters(unwrap(run.generator))} parameters: {where}{scores}; "
-            f"next: msrgan evaluate --model {run.out_dir / (made or ['fidelity.safetensors'])[0]} --hr HELD_OUT_IMAGES")
+            f"next: msrgan evaluate --model {shlex.quote(str(run.out_dir / (made or ['fidelity.safetensors'])[0]))} "
+            "--hr HELD_OUT_IMAGES")
 
 
 @contextlib.contextmanager
