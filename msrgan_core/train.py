@@ -145,11 +145,16 @@ def initial_weights(config: ExperimentConfig) -> "tuple[Optional[dict], Optional
         model = load_model(config.train.init)
     except ModelFileError as exc:
         raise TrainingError(f"train.init: {exc}") from None
+    start_from = ("start from the config it was trained with (--config msrgan_core/configs/default_models.toml "
+                  "for the packaged models)")
     if model.config != config.generator:
-        raise TrainingError(f"train.init: {model.source} is a {model.config} but [generator] asks for {config.generator}")
+        def network(g) -> str:
+            return f"{g.architecture} {g.n_blocks} x {g.n_features}, {g.scale}x, {g.in_channels} channel(s)"
+        raise TrainingError(f"train.init: {Path(model.source).name} is a {network(model.config)} network, and "
+                            f"[generator] asks for {network(config.generator)}: {start_from}")
     if model.normalization != config.normalization:
-        raise TrainingError(f"train.init: {model.source} was trained on {model.normalization} "
-                            f"but [normalization] says {config.normalization}")
+        raise TrainingError(f"train.init: {Path(model.source).name} was trained on {model.normalization} "
+                            f"but [normalization] says {config.normalization}: {start_from}")
     return model.generator.state_dict(), model.card.provenance()  # the whole chain: provenance holds its own init
 
 
