@@ -198,7 +198,10 @@ class ModelCard:
             lines.append(f"  uncertainty image: not calibrated: the spread over orientations x {self.uncertainty_scale:g}, "
                          "several times smaller than the error as a rule (msrgan calibrate puts it on the error's scale)")
         if trained:
-            lines.append(f"  training: {trained.get('steps')} steps, batch {trained.get('batch_size')} of "
+            start = trained.get("init") if isinstance(trained.get("init"), dict) else None
+            lines.append(f"  training: {trained.get('steps')} steps"
+                         + (f" from {start.get('model')} ({start.get('steps')} steps of its own)" if start else "")
+                         + f", batch {trained.get('batch_size')} of "
                          f"{trained.get('patch_size')}-pixel patches, on {trained.get('hardware')}; "
                          f"split by {trained.get('split_by')} ({trained.get('val_files')} held out)")
         if meta.get("blend"):

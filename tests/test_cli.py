@@ -216,6 +216,7 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
 def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_path):
     summary = msrgan("info", "fidelity").stdout
     assert "msrgan model 'fidelity', 4x" in summary and "runs by default with" in summary and "--all" in summary
+    assert "steps from fidelity.safetensors (24000 steps of its own)" in msrgan("info", "perceptual").stdout  # its start
     fields, empty = tmp_path / "hr", tmp_path / "empty"
     fields.mkdir()
     empty.mkdir()
