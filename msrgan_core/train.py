@@ -364,7 +364,8 @@ def train(
     if writer is not None:
         writer.close()
     if dist.world_size > 1:  # the DDP wrappers (their reducers hold the group's work) go first, then the group
-        run.generator, run.discriminator, stream = unwrap(run.generator), unwrap(run.discriminator), None
+        run.generator, run.discriminator = unwrap(run.generator), unwrap(run.discriminator)
+        del stream
         gc.collect()
         torch.distributed.destroy_process_group()
     if dist.is_main:
