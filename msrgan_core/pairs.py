@@ -310,7 +310,9 @@ def register(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     offset, zoom, correlation = _zoomed_offset(a, b)
     if correlation < MIN_CORRELATION:
         raise RegistrationError(f"the high-resolution field was not found in the low-resolution one (best correlation "
-                                f"{correlation:.2f}): are they the same field, with pixels about {scale} times apart?")
+                                f"{correlation:.2f}): are they the same field, with pixels about {scale} times apart, "
+                                "and does the smaller lie inside the other (but for an eighth of it at each side)? "
+                                "If it sticks out further, crop both to the area they share")
     matrix, shift = zoom * np.eye(2), offset
     for _ in range(2):
         centres, targets = _patch_positions(lr, hr, a, b, matrix, shift, scale)
