@@ -68,6 +68,8 @@ MIN_SHARED = 16
 #: a binned high-resolution field this wide (low-resolution pixels) is compared with its partner
 #: at half the resolution when its camera mounting is sought (:func:`best_orientation`)
 ORIENTATION_EDGE = 128
+#: patches with signal below which a fit's pixel size ratio says more of the fit than of the optics
+MIN_RATIO_PATCHES = 3
 #: what may follow a low-resolution file's name in the names of the high-resolution fields inside it
 SITE_SEPARATORS = "_-. "
 #: low-resolution pixels per binned high-resolution pixel (``scale`` over the pixel size ratio) that
@@ -602,6 +604,10 @@ def registered_pair(lr_path: Path, hr_path: Path, normalization: NormalizationCo
         registration = register(lr[0], hr[0], scale)
         ratio = registration.pixel_ratio(scale)
         least, most = scale / (ZOOMS.max() + 0.02), scale / (ZOOMS.min() - 0.02)  # the search's ratios, a step beyond
+        if not least <= ratio <= most and registration.patches < MIN_RATIO_PATCHES:  # a fit of one or two patches
+            raise RegistrationError(f"too little structure to register: {registration.patches} patch(es) held signal, "
+                                    f"and their fit puts the pixels {ratio:.2f} times apart; a field with nuclei across "
+                                    "it registers")
         if not least <= ratio <= most:  # else the truth would be the high-resolution image resampled far
             raise RegistrationError(f"the pixels are {ratio:.2f} times apart, not about {scale} ({least:.2f}-{most:.2f}; "
                                     f"{registration.describe(scale)}): are these the objectives the model is for?")

@@ -270,6 +270,22 @@ def test_a_pair_whose_pixels_are_not_about_4_times_apart_is_left_out(tmp_path, c
     assert "the pixels are 4.50 times apart, not about 4 (3.64-4.44" in caplog.text
 
 
+def test_a_fit_of_too_few_patches_is_not_blamed_on_the_optics(tmp_path, monkeypatch, caplog):
+    """A genuine 4x pair with two nuclei at an edge fits one patch, whose ratio (3.54) says nothing
+    of the objectives."""
+    import msrgan_core.pairs as pairs
+
+    specimen = sample(18)
+    tifffile.imwrite(tmp_path / "A01.tif", low_magnification(specimen).astype(np.float32))
+    tifffile.imwrite(tmp_path / "A01_hr.tif", specimen[200:520, 150:500].astype(np.uint16))
+    one_patch = pairs.Registration(offset=np.array([50.0, 37.5]), matrix=4 / 3.54 * np.eye(2), correlation=0.9,
+                                   residual=0.0, patches=1)
+    monkeypatch.setattr(pairs, "register", lambda lr, hr, scale: one_patch)
+    with caplog.at_level("WARNING", logger="msrgan"), pytest.raises(UserError, match="none of the 1 image"):
+        list(registered_pairs([(tmp_path / "A01.tif", tmp_path / "A01_hr.tif")], NormalizationConfig(), 4, progress=False))
+    assert "too little structure to register: 1 patch(es) held signal" in caplog.text and "objectives" not in caplog.text
+
+
 def test_a_noisy_pair_of_files_is_registered_as_the_noise_free_one(tmp_path):
     specimen = sample(6)
     clean = low_magnification(specimen, zoom=1.005)
