@@ -6,6 +6,7 @@ Building the parser imports no torch: each command imports what it needs when it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -161,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .errors import UserError
     from .evaluate import (against_baseline, degraded_pairs, format_table, grid_degradation, score_pairs, summarize,
                            write_csv)
-    from .io import clashes
+    from .io import atomic_folder, clashes
 
     files, channels = readable_images(args.hr, args.channel_axis)
     if args.nuclei_channel is not None and not args.features:
@@ -194,6 +195,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .measurements import check_features_folder
 
         check_features_folder(args.out)
+    if args.features and args.csv:
+        raise UserError("--csv names the table of an evaluation without --features; with --features the tables are "
+                        "written into --out (features_summary.csv, features_objects.csv)")
     table = Path(args.csv) if args.csv else (args.out / EVALUATION_CSV if args.out else Path(EVALUATION_CSV))
     if not args.features:
         check_output_file(table, ".csv", overwrite=True)
@@ -222,7 +226,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("msrgan: " + ", ".join(str(p) for p in report.files))
         return 0
     pictures = args.out / EVALUATION_PICTURES if args.out else None
-    rows = score_pairs(pairs, upscaler, scale, pictures)
+    with atomic_folder(pictures) if pictures else contextlib.nullcontext() as drawing:  # this run's alone, on success
+        rows = score_pairs(pairs, upscaler, scale, drawing)
     summary = summarize(rows)
     print(format_table(summary))
     print(against_baseline(rows))

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import inspect
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -603,6 +604,35 @@ def atomic_write(path: "str | Path") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(destination: "str | Path") -> Iterator[Path]:
+    """Yield a new hidden folder beside ``destination`` to fill; it replaces ``destination`` whole
+    (:func:`replace_folder`) only if the block succeeds, and is removed otherwise: no run's files
+    mix with an earlier or a failed run's."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
+    try:
+        yield work
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would keep others on a shared server out
+        replace_folder(work, destination)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def replace_folder(new: Path, destination: Path) -> Path:
+    """Put the folder ``new`` where ``destination`` is, the old one removed only once the new one is in place."""
+    old = destination.with_name(f".{destination.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if destination.exists():
+        os.replace(destination, old)
+    os.replace(new, destination)
+    shutil.rmtree(old, ignore_errors=True)
+    return destination
 
 
 def clashes(names: Iterable[str]) -> List[str]:

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -29,7 +26,7 @@ import numpy as np
 import tifffile
 
 from .errors import UserError
-from .io import atomic_write
+from .io import atomic_folder, atomic_write
 from .options import EVALUATION_PICTURES
 from .pictures import pyplot, save_figure
 
@@ -316,10 +313,9 @@ def evaluate_features(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dty
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_features_folder(out_dir)
-    work = Path(tempfile.mkdtemp(prefix=".features-", dir=out_dir))  # this run's, until it has succeeded
-    try:
+    with atomic_folder(out_dir / FEATURES_RUN) as work, atomic_folder(out_dir / EVALUATION_PICTURES) as pictures:
         (work / RUN_MARKER).write_text("written by msrgan evaluate --features; each run replaces this folder\n")
-        fields = prepare_images(pairs, upscaler, scale, work / "images", seed, pictures=out_dir / EVALUATION_PICTURES)
+        fields = prepare_images(pairs, upscaler, scale, work / "images", seed, pictures=pictures)
         if not fields:
             raise FeatureEvaluationError("no high-resolution images to measure")
         cp_out = work / "cellprofiler"
@@ -333,9 +329,7 @@ def evaluate_features(pairs: Iterable[Tuple[Path, np.ndarray, np.ndarray, np.dty
         files = [write_rows(out_dir / "features_objects.csv", rows),
                  write_rows(out_dir / "features_summary.csv", summary, SUMMARY_COLUMNS),
                  scatter_plot(rows, out_dir / "features_scatter.png", f"{name}: {len(fields)} image(s)"),
-                 out_dir / EVALUATION_PICTURES, replace_folder(work, out_dir / FEATURES_RUN)]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                 out_dir / EVALUATION_PICTURES, out_dir / FEATURES_RUN]
     return FeatureReport(objects=rows, summary=summary, files=files)
 
 
@@ -353,12 +347,3 @@ def check_features_folder(out_dir: Path) -> None:
                                      "replaces that folder): choose another --out")
 
 
-def replace_folder(new: Path, destination: Path) -> Path:
-    """Put the folder ``new`` where ``destination`` is, the old one removed only once the new one is in place."""
-    old = destination.with_name(f".{destination.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if destination.exists():
-        os.replace(destination, old)
-    os.replace(new, destination)
-    shutil.rmtree(old, ignore_errors=True)
-    return destination

@@ -209,6 +209,9 @@ def test_one_line_errors_for_the_environment_and_bad_values(tmp_path):
     assert not (tmp_path / "g").exists()
     alone = msrgan("evaluate", "--hr", tmp_path / "two.tif", "--nuclei-channel", "2", check=False)
     assert alone.returncode == 2 and "give --features too" in alone.stderr
+    table = msrgan("evaluate", "--hr", tmp_path / "x.tif", "--features", "--out", tmp_path / "h", "--csv",
+                   tmp_path / "t.csv", check=False)  # it had been ignored in silence
+    assert table.returncode == 2 and "with --features the tables are written into --out" in table.stderr
     broken = msrgan("calibrate", "fidelity", "--hr", tmp_path / "broken.tif", "-o", tmp_path / "c.safetensors", check=False)
     assert broken.returncode == 2 and "broken.tif: the TIFF holds no image" in broken.stderr
 
@@ -247,6 +250,18 @@ def test_info_opens_with_a_summary_and_calibrate_writes_a_calibrated_copy(tmp_pa
                      check=False)
     assert nothing.returncode == 2 and "all 2 image(s) are blank fields" in nothing.stderr
     assert not (tmp_path / "n.safetensors").exists()
+
+
+def test_each_evaluation_draws_its_own_pictures_alone(tmp_path):
+    """A second run into the same --out had left the first run's pictures beside its own table."""
+    for name in ("A01", "A02", "A03"):
+        tifffile.imwrite(tmp_path / f"{name}.tif",
+                         smooth_image((96, 96), seed=ord(name[-1]), low=100, high=3000, noise=0.02).astype(np.uint16))
+    msrgan("evaluate", "--hr", tmp_path / "A01.tif", tmp_path / "A02.tif", "--out", tmp_path / "e", "-q")
+    assert sorted(p.name for p in (tmp_path / "e" / "side_by_side").iterdir()) == ["A01.png", "A02.png"]
+    msrgan("evaluate", "--hr", tmp_path / "A03.tif", "--out", tmp_path / "e", "-q")
+    assert sorted(p.name for p in (tmp_path / "e" / "side_by_side").iterdir()) == ["A03.png"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["msrgan_evaluation.csv", "side_by_side"]  # no leftovers
 
 
 def test_a_failed_file_is_said_once_with_or_without_stop_on_error(tmp_path):
