@@ -32,7 +32,7 @@ def test_objects_match_by_iou_and_agree_with_f1():
 
 def test_summary_statistics_on_known_values():
     rows = []
-    for i in range(1, 21):
+    for i in range(1, 41):
         base = {"field": "f", "object": i}
         rows.append({**base, "method": "msrgan", "matched_object": i, "iou": 0.9,
                      "AreaShape_Area": 100.0 * i, "AreaShape_Area__msrgan": 110.0 * i})  # +10 % everywhere
@@ -50,6 +50,8 @@ def test_summary_statistics_on_known_values():
     assert not verdicts(summarize(rows))  # msrgan's 10 % beats bicubic's 20 %: nothing to warn of
     worse = [dict(r, AreaShape_Area__msrgan=r["AreaShape_Area"] * 1.5) if r["method"] == "msrgan" else r for r in rows]
     assert any("AreaShape_Area" in line and "less accurate" in line for line in verdicts(summarize(worse)))
+    few = [r for r in rows if r["object"] <= 12]  # a 20x field through a pipeline for 16-240-pixel nuclei
+    assert any(line.startswith("the figures rest on 12 nuclei") for line in verdicts(summarize(few)))
 
 
 def test_repeat_draws_each_channels_own_noise_again():
@@ -69,7 +71,7 @@ def test_repeat_draws_each_channels_own_noise_again():
 def test_a_feature_the_repeat_moves_is_reported_as_not_repeatable():
     def rows(repeat_error):
         out = []
-        for i in range(1, 21):
+        for i in range(1, 41):
             base = {"field": "f", "object": i, "matched_object": i, "iou": 0.9, "Granularity_8_DNA": 10.0 * i}
             jitter = 1 + (repeat_error if i % 2 else -repeat_error)
             out += [{**base, "method": "msrgan", "Granularity_8_DNA__msrgan": 10.0 * i * 1.05},
