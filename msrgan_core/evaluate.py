@@ -175,11 +175,12 @@ PICTURED = ("bicubic", "msrgan")
 
 def picture(destination: Path, hr: np.ndarray, lr: np.ndarray, outputs: Dict[str, np.ndarray], scale: int) -> Path:
     """:func:`~msrgan_core.pictures.side_by_side` of one pair's first channel: input |
-    :data:`PICTURED` | truth, each method labelled with its PSNR on the whole image."""
+    :data:`PICTURED` | truth, each method labelled with its PSNR on the channel shown."""
     from .pictures import side_by_side
 
     channel = f", channel 1 of {hr.shape[0]}" if hr.shape[0] > 1 else ""
-    shown = [(f"{method} {psnr(hr, outputs[method], true_range(hr)):.1f} dB", outputs[method][0]) for method in PICTURED]
+    shown = [(f"{method} {psnr(hr[:1], outputs[method][:1], true_range(hr[:1])):.1f} dB", outputs[method][0])
+             for method in PICTURED]
     return side_by_side(destination, lr[0], scale, f"input{channel}", shown, hr[0])
 
 

@@ -43,3 +43,21 @@ def test_panels_show_input_outputs_truth_and_the_differences(tmp_path):
     difference = panel(2, row=1)
     assert difference[8:24, 40:56].min() > 0 and difference.sum() == difference[8:24, 40:56].sum()
     assert np.all(panel(0, row=1) == 255) and np.all(panel(3, row=1) == 255)  # nothing beneath input and truth
+
+
+def test_a_multichannel_picture_is_labelled_with_the_channel_it_shows(monkeypatch, tmp_path):
+    """The PSNR beside the first channel had been taken over all channels under one range."""
+    import msrgan_core.pictures as pictures
+    from msrgan_core.evaluate import picture
+    from msrgan_core.metrics import psnr, true_range
+
+    rng = np.random.default_rng(0)
+    hr = np.stack([rng.uniform(0, 100, (32, 32)), rng.uniform(0, 5000, (32, 32))]).astype(np.float32)
+    outputs = {"bicubic": hr + rng.normal(0, 4, hr.shape).astype(np.float32),
+               "msrgan": hr + rng.normal(0, 1, hr.shape).astype(np.float32)}
+    said = {}
+    monkeypatch.setattr(pictures, "side_by_side", lambda destination, lr, scale, title, shown, truth: said.update(shown))
+    picture(tmp_path / "p.png", hr, hr[:, ::4, ::4], outputs, 4)
+    for method in ("bicubic", "msrgan"):
+        label = next(k for k in said if k.startswith(method))
+        assert label == f"{method} {psnr(hr[:1], outputs[method][:1], true_range(hr[:1])):.1f} dB"
