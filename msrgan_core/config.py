@@ -477,6 +477,10 @@ def from_section(section_cls: Any, values: dict, name: str) -> Any:
     return section_cls(**values)
 
 
+#: how --set values are written, for errors about them
+TOML_HINT = "--set takes TOML values: true and false in lower case, text in quotes, lists as [0.5, 2.0] or [\"/a\", \"/b\"]"
+
+
 def load_config(path: Optional["str | Path"], overrides: "list[str] | tuple" = ()) -> ExperimentConfig:
     """A config from TOML (or the defaults), with ``section.key=value`` overrides (TOML values).
 
@@ -484,6 +488,7 @@ def load_config(path: Optional["str | Path"], overrides: "list[str] | tuple" = (
     description, so that a model trained on other images does not carry the config's words
     about its own (a fine-tune of ``default_models.toml`` had said it was trained on BBBC039)."""
     base = ExperimentConfig.from_toml(path).to_dict() if path else ExperimentConfig().to_dict()
+    unparsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         section, dot, name = key.strip().partition(".")
@@ -493,10 +498,19 @@ def load_config(path: Optional["str | Path"], overrides: "list[str] | tuple" = (
             raise ConfigError(f"override {item!r}: there is no [{section}] section; the sections are {', '.join(base)}")
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+        except tomllib.TOMLDecodeError:  # plain words are taken as text; a list or table that is not TOML, not
+            if raw.lstrip().startswith(("[", "{")):
+                raise ConfigError(f"override {item!r}: {raw.strip()} is not a TOML list or table ({TOML_HINT})") from None
             value = raw
+            unparsed.append(key.strip())
         base[section][name] = value
     given = {item.partition("=")[0].strip() for item in overrides}
     if given & {"data.train", "data.train_lr"} and "data.description" not in given:
         base["data"]["description"] = ""  # the config's words are about its own images: the folders' names say these
-    return ExperimentConfig.from_dict(base)
+    try:
+        return ExperimentConfig.from_dict(base)
+    except ConfigError as exc:
+        if unparsed:  # True for true, say: taken as text
+            raise ConfigError(f"{exc} ({', '.join(unparsed)} did not read as a TOML value, so it was taken as text: "
+                              f"{TOML_HINT})") from None
+        raise

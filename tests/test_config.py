@@ -239,3 +239,15 @@ def test_other_training_images_do_not_carry_the_configs_description(tmp_path):
     assert load_config(recipe, ['data.train=["p"]', 'data.description="my plates"']).data.description == "my plates"
     assert [folder_name(p) for p in ("/data/données plaque 1/*/", "../plates/A", "plate/**/*.tif")] == \
         ["données plaque 1", "A", "plate"]
+
+
+def test_a_set_value_that_is_not_toml_says_how_to_write_it():
+    """'False' and an unquoted path list had given 'must be of type bool' and 'no such file' alone."""
+    from msrgan_core.config import ConfigError, load_config
+
+    for override, says in [("train.mixed_precision=False", "true and false in lower case"),
+                           ("data.train=[/plates/a]", "is not a TOML list"),
+                           ("degradation.blur_sigma=[0, 1", "is not a TOML list")]:
+        with pytest.raises(ConfigError, match=says):
+            load_config(None, [override])
+    assert load_config(None, ["data.description=my plates"]).data.description == "my plates"  # plain words: text
