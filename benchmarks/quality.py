@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from msrgan_core.cli import add_inference_options
 from msrgan_core.data import split_files
 from msrgan_core.errors import UserError
-from msrgan_core.evaluate import degraded_pair, grid_degradation
+from msrgan_core.evaluate import BlankField, degraded_pair, grid_degradation
 from msrgan_core.inference import Upscaler
 from msrgan_core.io import find_images
 from msrgan_core.metrics import (
@@ -130,7 +130,11 @@ def score(cell: str, dataset: str, paths: List[Path], models: Dict[str, Upscaler
     rows = []
     normalization = next(iter(models.values())).model.normalization
     for path in tqdm(paths, desc=f"{cell} {dataset}", unit="image", leave=False):
-        hr, lr, data_range = read_pair(path, cell, normalization)
+        try:
+            hr, lr, data_range = read_pair(path, cell, normalization)
+        except BlankField as exc:  # an empty well among --hr fields: left out, as msrgan evaluate leaves it
+            tqdm.write(f"quality.py: left out {exc}")
+            continue
         outputs = {name: BASELINES[name](lr, SCALE)[0] for name in CLASSICAL}
         for name, upscaler in models.items():
             outputs[name] = upscaler.upscale(lr)[0]
