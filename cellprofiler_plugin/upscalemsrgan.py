@@ -947,9 +947,8 @@ workers do not fight over the same cores. The threads used are written to the lo
         except (ModelFileError, ValidationError):
             return ""  # validate_module says what is wrong with the file
         options = self.inference_options()
-        ensemble = card.inference.ensemble if options["ensemble"] is None else options["ensemble"]
-        match_bins = card.inference.match_bins if options["match_bins"] is None else options["match_bins"]
-        return card.uncertainty_problem(ensemble, match_bins)
+        chosen = card.inference.overridden(options["ensemble"], options["match_bins"])
+        return card.uncertainty_problem(chosen.ensemble, chosen.match_bins)
 
     def prepare_to_create_batch(self, workspace, fn_alter_path):
         """CreateBatchFiles: the model folder and msrgan's path as the cluster's nodes see them."""

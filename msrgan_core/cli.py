@@ -95,9 +95,8 @@ def cmd_set_defaults(args: argparse.Namespace) -> int:
 
     check_model_output(args, args.model)
     model = load_model(args.model)
-    was = model.inference
-    ensemble = was.ensemble if args.ensemble is None else args.ensemble
-    match_bins = was.match_bins if args.match_bins is None else args.match_bins
+    chosen = model.inference.overridden(args.ensemble, args.match_bins)
+    ensemble, match_bins = chosen.ensemble, chosen.match_bins
     model = with_inference_defaults(model, ensemble, match_bins)
     save_model(args.out, model.generator, with_change(model.metadata, f"set-defaults: {model.inference.describe()}"))
     print(f"msrgan: {args.out} = {args.model}, run by default with {model.inference.describe()}")
@@ -255,9 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
-    from .headless import (
-        SHIPPED_PIPELINES, HeadlessRunError, ImageSetProgress, image_files_under, newer_pipeline, run_pipeline,
-    )
+    from .headless import SHIPPED_PIPELINES, HeadlessRunError, ImageSetProgress, image_files_under, run_pipeline
 
     total = args.last - (args.first or 1) + 1 if args.last else None
     progress = ImageSetProgress(sys.stdout.write, total, args.first or 1)
@@ -282,8 +279,8 @@ def cmd_cellprofiler_run(args: argparse.Namespace) -> int:
                   f"{args.input} were left out by the pipeline's Images rule, which passes over files named like "
                   "other channels (_w2.._w9, d1/d2, _F/_R.TIF): point -i at the nuclei images alone, or edit a copy "
                   "of the pipeline (msrgan cellprofiler pipelines-dir)", file=sys.stderr)
-    if newer_pipeline(result.log):
-        print(f"msrgan cellprofiler run: note: {newer_pipeline(result.log)}", file=sys.stderr)
+    if result.newer:
+        print(f"msrgan cellprofiler run: note: {result.newer}", file=sys.stderr)
     if result.replaced:  # jobs that share an output folder replace each other's spreadsheets
         shown = ", ".join(p.name for p in result.replaced[:4]) + (", ..." if len(result.replaced) > 4 else "")
         print(f"msrgan cellprofiler run: note: {len(result.replaced)} of them replaced files an earlier run had written "

@@ -75,14 +75,21 @@ def noise_spans(image: np.ndarray, normalization: NormalizationConfig) -> np.nda
         return np.where(high > low, (high - low) / sigma, 0.0)
 
 
-def check_not_blank(image: np.ndarray, normalization: NormalizationConfig, source: "str | Path") -> None:
-    """Raise :class:`BlankField` if a channel of a ``(C, Y, X)`` image is blank."""
+def blank_channel(image: np.ndarray, normalization: NormalizationConfig) -> "Optional[tuple[int, float]]":
+    """The first blank channel of a ``(C, Y, X)`` image and its span in noise levels (fewer than
+    :data:`BLANK_NOISE_SPANS`), or None where every channel has something in it."""
     spans = noise_spans(image, normalization)
-    for channel, span in enumerate(spans):
-        if span < BLANK_NOISE_SPANS:
-            where = f" channel {channel}" if len(spans) > 1 else ""
-            raise BlankField(f"{source}:{where} a blank field (its intensities span {span:.1f} noise levels, fewer than "
-                             f"{BLANK_NOISE_SPANS:g}): nothing to score a model on")
+    return next(((channel, float(span)) for channel, span in enumerate(spans) if span < BLANK_NOISE_SPANS), None)
+
+
+def check_not_blank(image: np.ndarray, normalization: NormalizationConfig, source: "str | Path") -> None:
+    """Raise :class:`BlankField` if a channel of a ``(C, Y, X)`` image is blank (:func:`blank_channel`)."""
+    blank = blank_channel(image, normalization)
+    if blank is not None:
+        channel, span = blank
+        where = f" channel {channel}" if image.shape[0] > 1 else ""
+        raise BlankField(f"{source}:{where} a blank field (its intensities span {span:.1f} noise levels, fewer than "
+                         f"{BLANK_NOISE_SPANS:g}): nothing to score a model on")
 
 
 def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degradation: DegradationConfig,

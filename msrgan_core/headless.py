@@ -82,6 +82,8 @@ class RunResult:
         Wall-clock time.
     replaced : list of Path
         Those of ``outputs`` that were there before the run (another run's spreadsheets, say).
+    newer : str
+        What the log says of a pipeline saved by a newer CellProfiler (:func:`newer_pipeline`), or ''.
     """
 
     command: List[str]
@@ -90,6 +92,7 @@ class RunResult:
     image_sets: int = 0
     seconds: float = 0.0
     replaced: List[Path] = field(default_factory=list)
+    newer: str = ""
 
 
 # --- where things are -----------------------------------------------------------------------
@@ -292,8 +295,8 @@ def run_pipeline(
         raise HeadlessRunError(f"CellProfiler did not finish {pipeline.name} within {timeout:g} s and was stopped", log)
     image_sets = len(set(_IMAGE_SET.findall(log)))
     problem = diagnose(log, returncode, done, modules, plugins, image_sets=image_sets, first=first)
+    newer = newer_pipeline(log)
     if problem:
-        newer = newer_pipeline(log)
         raise HeadlessRunError(f"CellProfiler run of {pipeline.name} failed: {problem}" + (f"; {newer}" if newer else ""),
                                log)
     after = _snapshot(output_dir)
@@ -305,7 +308,7 @@ def run_pipeline(
             log,
         )
     return RunResult(command=command, log=log, outputs=outputs, image_sets=image_sets, seconds=seconds,
-                     replaced=[p for p in outputs if p in before])
+                     replaced=[p for p in outputs if p in before], newer=newer)
 
 
 class ImageSetProgress:

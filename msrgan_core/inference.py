@@ -221,10 +221,9 @@ class Upscaler:
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
-        defaults = model.inference
-        self.ensemble = defaults.ensemble if ensemble is None else ensemble
+        chosen = model.inference.overridden(ensemble, match_bins)
+        self.ensemble, self.match_bins = chosen.ensemble, chosen.match_bins
         self.orientations = orientations(self.ensemble)
-        self.match_bins = defaults.match_bins if match_bins is None else bool(match_bins)
         self.model = model
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)

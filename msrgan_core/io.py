@@ -595,9 +595,7 @@ def atomic_write(path: "str | Path") -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -616,12 +614,18 @@ def atomic_folder(destination: "str | Path") -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
     try:
         yield work
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would keep others on a shared server out
+        os.chmod(work, 0o777 & ~_umask())  # mkdtemp's 0700 would keep others on a shared server out
         replace_folder(work, destination)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask: the permissions a file made the usual way would lack (mkstemp and
+    mkdtemp make theirs private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def replace_folder(new: Path, destination: Path) -> Path:

@@ -23,6 +23,8 @@ from .config import ConfigError, GeneratorConfig, NormalizationConfig
 from .errors import UserError
 from .options import DEFAULT_MODELS, ENSEMBLES, uncertainty_orientation_count
 
+log = logging.getLogger("msrgan")
+
 FORMAT_VERSION = 1
 METADATA_KEY = "msrgan"
 #: the metadata entry holding the SHA-256 of a model file's weights (files written before it have none)
@@ -53,6 +55,11 @@ class InferenceDefaults:
             raise ModelFileError(f"{source}: its inference metadata {entry!r} is not "
                                  f"{{'ensemble': one of {ENSEMBLES}, 'match_bins': true or false}}")
         return defaults
+
+    def overridden(self, ensemble: Optional[int] = None, match_bins: Optional[bool] = None) -> "InferenceDefaults":
+        """These defaults with what a caller gives in their place (None: the file's own)."""
+        return InferenceDefaults(ensemble=self.ensemble if ensemble is None else ensemble,
+                                 match_bins=self.match_bins if match_bins is None else bool(match_bins))
 
     def describe(self) -> str:
         return (f"{self.ensemble} orientation(s) averaged, output bins "
@@ -254,8 +261,8 @@ def resolve_model(name_or_path: "str | Path | None") -> Path:
         if not path.is_file():
             raise ModelFileError(f"the packaged model {name_or_path!r} is missing from {path.parent}: reinstall msrgan")
         if Path(name_or_path).is_file():
-            logging.getLogger("msrgan").warning("%s: the packaged model of that name runs, not the file of that name "
-                                                "in this folder (give ./%s for the file)", name_or_path, name_or_path)
+            log.warning("%s: the packaged model of that name runs, not the file of that name in this folder (give ./%s "
+                        "for the file)", name_or_path, name_or_path)
         return path
     path = Path(name_or_path).expanduser()
     if path.is_dir():

@@ -603,10 +603,9 @@ def scorable(images: list, config: ExperimentConfig) -> list:
     """The validation images that are not blank fields (an empty well, an empty channel), with a
     warning for the rest: as evaluate and calibrate leave them out, since bicubic scores 60 dB and
     more on them and their mean would choose the model by how flat it draws nothing."""
-    from .evaluate import BLANK_NOISE_SPANS, noise_spans
+    from .evaluate import blank_channel
 
-    kept = [image for image in images
-            if noise_spans(getattr(image, "hr", image), config.normalization).min() >= BLANK_NOISE_SPANS]
+    kept = [image for image in images if blank_channel(getattr(image, "hr", image), config.normalization) is None]
     if len(kept) < len(images):
         log.warning("msrgan: %d of the %d validation images are blank fields (an empty well or channel) and are left "
                     "out of validation", len(images) - len(kept), len(images))
