@@ -80,7 +80,7 @@ def pairs(paths, cell: str, variant: str, normalization, folder: Path):
         image, _ = read_image(path)
         specimen = image[:1].astype(np.float32)
         seen = turned(specimen, zoom, degrees)  # the specimen as the 10x objective and camera see it
-        lr = low_resolution(seen, normalization, degradation, np.random.default_rng(image_seed(path)))
+        lr = low_resolution(seen, normalization, degradation, np.random.default_rng(image_seed(path)), image.dtype)
         if not registered:  # the truth cut from the same resampled specimen, where the 10x field's pixels lie
             y, x = CORNER[0] // SCALE, CORNER[1] // SCALE
             hr = seen[:, CORNER[0]:CORNER[0] + SIZE[0], CORNER[1]:CORNER[1] + SIZE[1]]
@@ -88,7 +88,7 @@ def pairs(paths, cell: str, variant: str, normalization, folder: Path):
             continue
         hr = specimen[:, CORNER[0]:CORNER[0] + SIZE[0], CORNER[1]:CORNER[1] + SIZE[1]]
         exposed = 0.6 * vignetted(lr[0], fall) + 150  # another exposure, shading and camera offset
-        tifffile.imwrite(folder / "lr.tif", exposed.astype(np.float32))
+        tifffile.imwrite(folder / "lr.tif", np.rint(exposed).astype(np.uint16))  # a 16-bit camera's counts
         tifffile.imwrite(folder / "hr.tif", hr[0].astype(image.dtype))
         yield (path, *registered_pair(folder / "lr.tif", folder / "hr.tif", normalization, SCALE))
 

@@ -49,15 +49,18 @@ def image_seed(path: "str | Path", seed: int = 0) -> "list[int]":
 
 
 def low_resolution(hr: np.ndarray, normalization: NormalizationConfig, degradation: DegradationConfig,
-                   rng: np.random.Generator) -> np.ndarray:
-    """The degraded counterpart of a ``(C, Y, X)`` image, on the image's own intensity scale.
+                   rng: np.random.Generator, dtype: np.dtype = np.float32) -> np.ndarray:
+    """The degraded counterpart of a ``(C, Y, X)`` image, on the image's own intensity scale, as
+    float32.
 
     The degradation works on normalised intensities (its noise model needs them); the result
-    is mapped back with the same statistics, as a camera would have recorded it.
+    is mapped back with the same statistics, as a camera would have recorded it: in the image
+    file's ``dtype``, so an integer file's counterpart holds whole counts within that dtype's
+    range, as the model will meet it.
     """
     stats = percentile_stats(hr, normalization)
     lr = degrade(normalize(hr, stats), degradation, rng)
-    return denormalize(lr, stats, np.float32)[0]
+    return denormalize(lr, stats, np.dtype(dtype))[0].astype(np.float32)
 
 
 class BlankField(UserError):
@@ -99,8 +102,8 @@ def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degrad
 
     Returns ``(hr, lr, dtype)``: the image cropped to a multiple of the degradation's scale as
     float32 ``(C, Y, X)`` (only channel ``channel``, counted from 0, where given), its
-    :func:`low_resolution` with noise drawn from the file's name (:func:`image_seed`), and the
-    file's dtype. Raises :class:`BlankField` for a blank image.
+    :func:`low_resolution` with noise drawn from the file's name (:func:`image_seed`) and whole
+    counts where the file holds them, and the file's dtype. Raises :class:`BlankField` for a blank image.
     """
     image, _ = read_image(path, channel_axis=channel_axis)
     smallest = MIN_EDGE * degradation.scale
@@ -110,7 +113,7 @@ def degraded_pair(path: "str | Path", normalization: NormalizationConfig, degrad
                         f"{MIN_EDGE} x {MIN_EDGE}")
     hr = crop_to_multiple(image if channel is None else image[channel:channel + 1], degradation.scale).astype(np.float32)
     check_not_blank(hr, normalization, path)
-    lr = low_resolution(hr, normalization, degradation, np.random.default_rng(image_seed(path, seed)))
+    lr = low_resolution(hr, normalization, degradation, np.random.default_rng(image_seed(path, seed)), image.dtype)
     return hr, lr, image.dtype
 
 

@@ -23,6 +23,40 @@ def test_psnr_ssim_nrmse_match_their_definitions():
     assert 0 < m["ssim"] < 1
 
 
+def test_each_channel_is_scored_on_its_own_range():
+    """A dim stain beside a bright one: its errors count as much as the bright one's."""
+    rng = np.random.default_rng(1)
+    bright = rng.uniform(100, 4100, (64, 64))
+    truth = np.stack([bright, bright / 20])
+    test = truth + rng.normal(0, 40, (64, 64)) * np.array([1, 1 / 20])[:, None, None]
+    both, bright_alone = image_metrics(truth, test), image_metrics(truth[0], test[0])
+    assert both["psnr"] == pytest.approx(bright_alone["psnr"], abs=1e-6)  # the same relative error in each
+    assert both["ssim"] == pytest.approx(bright_alone["ssim"], abs=1e-6)
+    worse_dim = test.copy()
+    worse_dim[1] += rng.normal(0, 10, (64, 64))
+    assert image_metrics(truth, worse_dim)["psnr"] < both["psnr"] - 3
+
+
+def test_an_integer_files_degraded_counterpart_holds_whole_counts(tmp_path):
+    """As a camera records it: rounded and within the dtype, not a float no file holds."""
+    import tifffile
+    from msrgan_core.config import NormalizationConfig
+    from msrgan_core.evaluate import degraded_pair, grid_degradation
+    from helpers import smooth_image
+
+    dim = smooth_image((96, 96), seed=4, low=2, high=40, noise=0.0).round().astype(np.uint8)
+    (tmp_path / "float").mkdir()
+    tifffile.imwrite(tmp_path / "dim.tif", dim)
+    tifffile.imwrite(tmp_path / "float" / "dim.tif", dim.astype(np.float32))  # the same name: the same noise
+    for cell in ("bin", "bin+100ph"):
+        hr, lr, dtype = degraded_pair(tmp_path / "dim.tif", NormalizationConfig(), grid_degradation(cell))
+        assert dtype == np.uint8 and lr.dtype == np.float32 and lr.shape == (1, 24, 24)
+        np.testing.assert_array_equal(lr, np.clip(np.rint(lr), 0, 255))
+        _, as_float, _ = degraded_pair(tmp_path / "float" / "dim.tif", NormalizationConfig(), grid_degradation(cell))
+        assert np.any(as_float != np.rint(as_float))  # a float file's keeps its fractions
+        np.testing.assert_allclose(lr, as_float, atol=0.5 + 1e-4)
+
+
 def test_baselines_keep_flat_images_flat_and_nearest_replicates():
     lr = np.full((1, 5, 7), 123.0, np.float32)
     for fn in (upscale_nearest, upscale_bicubic, upscale_lanczos):
