@@ -71,19 +71,23 @@ class FeatureReport:
 
 
 def match_objects(truth: np.ndarray, test: np.ndarray, threshold: float = IOU_MATCH) -> List[Tuple[int, int, float]]:
-    """``(truth label, test label, IoU)`` of the object pairs whose IoU is at least ``threshold``.
+    """``(truth label, test label, IoU)`` of the object pairs whose IoU is at least ``threshold``,
+    each object in one pair at most.
 
-    With a threshold of 0.5 or more, an object matches at most one other, so pairs are unique.
+    With a threshold of 0.5 or more an object can overlap two others that much only at exactly
+    0.5 each (a nucleus split in equal halves); the first of them is kept.
     """
     both = (truth > 0) & (test > 0)
     pairs, overlap = np.unique(np.stack([truth[both], test[both]]), axis=1, return_counts=True)
     area_truth = np.bincount(truth.ravel())
     area_test = np.bincount(test.ravel())
-    matches = []
+    matches, taken_truth, taken_test = [], set(), set()
     for (a, b), inter in zip(pairs.T, overlap):
         iou = inter / (area_truth[a] + area_test[b] - inter)
-        if iou >= threshold:
+        if iou >= threshold and a not in taken_truth and b not in taken_test:
             matches.append((int(a), int(b), float(iou)))
+            taken_truth.add(a)
+            taken_test.add(b)
     return matches
 
 

@@ -30,6 +30,15 @@ def test_objects_match_by_iou_and_agree_with_f1():
     assert 2 * len(matches) / 6 == pytest.approx(matched_f1(truth, test))  # the same criterion as the segmentation F1
 
 
+def test_a_nucleus_split_in_equal_halves_matches_one_half_only():
+    truth = np.zeros((16, 16), np.int64)
+    truth[4:8, 2:12] = 1  # 40 pixels
+    test = truth.copy()
+    test[4:8, 7:12] = 2  # two halves of 20: each overlaps the nucleus at IoU 0.5 exactly
+    assert [(a, b, iou) for a, b, iou in match_objects(truth, test)] == [(1, 1, 0.5)]
+    assert [(a, b) for a, b, _ in match_objects(test, truth)] == [(1, 1)]
+
+
 def test_summary_statistics_on_known_values():
     rows = []
     for i in range(1, 41):
