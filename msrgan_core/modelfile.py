@@ -161,6 +161,13 @@ def blend_models(a: LoadedModel, b: LoadedModel, weight: float) -> LoadedModel:
 
 
 def with_inference_defaults(model: LoadedModel, ensemble: int, match_bins: bool) -> LoadedModel:
-    """The same weights, set to run with ``ensemble`` orientations and ``match_bins`` by default."""
+    """The same weights, set to run with ``ensemble`` orientations and ``match_bins`` by default.
+    What its uncertainty was calibrated with stays said in full (older files left the bins to
+    the defaults being replaced)."""
     meta = dict(model.metadata, inference={"ensemble": int(ensemble), "match_bins": bool(match_bins)})
+    calibrated_for = model.card.uncertainty_calibrated_for
+    if calibrated_for is not None:
+        orientations, bins_matched = calibrated_for
+        meta["uncertainty_calibration"] = dict(meta["uncertainty_calibration"], orientations=orientations,
+                                               match_bins=bins_matched)
     return LoadedModel(generator=model.generator, card=ModelCard.from_metadata(meta, model.source))

@@ -311,6 +311,10 @@ def test_the_uncertainty_calibration_holds_for_the_run_it_was_measured_on():
     assert "bins matched" in fidelity.card.uncertainty_problem(1, True)
     clean = load_model("fidelity-clean")  # calibrated before match_bins was recorded: at its own defaults (matched)
     assert clean.card.uncertainty_calibrated_for == (2, True) and clean.card.uncertainty_problem(1, True) == ""
+    for model, bins in ((fidelity, True), (clean, False)):  # set to run otherwise: still calibrated as it was
+        told = with_inference_defaults(model, 1, bins)
+        assert told.card.uncertainty_calibrated_for == model.card.uncertainty_calibrated_for
+        assert "bins" in told.card.uncertainty_problem(1, bins)
     blend = blend_models(perceptual, fidelity, 0.0)
     assert blend.card.uncertainty_calibrated_for is None and blend.card.uncertainty_scale == 1.0
     assert "not calibrated" in blend.card.uncertainty_problem(1, False)
