@@ -213,12 +213,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         what = args.degradation or "bin"
         pairs = degraded_pairs(files, upscaler.model.normalization, grid_degradation(what, scale=scale), args.seed,
                                args.channel_axis, channel=nuclei, desc=desc, progress=progress)
-    print(f"{Path(upscaler.model.source).name}: {what} x{scale}; {upscaler.options}")
+    print(f"{upscaler.model.label}: {what} x{scale}; {upscaler.options}")
     if args.features:
         from .measurements import evaluate_features, format_summary, verdicts
 
         report = evaluate_features(pairs, upscaler, scale, args.out, seed=args.seed, cellprofiler=args.cellprofiler,
-                                   name=f"{Path(upscaler.model.source).name} vs bicubic, {what}")
+                                   name=f"{upscaler.model.label} vs bicubic, {what}")
         print(format_summary(report.summary))
         for line in verdicts(report.summary):
             print(f"note: {line}")

@@ -239,7 +239,7 @@ class Upscaler:
         # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
         # them, same numbers. Module.to converts in place, once: later Upscalers find it converted.
         self.generator = model.generator.to(self.device, memory_format=torch.channels_last)
-        log.info("msrgan: model %s on %s, %s precision, %s", Path(model.source).name, describe_device(self.device),
+        log.info("msrgan: model %s on %s, %s precision, %s", model.label, describe_device(self.device),
                  self.precision, self.options)
 
     @property
@@ -276,12 +276,12 @@ class Upscaler:
         channels, want = image.shape[0], self.model.config.in_channels
         if self.model.config.out_channels != want:
             raise InferenceError(
-                f"model {Path(self.model.source).name} maps {want} to {self.model.config.out_channels} channels; "
+                f"model {self.model.label} maps {want} to {self.model.config.out_channels} channels; "
                 "msrgan upscales with models whose outputs match their inputs channel for channel"
             )
         if want != 1 and channels != want:
             raise InferenceError(
-                f"{source}: has {channels} channel(s) but the model {Path(self.model.source).name} takes {want}"
+                f"{source}: has {channels} channel(s) but the model {self.model.label} takes {want}"
             )
         return image
 

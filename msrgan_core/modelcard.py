@@ -136,6 +136,13 @@ class ModelCard:
                    influence_radius=radius, uncertainty_scale=float(scale), metadata=meta, source=str(source))
 
     @property
+    def label(self) -> str:
+        """How messages name the model: a packaged one by its file name, marked so, any other by
+        its path (a training run's ``fidelity.safetensors`` is not the packaged one)."""
+        path = Path(self.source)
+        return f"{path.name} (packaged)" if path.parent == packaged_model_path(path.stem).parent else str(self.source)
+
+    @property
     def uncertainty_calibrated_for(self) -> "Optional[tuple[int, bool]]":
         """The orientations the uncertainty's spread was taken over and whether bins were matched,
         when ``msrgan calibrate`` measured its scale (None: never calibrated, the raw spread). Files
@@ -155,7 +162,7 @@ class ModelCard:
         error was 0.87 times its mean uncertainty as calibrated, 0.54 with 8 orientations and 1.12
         with bins matched.
         """
-        name, calibrated_for = Path(self.source).name, self.uncertainty_calibrated_for
+        name, calibrated_for = self.label, self.uncertainty_calibrated_for
         if calibrated_for is None:
             return (f"the uncertainty image of {name} is not calibrated: the raw spread over orientations, several times "
                     f"smaller than the error as a rule (msrgan calibrate {name} --hr HELD_OUT_IMAGES -o CALIBRATED.safetensors)")
@@ -180,7 +187,7 @@ class ModelCard:
         """A plain account for ``msrgan info``: what images it is for, how it runs, its figures."""
         meta, g = self.metadata, self.generator
         trained = meta.get("training", {})
-        lines = [f"{Path(self.source).name}: msrgan model {meta.get('name', '(unnamed)')!r}, {g.scale}x, "
+        lines = [f"{self.label}: msrgan model {meta.get('name', '(unnamed)')!r}, {g.scale}x, "
                  f"{g.in_channels} channel(s) in and out"]
         if meta.get("description"):
             lines.append(f"  what: {meta['description']}")

@@ -36,6 +36,10 @@ class LoadedModel:
         return self.card.source
 
     @property
+    def label(self) -> str:
+        return self.card.label
+
+    @property
     def metadata(self) -> Dict[str, Any]:
         return self.card.metadata
 

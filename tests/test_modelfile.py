@@ -138,6 +138,21 @@ def test_a_file_named_as_a_packaged_model_is_named_in_a_warning(tmp_path, monkey
     assert resolve_model("./perceptual") == Path("perceptual")
 
 
+def test_messages_tell_a_runs_model_from_the_packaged_one_of_the_same_name(tmp_path, caplog):
+    import logging
+    from msrgan_core.inference import Upscaler
+
+    packaged = load_model("fidelity")
+    run = tmp_path / "runs" / "plate1"
+    run.mkdir(parents=True)
+    mine = load_model(save_model(run / "fidelity.safetensors", packaged.generator, packaged.metadata))
+    assert packaged.label == "fidelity.safetensors (packaged)" and mine.label == str(run / "fidelity.safetensors")
+    with caplog.at_level(logging.INFO, logger="msrgan"):
+        Upscaler(mine, device="cpu")
+    assert f"model {run / 'fidelity.safetensors'} on cpu" in caplog.text
+    assert mine.card.summary().startswith(f"{run / 'fidelity.safetensors'}: msrgan model 'fidelity'")
+
+
 def test_weights_that_do_not_match_the_metadata(tmp_path, saved):
     path, generator = saved
     counted = 0
