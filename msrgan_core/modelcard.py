@@ -132,6 +132,7 @@ class ModelCard:
         scale = meta.get("uncertainty_scale", 1.0)
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
             raise ModelFileError(f"{source}: its uncertainty_scale {scale!r} is not a number > 0")
+        check_records(meta, source)
         return cls(generator=generator, normalization=normalization, inference=InferenceDefaults.from_metadata(meta, source),
                    influence_radius=radius, uncertainty_scale=float(scale), metadata=meta, source=str(source))
 
@@ -231,6 +232,34 @@ class ModelCard:
         for change in meta.get("changes", []):
             lines.append(f"  changed: {change.get('at')} with msrgan {change.get('msrgan_version')}: {change.get('what')}")
         return "\n".join(lines)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: the optional records a model file keeps of its history, and what each must hold where present:
+#: ``msrgan info`` and the uncertainty checks read them
+RECORDS = {
+    "training": (lambda v: isinstance(v, dict), "an object"),
+    "validation": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()), "an object of numbers"),
+    "changes": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v), "a list of objects"),
+    "blend": (lambda v: isinstance(v, dict) and _is_number(v.get("weight"))
+              and all(isinstance(v.get(end), dict) for end in "ab"), "an object with a weight and both ends"),
+    "degradation": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "uncertainty_calibration": (
+        lambda v: isinstance(v, dict) and (isinstance(v.get("orientations", 2), int) and not isinstance(v.get("orientations", 2), bool))
+        and isinstance(v.get("match_bins", False), bool) and isinstance(v.get("degradations", []), list),
+        "an object with whole orientations, a true/false match_bins and a list of degradations"),
+}
+
+
+def check_records(meta: Dict[str, Any], source: "str | Path") -> None:
+    """Raise :class:`ModelFileError` where one of a file's :data:`RECORDS` is not what it must be."""
+    for key, (valid, what) in RECORDS.items():
+        if key in meta and not valid(meta[key]):
+            raise ModelFileError(f"{source}: its {key} metadata {meta[key]!r:.80} is not {what}: the file was edited "
+                                 "or damaged")
 
 
 def describe_degradation(d: Dict[str, Any]) -> str:

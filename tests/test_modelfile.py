@@ -187,6 +187,22 @@ def test_bad_metadata(tmp_path, saved, meta, message):
         load_model(path)
 
 
+@pytest.mark.parametrize("record", [
+    {"validation": {"val_psnr": "x"}}, {"training": "a string"}, {"changes": [1]},
+    {"uncertainty_calibration": {"orientations": "two"}}, {"uncertainty_calibration": {"match_bins": "yes"}},
+    {"blend": {"weight": "half"}},
+])
+def test_a_damaged_history_record_is_a_bad_file_not_a_crash(tmp_path, saved, record):
+    """What msrgan info and the uncertainty checks read is checked at load, as the weights are."""
+    path, generator = saved
+    bad = tmp_path / "edited.safetensors"
+    save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(bad),
+              metadata={METADATA_KEY: json.dumps(dict(read_metadata(path), **record))})
+    key = next(iter(record))
+    with pytest.raises(ModelFileError, match=f"edited.safetensors: its {key} metadata .* is not"):
+        load_model(bad)
+
+
 def test_inference_defaults_are_written_read_and_checked(tmp_path, saved):
     path, generator = saved
     plain = load_model(path)
