@@ -29,6 +29,7 @@ import logging
 import math
 import platform
 import shlex
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
@@ -129,12 +130,21 @@ class StepBatches(torch.utils.data.Dataset):
         return torch.from_numpy(lr), torch.from_numpy(hr)
 
 
+def ignore_stop_signals(_worker: int) -> None:
+    """In a batch worker process: Ctrl-C and a scheduler's SIGTERM reach the whole process group,
+    but only the main process stops the run (after the step, with a checkpoint) and then ends
+    its workers; a worker that died of them first had failed the step under way, checkpoint lost."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def batch_stream(batches: StepBatches, workers: int, pin_memory: bool):
     """The batches in step order: drawn here (``workers`` = 0) or ahead by worker processes."""
     if workers == 0 or len(batches) == 0:  # no processes started for a run that has no steps left
         return (batches[i] for i in range(len(batches)))
     return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
-                                            prefetch_factor=4, pin_memory=pin_memory))
+                                            prefetch_factor=4, pin_memory=pin_memory,
+                                            worker_init_fn=ignore_stop_signals))
 
 
 def initial_weights(config: ExperimentConfig) -> "tuple[Optional[dict], Optional[dict]]":

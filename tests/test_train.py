@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -209,19 +210,25 @@ def endless_run_command(data: Path, run: Path, checkpoint_every: int, eval_every
 
 
 def test_ctrl_c_and_sigterm_stop_after_the_step_with_a_checkpoint(tmp_path):
+    """Sent to the process, and (as a terminal's Ctrl-C or a scheduler's kill of the job) to its
+    whole process group, batch workers included."""
     data = make_plate(tmp_path / "plate")
     run = tmp_path / "run"
     cmd = endless_run_command(data, run, checkpoint_every=100000, eval_every=1)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        proc = subprocess.Popen(cmd + (["--resume"] if signum == signal.SIGTERM else []), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+    for first, signum, workers, group in ((True, signal.SIGINT, 0, False), (False, signal.SIGTERM, 0, False),
+                                          (False, signal.SIGINT, 2, True), (False, signal.SIGTERM, 2, True)):
+        proc = subprocess.Popen(cmd + ([] if first else ["--resume"]) + ["--set", f"train.workers={workers}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=group)
         try:
             deadline = time.time() + 120
             while time.time() < deadline and not ((run / "metrics.csv").exists() and
                                                    len((run / "metrics.csv").read_text().splitlines()) > 3):
                 assert proc.poll() is None, proc.stderr.read()
                 time.sleep(0.05)
-            proc.send_signal(signum)
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
             _, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
