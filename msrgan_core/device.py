@@ -15,15 +15,20 @@ from typing import Optional
 
 import torch
 
+from .errors import UserError
 from .options import device_name
 
 log = logging.getLogger("msrgan")
+
+class DeviceError(UserError, ValueError):
+    """A device this machine does not have."""
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (the GPU of index N).
 
     Asking for CUDA where there is none logs a warning and uses the CPU; a GPU index the machine
-    does not have is a ValueError that says which it has.
+    does not have is a :class:`DeviceError` that says which it has.
     """
     name = device_name(device)
     if name == "cpu":
@@ -33,7 +38,7 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("cuda")
         index, count = int(name[5:]), torch.cuda.device_count()
         if index >= count:
-            raise ValueError(f"device {name}: this machine shows {count} GPU{'s' * (count != 1)} "
+            raise DeviceError(f"device {name}: this machine shows {count} GPU{'s' * (count != 1)} "
                              f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; CUDA_VISIBLE_DEVICES may hide others)")
         return torch.device("cuda", index)
     if name != "auto":

@@ -27,6 +27,7 @@ import gc
 import json
 import logging
 import math
+import os
 import platform
 import shlex
 import signal
@@ -59,6 +60,11 @@ log = logging.getLogger("msrgan")
 CHECKPOINT = "checkpoint.pt"
 PRETRAINED_CHECKPOINT = "checkpoint_pretrained.pt"
 METRICS = "metrics.csv"
+#: the file a run holds locked while it trains (:func:`run_lock`)
+LOCK = ".msrgan-train.lock"
+#: what a run writes besides its checkpoint: a folder holding any of them without one holds another run's ends
+RUN_FILES = ("config.json", "split.json", METRICS, "fidelity.safetensors", "perceptual.safetensors",
+             PRETRAINED_CHECKPOINT)
 LOSS_READ_EVERY = 20  # steps between reads of the training loss on CUDA (each read waits for the GPU)
 METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim", "seconds"]
 
@@ -354,7 +360,45 @@ def train(
         unusable model; the loss became non-finite; Ctrl-C or SIGTERM stopped it (with a
         checkpoint: :func:`stop_requests`).
     """
-    run = set_up_run(config, Path(out_dir), resume, progress)
+    with run_lock(Path(out_dir)):
+        return _train(config, Path(out_dir), resume, progress, until_step)
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path):
+    """Hold ``out_dir`` for this run: a second process training into it (a job requeued while the
+    first still runs) would interleave its metrics and overwrite its checkpoints and models. The
+    main process of a ``torchrun`` holds it for all. A folder made here and left empty (a refused
+    run) is removed again."""
+    import fcntl
+
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"{out_dir} is a file: give a folder for the run")
+    made, lock = not out_dir.exists(), out_dir / LOCK
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a+")
+    except OSError as exc:
+        raise TrainingError(f"{out_dir}: the run cannot be written there ({exc.strerror})") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"{out_dir} is being trained into by another process (it holds {lock}): wait for "
+                                "it to end, or train into another folder") from None
+        try:
+            yield
+        finally:
+            if made and [p.name for p in out_dir.iterdir()] == [LOCK]:
+                lock.unlink()
+                out_dir.rmdir()
+
+
+def _train(config: ExperimentConfig, out_dir: Path, resume: bool, progress: bool, until_step: Optional[int]) -> Path:
+    run = set_up_run(config, out_dir, resume, progress)
     tc, dist, device = config.train, run.dist, run.device
     earlier = _prepare_metrics_csv(run.out_dir / METRICS, run.step) if dist.is_main else 0.0
     writer = _tensorboard(run.out_dir) if tc.tensorboard and dist.is_main else None
@@ -498,6 +542,10 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
         raise TrainingError(f"{out_dir} already holds a training run: pass --resume to continue it, or use a new folder")
     if resume and not checkpoint_path.exists():
         raise TrainingError(f"--resume: {out_dir} holds no {CHECKPOINT} to continue from")
+    leftovers = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if leftovers and not resume:
+        raise TrainingError(f"{out_dir} holds another run's files ({', '.join(leftovers[:3])}) but no {CHECKPOINT} to "
+                            "continue from: train into a new folder, or remove them")
     recorded = recorded_config(out_dir) if resume else None
     if recorded is not None:
         check_same_run(recorded, config, out_dir)
@@ -507,10 +555,15 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
                  training_precision(config.train, device), training_precision(config.train, device, adversarial=True),
                  dist.world_size, "es" if dist.world_size > 1 else "")
 
-    split, train_images, val_pairs = load_data(config, progress and dist.is_main)
+    split, train_images, val_pairs = load_data(config, progress and dist.is_main,
+                                               recorded_split(out_dir) if resume else None)
     baseline = bicubic_scores(val_pairs) if val_pairs else {}
     generator, discriminator = build_networks(config, device)
-    init_state, init_note = initial_weights(config)
+    checkpoint = load_checkpoint(checkpoint_path) if resume else None
+    if checkpoint is not None and "init_note" in checkpoint:  # the run's start, as it was: the file need not be there
+        init_state, init_note = None, json.loads(checkpoint["init_note"])
+    else:
+        init_state, init_note = initial_weights(config)
     if init_state is not None:
         generator.load_state_dict(init_state)
     run = Run(config, out_dir, dist, device, split, train_images, val_pairs, baseline, init_note,
@@ -519,8 +572,8 @@ def set_up_run(config: ExperimentConfig, out_dir: Path, resume: bool, progress: 
               opt_d=torch.optim.Adam(discriminator.parameters(), lr=tc.lr, betas=(0.9, 0.999)),
               features=feature_extractor(config, discriminator, device),
               average=WeightAverage(generator, tc.ema_decay) if tc.ema_decay > 0 else None)
-    if resume:
-        restore_checkpoint(run, load_checkpoint(checkpoint_path))
+    if checkpoint is not None:
+        restore_checkpoint(run, checkpoint)
         check_steps_ahead(run, recorded)
     if dist.is_main:  # once the resume is sure: a refused one leaves the run's record as it was
         write_run_description(out_dir, config, split)
@@ -561,14 +614,44 @@ def check_steps_ahead(run: Run, recorded: Optional[dict]) -> None:
     the new end, nor past a new end of pretraining that the run has not reached yet."""
     tc, step = run.config.train, run.step
     was = (recorded or {}).get("train", {})
-    skips_pretraining_end = tc.pretrain_steps < step <= was.get("pretrain_steps", tc.pretrain_steps)
+    pretrained = was.get("pretrain_steps", tc.pretrain_steps)
+    skips_pretraining_end = tc.pretrain_steps < step <= pretrained
     if step > tc.pretrain_steps + tc.gan_steps or skips_pretraining_end:
         raise TrainingError(f"--resume: the checkpoint is at step {step}, past the end the steps now set "
                             f"(train.pretrain_steps {tc.pretrain_steps}, train.gan_steps {tc.gan_steps}): "
                             "resume with as many steps as the run had, or more")
+    if step > pretrained and tc.pretrain_steps != pretrained:  # the adversarial phase has begun: its start is history
+        raise TrainingError(f"--resume: the checkpoint is at step {step}, in the adversarial phase that began after "
+                            f"{pretrained} pixel-loss steps: train.pretrain_steps cannot change now (only "
+                            "train.gan_steps, to train longer)")
 
 
-def load_data(config: ExperimentConfig, progress: bool
+def recorded_split(out_dir: Path) -> Optional[Split]:
+    """The split a run was started with (its ``split.json``); None for a run without one."""
+    path = out_dir / "split.json"
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text())
+    return Split(train=[Path(p) for p in recorded["train"]], val=[Path(p) for p in recorded["val"]],
+                 by=recorded["by"], val_groups=recorded["val_groups"])
+
+
+def check_split_holds(split: Split, files: List[Path]) -> None:
+    """On resume: every file of the run's split is still there (a resumed run must not train on
+    what it held out, nor score itself on what it trained on); files added since are not used."""
+    found = {str(p) for p in files}
+    gone = [str(p) for p in split.train + split.val if str(p) not in found]
+    if gone:
+        raise TrainingError(f"--resume: {len(gone)} file(s) of the run's split (split.json) are no longer found "
+                            f"(first: {gone[0]}): restore them, or train into a new folder")
+    kept = {str(p) for p in split.train + split.val}
+    added = [str(p) for p in files if str(p) not in kept]
+    if added:
+        log.warning("msrgan: %d file(s) found since the run started (first: %s) are not used: a resumed run keeps "
+                    "its split (split.json); train into a new folder to use them", len(added), added[0])
+
+
+def load_data(config: ExperimentConfig, progress: bool, split: Optional[Split] = None
               ) -> "tuple[Split, List[np.ndarray], List[Tuple[np.ndarray, np.ndarray]]]":
     """The split of ``data.train``, its training images and its fixed validation pairs.
 
@@ -578,6 +661,8 @@ def load_data(config: ExperimentConfig, progress: bool
         Its ``data``, ``normalization``, ``degradation`` and ``generator`` say what to load and how.
     progress : bool
         Show a progress bar while loading the training images.
+    split : Split, optional
+        A resumed run's own split (:func:`recorded_split`), kept; otherwise drawn from the files found.
 
     Returns
     -------
@@ -590,7 +675,10 @@ def load_data(config: ExperimentConfig, progress: bool
     """
     tc, g_cfg = config.train, config.generator
     files = find_images(config.data.train)
-    split = split_files(files, config.data.well_regex, config.data.val_fraction, tc.seed)
+    if split is None:
+        split = split_files(files, config.data.well_regex, config.data.val_fraction, tc.seed)
+    else:
+        check_split_holds(split, files)
     if config.data.train_lr:  # real pairs: the split is the high-resolution files', each takes its partner
         from .pairs import find_pairs
 
@@ -835,11 +923,13 @@ def save_generator(run: Run, name: str, generator: nn.Module, scores: Dict[str, 
 
 
 def checkpoint_state(run: Run) -> dict:
-    """The resume state of ``run``: step, best PSNR, weights, optimisers and weight average."""
+    """The resume state of ``run``: step, best PSNR, weights, optimisers, weight average and
+    what the run started from."""
     state = {
         "step": run.step, "best_psnr": run.best_psnr,
         "generator": unwrap(run.generator).state_dict(), "discriminator": unwrap(run.discriminator).state_dict(),
         "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
+        "init_note": json.dumps(run.init_note),  # where train.init started it, for the model files of a resume
     }
     if run.average is not None:
         state.update(generator_average=run.average.module.state_dict(), average_updates=run.average.updates)

@@ -19,6 +19,7 @@ from msrgan_core.inference import (
 )
 from msrgan_core.io import ImageError, read_image
 from msrgan_core.modelfile import ModelFileError, with_inference_defaults
+from msrgan_core.errors import UserError
 from msrgan_core.options import PRECISIONS
 
 UNTILED = 100_000  # a tile edge larger than any test image: one tile
@@ -749,8 +750,9 @@ def test_a_gpu_is_named_by_its_index_and_one_the_machine_lacks_is_refused(monkey
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert device.resolve_device("cuda:1") == torch.device("cuda", 1)
     assert device.resolve_device("gpu") == torch.device("cuda")
-    with pytest.raises(ValueError, match=r"cuda:2: this machine shows 2 GPUs \(cuda:0 to cuda:1"):
+    with pytest.raises(device.DeviceError, match=r"cuda:2: this machine shows 2 GPUs \(cuda:0 to cuda:1"):
         device.resolve_device("cuda:2")
+    assert issubclass(device.DeviceError, UserError)  # the command line says it in one line, exit status 2
 
 
 def test_the_one_call_upscale_takes_a_packaged_models_name_and_the_upscalers_options():

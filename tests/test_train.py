@@ -162,6 +162,11 @@ def test_init_fine_tunes_a_model_file_and_records_it(tmp_path):
                   tmp_path / "again", progress=False)
     chain = read_metadata(again / "fidelity.safetensors")["training"]["init"]  # each model records its own start
     assert chain["model"] == "fidelity.safetensors" and chain["init"] == meta and meta["init"] is None
+    moved = tiny_config(data, gan_steps=0, pretrain_steps=4, init=f'"{tuned / "fidelity.safetensors"}"')
+    train(moved, tmp_path / "resumed", progress=False, until_step=2)
+    (tuned / "fidelity.safetensors").rename(tmp_path / "elsewhere.safetensors")  # the start is in the checkpoint
+    train(moved, tmp_path / "resumed", resume=True, progress=False)
+    assert read_metadata(tmp_path / "resumed" / "fidelity.safetensors")["training"]["init"] == chain
 
 
 def test_init_refuses_a_missing_or_mismatched_model(tmp_path):
@@ -180,6 +185,47 @@ def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path):
         train(tiny_config(data), tmp_path / "run", progress=False)
     with pytest.raises(TrainingError, match="no checkpoint.pt"):
         train(tiny_config(data), tmp_path / "empty", resume=True, progress=False)
+    assert not (tmp_path / "empty").exists()  # a refused run leaves no folder behind
+    (tmp_path / "run" / CHECKPOINT).unlink()  # another run's ends, without its checkpoint: not mixed with a new one's
+    with pytest.raises(TrainingError, match=r"holds another run's files \(config.json, split.json, metrics.csv\)"):
+        train(tiny_config(data, seed=1), tmp_path / "run", progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TrainingError, match="file is a file: give a folder"):
+        train(tiny_config(data), tmp_path / "file", progress=False)
+
+
+def test_one_process_at_a_time_trains_into_a_folder(tmp_path):
+    import fcntl
+    from msrgan_core.train import LOCK
+
+    data = make_plate(tmp_path / "plate")
+    run = train(tiny_config(data), tmp_path / "run", progress=False, until_step=2)
+    with open(run / LOCK) as held:  # as a job still running holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError, match="being trained into by another process"):
+            train(tiny_config(data), run, resume=True, progress=False)
+    assert load_checkpoint(run / CHECKPOINT)["step"] == 2
+    train(tiny_config(data), run, resume=True, progress=False)  # once it has ended
+    assert load_checkpoint(run / CHECKPOINT)["step"] == 6
+
+
+def test_a_resumed_run_keeps_its_split(tmp_path, caplog):
+    """Files added since are not used, and a file of the split that is gone stops the resume: a
+    held-out image must never become a training image, nor a trained one score the model."""
+    import logging
+
+    data = make_plate(tmp_path / "plate")
+    run = train(tiny_config(data), tmp_path / "run", progress=False, until_step=2)
+    before = json.loads((run / "split.json").read_text())
+    for well in ("C01", "C02", "D01", "D02"):  # enough new wells that a split drawn again would differ
+        tifffile.imwrite(data / f"plate_{well}_s1_w1.tif", tifffile.imread(data / "plate_A01_s1_w1.tif"))
+    with caplog.at_level(logging.WARNING, logger="msrgan"):
+        train(tiny_config(data), run, resume=True, progress=False, until_step=4)
+    assert json.loads((run / "split.json").read_text()) == before
+    assert "4 file(s) found since the run started" in caplog.text
+    Path(before["val"][0]).unlink()
+    with pytest.raises(TrainingError, match=r"1 file\(s\) of the run's split \(split.json\) are no longer found"):
+        train(tiny_config(data), run, resume=True, progress=False)
 
 
 def test_a_resume_with_another_config_is_refused_and_leaves_the_runs_record(tmp_path):
@@ -192,6 +238,9 @@ def test_a_resume_with_another_config_is_refused_and_leaves_the_runs_record(tmp_
     shorter.train.pretrain_steps, shorter.train.gan_steps = 2, 1  # the checkpoint is at step 4
     with pytest.raises(TrainingError, match="checkpoint is at step 4, past the end"):
         train(shorter, run, resume=True, progress=False)
+    rewound = tiny_config(data, pretrain_steps=5)  # step 4 is adversarial: its start cannot move
+    with pytest.raises(TrainingError, match="in the adversarial phase that began after 3 pixel-loss steps"):
+        train(rewound, run, resume=True, progress=False)
     assert (run / "config.json").read_text() == record
     longer = tiny_config(data)
     longer.train.gan_steps += 2  # training longer is a resume
