@@ -9,7 +9,10 @@ degraded and upscaled with ``Upscaler.upscale(..., uncertainty=True)``; then:
 - per nucleus (the expert masks), the mean uncertainty against the mean absolute error of the
   output: their Spearman rank correlation over all nuclei (target: at least 0.5); and the same
   for both over the nucleus's mean intensity (``relative``), as ``flag_uncertain_nuclei.cppipe``
-  flags nuclei;
+  flags nuclei; and the median (and lowest) of the same Spearman taken within each field of at
+  least ``MIN_FIELD_NUCLEI`` nuclei (``per field``): pooled over fields, brighter fields' larger
+  errors and larger uncertainties lift the figure, so this one says how well it ranks the nuclei
+  of one field, as a pipeline flags them;
 - per pixel, the mean squared error of the pixels in the uncertainty's top decile over that of
   the other nine deciles (target: at least 3);
 - the time of an upscale with the uncertainty image over one without;
@@ -53,10 +56,12 @@ def main() -> None:
     model = upscaler.model
     print(f"{Path(model.source).name} ({upscaler.options}); uncertainty from {len(upscaler.uncertainty_orientations())} "
           f"orientations; {len(paths)} {fields}")
-    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'relative':>8} {'top-decile MSE ratio':>21} {'time ratio':>10} "
+    print(f"{'cell':<18} {'nuclei':>6} {'Spearman':>8} {'relative':>8} {'per field (min)':>15} "
+          f"{'top-decile MSE ratio':>21} {'time ratio':>10} "
           f"{'error/unc.':>10} | {'edge map: Spearman':>18} {'relative':>8} {'ratio':>5} | {'beyond edges':>12}")
     for cell in args.cells:
         object_unc, object_edge, object_err, object_mean, plain_s, with_s = [], [], [], [], 0.0, 0.0
+        per_field = []
         error_sum = uncertainty_sum = 0.0
         squared = {name: {True: [0.0, 0], False: [0.0, 0]} for name in ("uncertainty", "edges")}  # top decile, rest: sum, count
         for path in paths:
@@ -77,9 +82,12 @@ def main() -> None:
             ids = np.unique(labels)
             ids = ids[ids > 0]
             edges = ndimage.gaussian_filter(np.hypot(ndimage.sobel(out, 0), ndimage.sobel(out, 1)), EDGE_SMOOTHING)
-            object_unc += list(ndimage.mean(spread, labels, ids))
+            field_unc, field_err = ndimage.mean(spread, labels, ids), ndimage.mean(error, labels, ids)
+            if len(ids) >= MIN_FIELD_NUCLEI:
+                per_field.append(stats.spearmanr(field_unc, field_err)[0])
+            object_unc += list(field_unc)
             object_edge += list(ndimage.mean(edges, labels, ids))
-            object_err += list(ndimage.mean(error, labels, ids))
+            object_err += list(field_err)
             object_mean += list(ndimage.mean(out, labels, ids))
             for name, estimate in (("uncertainty", spread), ("edges", edges)):
                 in_top = estimate > np.quantile(estimate, 0.9)
@@ -91,11 +99,16 @@ def main() -> None:
         relative, relative_edges = (stats.spearmanr(np.array(estimate) / mean, np.array(object_err) / mean)[0]
                                     for estimate in (object_unc, object_edge))
         ratio, ratio_edges = (top_decile_ratio(squared[name]) for name in ("uncertainty", "edges"))
-        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {relative:>8.3f} {ratio:>21.2f} {with_s / plain_s:>10.2f} "
+        within = f"{np.median(per_field):.3f} ({np.min(per_field):.3f})" if per_field else "-"
+        print(f"{cell:<18} {len(object_unc):>6} {rho:>8.3f} {relative:>8.3f} {within:>15} {ratio:>21.2f} "
+              f"{with_s / plain_s:>10.2f} "
               f"{error_sum / uncertainty_sum:>10.2f} | "
               f"{rho_edges:>18.3f} {relative_edges:>8.3f} {ratio_edges:>5.2f} | "
               f"{partial_spearman(object_unc, object_err, object_edge):>12.3f}")
 
+
+#: the fewest nuclei a field needs for its own Spearman (the ``per field`` column)
+MIN_FIELD_NUCLEI = 10
 
 #: the edge map's smoothing, in output pixels (a Gaussian's sigma)
 EDGE_SMOOTHING = 2.0

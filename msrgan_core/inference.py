@@ -34,7 +34,7 @@ from .io import MAX_UNNAMED_CHANNELS, ImageError, read_image, to_cyx, write_imag
 from .modelfile import LoadedModel, load_model
 from .models import forward_bytes_per_pixel, forward_fixed_bytes, receptive_radius
 from .options import ENSEMBLES, PRECISIONS, uncertainty_orientation_count
-from .normalize import TORCH_DTYPES, Stats, denormalize, normalize, percentile_stats
+from .normalize import TORCH_DTYPES, Stats, constant_channels, denormalize, normalize, percentile_stats, stats_tensors
 
 log = logging.getLogger("msrgan")
 
@@ -337,10 +337,15 @@ class Upscaler:
         out = np.empty(shape, dtype=cyx.dtype)
         spread = np.empty(shape, dtype=np.float32) if uncertainty else None
         clipped = 0
+        constant = constant_channels(cyx)
         for group in groups:
-            normalized = torch.from_numpy(normalize(cyx[group], _take(stats, group)))
-            clipped += self._upscale_group(normalized, _take(stats, group), out[group],
-                                           None if spread is None else spread[group], source)
+            if not constant[group].all():
+                normalized = torch.from_numpy(normalize(cyx[group], _take(stats, group)))
+                clipped += self._upscale_group(normalized, _take(stats, group), out[group],
+                                               None if spread is None else spread[group], source)
+        out[constant] = cyx[constant, :1, :1]  # an empty channel stays that value, exactly, and certain
+        if spread is not None:
+            spread[constant] = 0.0
         clipped += _clip_to_sensor_ceiling(cyx, out, source)
         fraction = clipped / out.size
         if fraction > 0.01:
@@ -430,8 +435,7 @@ class Upscaler:
         items = [(index, tile, o) for index, tile in enumerate(tiles) for o in runs]
         per_item = forward_bytes_per_pixel(self.model.config, self.device.type)
         room = activation_room(self.model.config, self.memory, self.device.type)
-        low = torch.as_tensor(stats.low, dtype=torch.float32, device=self.device)
-        span = torch.as_tensor(stats.span, dtype=torch.float32, device=self.device)
+        low, span = stats_tensors(stats, out.dtype, self.device)
         outputs, clipped = {}, 0
         bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False)
         for batch in _batches(items, room, per_item):
@@ -463,8 +467,7 @@ class Upscaler:
         reduced ``precision``, a strip whose output is not finite raises :class:`_NotFinite`."""
         runs = self.runs(spread is not None)
         height, width = image.shape[1:]
-        low = torch.as_tensor(stats.low, dtype=torch.float32)
-        span = torch.as_tensor(stats.span, dtype=torch.float32)
+        low, span = stats_tensors(stats, out.dtype)
         x = torch.stack([orient(image, *o) for o in runs]).contiguous(memory_format=torch.channels_last)
         rows = self.strip_rows(width, spread is not None)
         clipped = 0

@@ -414,10 +414,11 @@ def to_cyx(
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ImageError(f"{source}: {bad} pixel(s) are NaN or infinite; fill or mask them before upscaling")
-    largest = float(np.abs(array).max()) if array.dtype == np.float64 and array.size else 0.0
-    if largest > np.finfo(np.float32).max:
-        raise ImageError(f"{source}: values up to {largest:.3g} are beyond what msrgan computes in "
-                         f"(float32, up to {np.finfo(np.float32).max:.3g}): scale the image down first")
+    if array.dtype.kind == "f" and array.size:  # the network works in float32: its range must fit one
+        lowest, largest = float(array.min()), float(array.max())
+        if max(abs(lowest), abs(largest), largest - lowest) > np.finfo(np.float32).max:
+            raise ImageError(f"{source}: values from {lowest:.3g} to {largest:.3g} are beyond what msrgan computes in "
+                             f"(float32, up to {np.finfo(np.float32).max:.3g}): scale the image down first")
     array = array.reshape(squeezed)
     if layout.channel_axis is None:
         return array[np.newaxis], layout

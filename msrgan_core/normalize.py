@@ -46,14 +46,40 @@ def percentile_stats(image: np.ndarray, config: NormalizationConfig = Normalizat
     sample = flat[:, ::step].astype(np.float64)
     low, high = np.percentile(sample, [config.low, config.high], axis=1)
     if np.any(high <= low):  # rare: the whole image is read once more only then
-        high = np.where(high > low, high, flat.max(axis=1).astype(np.float64))
+        brightest, darkest = flat.max(axis=1).astype(np.float64), flat.min(axis=1).astype(np.float64)
+        stuck = high <= low
+        up = stuck & (brightest > low)  # one value and brighter pixels: mapped by the brightest
+        down = stuck & ~up & (darkest < low)  # that value the brightest (saturated): by the darkest, below it
+        high = np.where(up, brightest, np.where(down, low, high))
+        low = np.where(down, darkest, low)
         unit = 1.0 if image.dtype.kind in "ui" else np.maximum(np.abs(low) * 1e-6, np.finfo(np.float32).tiny)
         high = np.where(high > low, high, low + unit)
     return Stats(low=low, high=high)
 
 
+def constant_channels(image: np.ndarray) -> np.ndarray:
+    """Which channels of a ``(C, Y, X)`` image hold one value throughout (an empty channel): an
+    upscaler gives them back as that value exactly, not the network's faint answer to nothing."""
+    flat = image.reshape(image.shape[0], -1)
+    return flat.min(axis=1) == flat.max(axis=1)
+
+
+#: dtypes whose values float32 cannot hold exactly (an int32 or float64 image offset by 1e8):
+#: normalised and mapped back in float64, so only the network's own precision counts
+WIDE_DTYPES = (np.dtype(np.int32), np.dtype(np.float64))
+
+
+def stats_tensors(stats: Stats, dtype: np.dtype, device: "torch.device | str" = "cpu") -> "tuple[torch.Tensor, torch.Tensor]":
+    """``(low, span)`` of ``stats`` as tensors on ``device``, for :func:`denormalize` to an image of
+    ``dtype``: float64 for :data:`WIDE_DTYPES`, float32 otherwise."""
+    wide = torch.float64 if np.dtype(dtype) in WIDE_DTYPES else torch.float32
+    return (torch.as_tensor(stats.low, dtype=wide, device=device), torch.as_tensor(stats.span, dtype=wide, device=device))
+
+
 def normalize(image: np.ndarray, stats: Stats) -> np.ndarray:
     """Map a ``(C, Y, X)`` image to float32 with the channels' low/high percentiles at 0/1."""
+    if image.dtype in WIDE_DTYPES:  # the offset taken off before float32 rounds the values
+        return ((image - stats.low[:, None, None]) / stats.span[:, None, None]).astype(np.float32)
     out = image.astype(np.float32, copy=True)
     out -= stats.low.astype(np.float32)[:, None, None]
     out /= stats.span.astype(np.float32)[:, None, None]
@@ -65,8 +91,8 @@ def denormalize(normalized, stats, dtype):
 
     ``normalized`` is a ``(C, Y, X)`` NumPy array, with ``stats`` a :class:`Stats` and ``dtype``
     a NumPy dtype; or a torch tensor on any device, with ``stats`` a ``(low, span)`` pair of
-    ``(C,)`` tensors on that device and ``dtype`` a torch dtype, and the work stays on that
-    device. Integer outputs are rounded; values beyond what ``dtype`` can hold (below 0 for
+    ``(C,)`` tensors on that device (:func:`stats_tensors`) and ``dtype`` a torch dtype, and the
+    work stays on that device. Integer outputs are rounded; values beyond what ``dtype`` can hold (below 0 for
     unsigned types, above 255 or 65535) are clipped. Nothing is rescaled: a 12-bit image stays
     12-bit.
 
@@ -77,10 +103,8 @@ def denormalize(normalized, stats, dtype):
         Pixels beyond ``dtype``'s range by more than rounding would have moved them.
     """
     if isinstance(normalized, np.ndarray):
-        low = torch.as_tensor(stats.low, dtype=torch.float32)
-        span = torch.as_tensor(stats.span, dtype=torch.float32)
-        image, clipped = denormalize(torch.from_numpy(normalized.astype(np.float32, copy=False)), (low, span),
-                                     TORCH_DTYPES[np.dtype(dtype)])
+        image, clipped = denormalize(torch.from_numpy(normalized.astype(np.float32, copy=False)),
+                                     stats_tensors(stats, dtype), TORCH_DTYPES[np.dtype(dtype)])
         return image.numpy(), float(clipped) / max(1, normalized.size)
     low, span = stats
     out = normalized * span[:, None, None] + low[:, None, None]

@@ -514,7 +514,7 @@ def test_non_finite_weights_are_an_error_naming_the_image_not_a_black_output(tmp
         generator.tail.weight.fill_(float("nan"))
     model = load_model(save_model(tmp_path / "nan.safetensors", generator, {"influence_radius": 3}))
     with pytest.raises(InferenceError, match="plate_A01.tif.*non-finite"):
-        Upscaler(model, device="cpu").upscale(np.ones((10, 10), np.uint16), source="plate_A01.tif")
+        Upscaler(model, device="cpu").upscale(np.arange(100, dtype=np.uint16).reshape(10, 10), source="plate_A01.tif")
 
 
 def test_tiny_and_huge_images_are_refused_before_any_tile(model_x4, monkeypatch):
@@ -729,6 +729,23 @@ def test_a_sparse_or_constant_channel_keeps_its_own_scale_whatever_its_units():
     flat = percentile_stats(np.full((1, 8, 8), 3.0, np.float32))
     assert 0 < flat.span[0] < 1e-5  # a constant float channel: a span far below its value
     assert percentile_stats(np.full((1, 8, 8), 7, np.uint16)).span[0] == 1.0  # one grey level
+
+
+def test_an_empty_channel_comes_back_as_its_value_exactly_and_certain(model_x4):
+    """Not the network's faint answer to nothing: a threshold on an empty channel finds nothing."""
+    rng = np.random.default_rng(0)
+    image = np.stack([np.zeros((24, 28), np.float32), rng.uniform(100, 900, (24, 28)).astype(np.float32),
+                      np.full((24, 28), 7.5, np.float32)])
+    out, spread = Upscaler(model_x4, device="cpu").upscale(image, uncertainty=True)
+    assert np.all(out[0] == 0) and np.all(out[2] == 7.5) and np.all(spread[[0, 2]] == 0)
+    assert out[1].std() > 0 and spread[1].max() > 0
+
+
+def test_a_float_image_whose_range_float32_cannot_hold_is_refused(model_x4):
+    image = np.zeros((16, 16), np.float32)
+    image[:8], image[8:] = -3e38, 3e38
+    with pytest.raises(ImageError, match="values from -3e\\+38 to 3e\\+38 are beyond .* scale the image down"):
+        Upscaler(model_x4, device="cpu").upscale(image)
 
 
 def test_a_gpu_is_named_by_its_index_and_one_the_machine_lacks_is_refused(monkeypatch, caplog):

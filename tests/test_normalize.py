@@ -99,3 +99,29 @@ def test_denormalize_keeps_the_input_scale():
     stats = percentile_stats(image)
     out, _ = denormalize(normalize(image, stats), stats, np.uint16)
     assert out.max() <= 4095
+
+
+@pytest.mark.parametrize("dtype,common,dark", [(np.uint8, 255, 0), (np.uint16, 100, 99), (np.float32, 1000.0, 0.0)])
+def test_a_channel_mostly_at_its_brightest_is_mapped_by_its_darkest_pixel(dtype, common, dark):
+    """A saturated field with a few dark pixels: they lie at 0 and the field at 1, not hundreds of
+    spans below it (where the network had erased them)."""
+    image = np.full((1, 64, 64), common, dtype)
+    image[0, 20:22, 20:22] = dark
+    stats = percentile_stats(image)
+    assert stats.low[0] == dark and stats.high[0] == common
+    normalized = normalize(image, stats)
+    assert normalized.min() == 0 and normalized.max() == 1
+
+
+@pytest.mark.parametrize("dtype,offset", [(np.int32, 2_000_000_000), (np.float64, 1e9)])
+def test_an_offset_beyond_float32_costs_no_precision(dtype, offset):
+    """int32 and float64 values float32 cannot hold are normalised and mapped back in float64."""
+    rng = np.random.default_rng(0)
+    signal = rng.integers(0, 870, (1, 32, 32))
+    image = (signal + offset).astype(dtype)
+    stats = percentile_stats(image)
+    normalized = normalize(image, stats)
+    np.testing.assert_allclose(normalized, normalize(signal.astype(np.float32), percentile_stats(signal.astype(np.float32))),
+                               atol=1e-6)
+    back, _ = denormalize(normalized, stats, dtype)
+    np.testing.assert_allclose(back, image, rtol=0, atol=1e-3)
