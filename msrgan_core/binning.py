@@ -34,6 +34,10 @@ def match_bins(upscaled, lowres, k: int):
     from any of them, such as the true high-resolution image when ``lowres`` is its binning.
     """
     if isinstance(upscaled, np.ndarray):
+        if upscaled.dtype.kind in "ui":  # an image's own integer output: matched in float, rounded back into its type
+            info = np.iinfo(upscaled.dtype)
+            matched = match_bins(upscaled.astype(np.float64), np.asarray(lowres, np.float64), k)
+            return np.clip(np.rint(matched), info.min, info.max).astype(upscaled.dtype)
         return match_bins(torch.from_numpy(np.ascontiguousarray(upscaled)), torch.from_numpy(np.asarray(lowres)), k).numpy()
     *lead, y, x = lowres.shape
     if tuple(upscaled.shape) != (*lead, y * k, x * k):

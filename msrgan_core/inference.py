@@ -236,6 +236,10 @@ class Upscaler:
         self.check_uncertainty = True
         self.threads = use_cpu(threads) if self.device.type == "cpu" else None
         self.memory = self._tile_memory()
+        if self.requested_tile and self.plan().tile > self.requested_tile:
+            plan = self.plan()
+            log.warning("msrgan: tile %d raised to %d: a tile holds its %d pixels of context on each side and at least "
+                        "%d of its own", self.requested_tile, plan.tile, plan.margin, MIN_CORE)
         # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
         # them, same numbers. Module.to converts in place, once: later Upscalers find it converted.
         self.generator = model.generator.to(self.device, memory_format=torch.channels_last)

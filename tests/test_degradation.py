@@ -41,6 +41,15 @@ def test_match_bins_output_bins_back_to_the_input(k, shape):
     np.testing.assert_allclose(match_bins(matched, lowres, k), matched, atol=1e-5)
 
 
+def test_match_bins_of_an_integer_image_stays_in_its_type():
+    rng = np.random.default_rng(3)
+    lowres = rng.integers(400, 4000, (1, 6, 5)).astype(np.uint16)
+    upscaled = np.clip(np.repeat(np.repeat(lowres, 4, 1), 4, 2) + rng.integers(-300, 300, (1, 24, 20)), 0, None)
+    matched = match_bins(upscaled.astype(np.uint16), lowres, 4)
+    assert matched.dtype == np.uint16
+    np.testing.assert_allclose(bin_mean(matched.astype(np.float32), 4), lowres, atol=0.5)
+
+
 def test_match_bins_never_moves_away_from_the_truth():
     """Projection onto a set holding the truth: each image's error can only fall, and does when its bins are off."""
     rng = np.random.default_rng(2)

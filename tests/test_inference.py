@@ -143,6 +143,16 @@ def test_automatic_tile_fits_the_memory_budget(compact_x4, model_x4):
         assert upscaler.plan().core == MIN_CORE_MARGINS * upscaler.plan().margin
 
 
+def test_a_tile_below_its_context_is_raised_with_a_warning(model_x4, caplog):
+    with caplog.at_level("WARNING", logger="msrgan"):
+        upscaler = Upscaler(model_x4, device="cpu", tile=8)
+    assert upscaler.plan().tile > 8 and f"tile 8 raised to {upscaler.plan().tile}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="msrgan"):
+        Upscaler(model_x4, device="cpu", tile=upscaler.plan().tile)
+    assert "raised" not in caplog.text
+
+
 # --- tiled == untiled ---------------------------------------------------------------------
 
 def test_tiled_equals_untiled_odd_size_x2(model_x2):
