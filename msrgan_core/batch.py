@@ -67,7 +67,7 @@ def prepare_output_folder(out_dir: Path) -> Path:
     """Create ``out_dir`` and prove it writable, before any model is loaded."""
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
-        raise BatchError(f"output folder {out_dir} is a file: give a folder with -o")
+        raise BatchError(f"output folder {out_dir} is a file: give a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):

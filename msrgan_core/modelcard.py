@@ -292,6 +292,9 @@ def resolve_model(name_or_path: "str | Path | None") -> Path:
     """
     if name_or_path is None:
         name_or_path = DEFAULT_MODELS[0]
+    if not str(name_or_path).strip():  # an unset shell variable, say: never the default model in its place
+        raise ModelFileError(f"no model named (an empty name): give a packaged model ({', '.join(DEFAULT_MODELS)}) "
+                             "or a model file")
     if str(name_or_path) in DEFAULT_MODELS:
         path = packaged_model_path(str(name_or_path))
         if not path.is_file():

@@ -127,6 +127,9 @@ def test_missing_custom_path_never_falls_back(tmp_path):
         load_model(missing)
     with pytest.raises(ModelFileError):
         resolve_model(str(tmp_path / "fidelity"))  # a path that merely ends like a packaged name
+    for empty in ("", " "):  # an unset shell variable: an error, not the default model
+        with pytest.raises(ModelFileError, match="no model named"):
+            resolve_model(empty)
 
 
 def test_a_file_named_as_a_packaged_model_is_named_in_a_warning(tmp_path, monkeypatch, caplog):
