@@ -363,7 +363,7 @@ def add_device_options(p: argparse.ArgumentParser, model_option: bool = True) ->
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 where the device computes it (GPUs, CPUs with AVX-512 BF16 or AMX; output that is not finite "
                         "is redone in fp32), else fp32")
-    p.add_argument("--threads", type=at_least(1), help="CPU threads (default: the cores this process may use)")
+    p.add_argument("--threads", type=at_least(1), help="CPU threads (default: the cores this process may use, or OMP_NUM_THREADS if fewer)")
     p.add_argument("--tile", type=at_least(0), default=0, help="tile edge in input pixels, context included (0 = sized to memory: full-width strips on the CPU)")
     add_inference_options(p)
 

@@ -98,12 +98,20 @@ def available_cores() -> int:
     return min(cores, cpu_quota() or cores)
 
 
+def default_threads() -> int:
+    """The threads a process runs networks with unless told: :func:`available_cores`, or fewer
+    where ``OMP_NUM_THREADS`` says so (as a cluster job or a shared node's policy sets it)."""
+    cores = available_cores()
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(cores, int(asked)) if asked.isdigit() and int(asked) > 0 else cores
+
+
 def set_threads(threads: Optional[int] = None) -> int:
-    """Let torch use ``threads`` CPU threads (None: :func:`available_cores`); returns the count.
+    """Let torch use ``threads`` CPU threads (None: :func:`default_threads`); returns the count.
 
     torch's thread pool belongs to the process, so the last caller's count holds for all.
     """
-    count = available_cores() if threads is None else int(threads)
+    count = default_threads() if threads is None else int(threads)
     if count < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
     if torch.get_num_threads() != count:

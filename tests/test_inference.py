@@ -638,6 +638,15 @@ def test_threads_follow_a_containers_cpu_limit_not_the_nodes_cores(membership, f
     assert device.available_cores() == (quota or 64)
 
 
+def test_threads_follow_omp_num_threads_where_it_asks_for_fewer(monkeypatch):
+    import msrgan_core.device as device
+
+    monkeypatch.setattr(device, "available_cores", lambda: 8)
+    for value, expected in (("1", 1), ("3", 3), ("64", 8), ("", 8), ("0", 8), ("two", 8)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert device.default_threads() == expected, value
+
+
 FAULTS_PROBE = """
 import resource, sys, torch
 from msrgan_core.device import reuse_freed_memory
