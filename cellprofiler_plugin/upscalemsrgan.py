@@ -177,7 +177,7 @@ INSTALL_HINT = (
 #: where msrgan's own command line says which model file it loaded (``msrgan info``)
 INFO_FILE_LINE = re.compile(r"^file: (.+)$", re.MULTILINE)
 #: where ``msrgan upscale``'s log says where the network ran
-UPSCALE_DEVICE_LINE = re.compile(r"^msrgan: model \S+ on (.+?), \S+ precision", re.MULTILINE)
+UPSCALE_DEVICE_LINE = re.compile(r"^msrgan: model .+ on (.+?), \S+ precision", re.MULTILINE)
 #: the other environment's messages go to CellProfiler's log under msrgan's own logger
 log = logging.getLogger("msrgan")
 
