@@ -7,7 +7,6 @@ upscaled or written is reported with its name and reason, and the others are sti
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import queue
@@ -20,7 +19,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .io import clashes, find_images, read_header, read_image, same_name_tif, write_image
+from .io import clashes, find_images, read_header, read_image, same_name_tif, stale_parts, write_image
 
 log = logging.getLogger("msrgan")
 
@@ -44,6 +43,8 @@ class Job:
     destination: Path
     uncertainty: Optional[Path] = None
     stale: Optional[Path] = None  # an uncertainty image an earlier run left, which the new output makes wrong
+    #: replace outputs that exist; without it, one another run (an overlapping job) writes meanwhile is kept
+    overwrite: bool = False
 
     @property
     def outputs(self) -> List[Path]:
@@ -55,7 +56,7 @@ class BatchReport:
     """What a batch did: outputs written, outputs that existed and were skipped, files that failed."""
 
     written: List[Path] = field(default_factory=list)
-    skipped: List[Path] = field(default_factory=list)
+    skipped: List[Path] = field(default_factory=list)  # existing, or written meanwhile by another run
     failed: List[Tuple[Path, str]] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -105,10 +106,11 @@ def check_output_file(path: "str | Path", suffix: str, overwrite: bool = False,
     return path
 
 
-def remove_stale_parts(destination: Path) -> int:
-    """Delete the hidden ``.NAME.*.part`` files a killed earlier write of ``destination`` left."""
+def remove_stale_parts(folder: Path, names: Iterable[str]) -> int:
+    """Delete the hidden ``.NAME.*.part`` files that killed earlier writes of ``names`` left in
+    ``folder``; another run's writes under way are left to it (:func:`~msrgan_core.io.stale_parts`)."""
     removed = 0
-    for part in destination.parent.glob(f".{glob.escape(destination.name)}.*.part"):
+    for part in stale_parts(folder, names):
         try:
             part.unlink()
             removed += 1
@@ -147,11 +149,12 @@ def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool 
     for output in (output for job in jobs for output in job.outputs):
         if os.path.realpath(output) in sources:
             raise BatchError(f"{output} is an input: msrgan never writes over its inputs; choose another output folder")
-    stale = sum(remove_stale_parts(output) for job in jobs for output in job.outputs)
+    stale = remove_stale_parts(out_dir, (output.name for job in jobs for output in job.outputs))
     if stale:
         log.info("msrgan: removed %d half-written file(s) left by an interrupted run", stale)
     if overwrite:
-        return [job if uncertainty else replace(job, stale=_existing(same_name_tif(job.source, out_dir, UNCERTAINTY_SUFFIX)))
+        return [replace(job, overwrite=True) if uncertainty else
+                replace(job, overwrite=True, stale=_existing(same_name_tif(job.source, out_dir, UNCERTAINTY_SUFFIX)))
                 for job in jobs], []
     incomplete = [job.uncertainty.name for job in jobs
                   if uncertainty and job.destination.exists() and not job.uncertainty.exists()]
@@ -208,7 +211,9 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
         not with ``stop_on_error``, whose raised error says it.
 
     An error that is neither the input's nor the disk's (a defect, memory exhausted) stops the
-    batch and is raised; the outputs written so far stay.
+    batch and is raised; the outputs written so far stay. A job's output that another run (an
+    overlapping job) writes after :func:`plan` is skipped, unless the job overwrites: before its
+    file is read where it is there by then, else when this run's would replace it.
     """
     report = BatchReport()
     to_upscale: "queue.Queue" = queue.Queue(QUEUE_DEPTH)
@@ -219,7 +224,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
     lock = threading.Lock()
 
     def failed(job: Job, exc: BaseException) -> None:
-        message = str(exc) if str(job.source) in str(exc) or str(job.destination) in str(exc) else f"{job.source}: {exc}"
+        message = str(exc) if any(str(path) in str(exc) for path in (job.source, *job.outputs)) else f"{job.source}: {exc}"
         with lock:
             report.failed.append((job.source, message))
             if stop_on_error and not errors:
@@ -231,6 +236,11 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
         for job in jobs:
             if stop.is_set():
                 break
+            if not job.overwrite and job.destination.exists():  # another run did it since the plan
+                with lock:
+                    report.skipped.append(job.destination)
+                bar.update(1)
+                continue
             try:
                 to_upscale.put((job, *read_image(job.source, channel_axis=channel_axis)))
             except Exception as exc:  # noqa: BLE001 - handed to the main thread, which says or raises it
@@ -241,20 +251,31 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
         deviation = None
         if job.uncertainty is not None:
             result, deviation = result
-        try:  # the output first: an uncertainty image is never left without the image it describes
-            write_image(job.destination, result, layout)
-        except OSError as exc:
-            failed(job, OSError(f"{job.destination}: cannot be written ({exc.strerror or exc})"))
-            return
+        # the uncertainty image first, the output last: an output on disk means its job is whole, so
+        # a rerun after a kill or a full disk between the two redoes the job instead of skipping it
+        target = job.uncertainty if deviation is not None else job.destination
         try:
             if deviation is not None:
-                write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype, miniswhite=False))
-            elif job.stale is not None:  # an earlier run's, describing the output just replaced
+                write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype, miniswhite=False),
+                            replace_existing=job.overwrite)
+                target = job.destination
+            write_image(job.destination, result, layout, replace_existing=job.overwrite)
+        except OSError as exc:
+            if target == job.destination and deviation is not None:  # not left to describe another output, or none
+                job.uncertainty.unlink(missing_ok=True)
+            if isinstance(exc, FileExistsError):  # another run (an overlapping job) wrote it meanwhile: its files stay
+                report.skipped.append(job.destination)
+            else:
+                failed(job, OSError(f"{target}: cannot be written ({exc.strerror or exc})"))
+            return
+        if job.stale is not None:  # an earlier run's, describing the output just replaced
+            try:
                 job.stale.unlink(missing_ok=True)
                 log.info("msrgan: removed %s: it described the output just replaced", job.stale)
-            report.written.append(job.destination)
-        except OSError as exc:
-            failed(job, OSError(f"{job.uncertainty or job.stale}: cannot be written ({exc.strerror or exc})"))
+            except OSError as exc:
+                failed(job, OSError(f"{job.stale}: cannot be removed ({exc.strerror or exc})"))
+                return
+        report.written.append(job.destination)
 
     def write() -> None:
         while True:

@@ -47,7 +47,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         report = upscale_files(upscaler, jobs, args.channel_axis, stop_on_error=args.stop_on_error,
                                progress=not args.quiet,  # each failure said as it happens, above the progress bar
                                on_failure=lambda reason: tqdm.write(f"msrgan: failed: {reason}", file=sys.stderr))
-    report.skipped = skipped
+    report.skipped[:0] = skipped
     report.failed[:0] = unreadable
     print(f"msrgan: into {args.out}: {report.summary()}")
     return 2 if report.failed else 0  # a batch goes on only after the input's or the disk's errors

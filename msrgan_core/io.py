@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import glob
 import inspect
 import os
@@ -20,6 +21,11 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tifffile
+
+try:  # the lock that tells a live writer's temporary file from a killed one's (POSIX)
+    import fcntl
+except ImportError:  # Windows: every leftover is taken for a killed run's
+    fcntl = None
 
 from .errors import UserError
 
@@ -511,7 +517,8 @@ def from_cyx(image: np.ndarray, layout: ImageLayout) -> np.ndarray:
     return np.moveaxis(image, 0, layout.channel_axis)
 
 
-def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLayout] = None) -> Path:
+def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLayout] = None,
+                replace_existing: bool = True) -> Path:
     """Write a ``(C, Y, X)`` image as TIFF atomically: to a temporary name, then renamed.
 
     An interrupted write never leaves a half-written file under ``path``. The file is stored as
@@ -556,7 +563,7 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
                             PhysicalSizeX=layout.pixel_size_um[1], PhysicalSizeXUnit="\u00b5m")
     if ome and axes != "YXC" and layout.channel_names and len(layout.channel_names) == image.shape[0]:
         metadata.update(Channel={"Name": list(layout.channel_names)})
-    with atomic_write(path) as tmp:
+    with atomic_write(path, replace_existing) as tmp:
         tifffile.imwrite(tmp, array, photometric=photometric, ome=ome, imagej=imagej, metadata=metadata, **options)
     return path
 
@@ -584,25 +591,73 @@ def _resolution_tags(pixel_size_um: Tuple[float, float], per_micrometre: bool = 
 
 
 @contextlib.contextmanager
-def atomic_write(path: "str | Path") -> Iterator[str]:
+def atomic_write(path: "str | Path", replace_existing: bool = True) -> Iterator[str]:
     """Yield a temporary name beside ``path``; rename it to ``path`` only if the block succeeds.
 
     A crash or ``kill -9`` mid-write leaves ``path`` as it was (absent or the previous
-    version) and at worst a hidden ``.part`` file, never a half-written ``path``.
+    version) and at worst a hidden ``.part`` file, never a half-written ``path``. The writer
+    holds the ``.part`` file locked while it writes (:func:`stale_parts` leaves such ones to it).
+    Without ``replace_existing``, a ``path`` that appeared meanwhile (another run's) is kept and
+    :class:`FileExistsError` raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
     try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace_existing:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     finally:
+        os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _publish_new(tmp: str, path: Path) -> None:
+    """Give the finished ``tmp`` the name ``path`` unless a file holds it already (FileExistsError)."""
+    try:
+        os.link(tmp, path)  # fails where the name is taken, atomically
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "written meanwhile by another run", str(path)) from None
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "written meanwhile by another run", str(path)) from None
+        os.replace(tmp, path)
+
+
+def stale_parts(folder: Path, names: Iterable[str]) -> List[Path]:
+    """The hidden ``.NAME.*.part`` files in ``folder`` of the files ``names`` that no live writer
+    holds (:func:`atomic_write`): what killed runs left, not what another run is writing now.
+    One listing of the folder, however many names."""
+    wanted, found = set(names), []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".part") \
+                    and entry.name[1:-len(".part")].rpartition(".")[0] in wanted and not _held(entry.path):
+                found.append(Path(entry.path))
+    return found
+
+
+def _held(path: str) -> bool:
+    """Whether a live writer holds ``path`` locked (never, where locks are not to be had)."""
+    if fcntl is None:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+    except OSError:  # gone meanwhile, or not ours to read
+        return False
+    return False
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """Plates through one upscaler: every file tried, inputs never overwritten, outputs in order and whole."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -149,15 +151,32 @@ def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing_half_written
     assert len(upscale_files(upscaler, plan([inputs], tmp_path / "out")[0], progress=False).written) == 3
 
 
-def test_an_output_that_cannot_be_written_leaves_no_uncertainty_image_without_it(upscaler, tmp_path):
+@pytest.mark.parametrize("full_at", ["f0.tif", "f0.uncertainty.tif"])
+def test_a_job_whose_writes_fail_leaves_neither_file_and_the_rerun_redoes_it(upscaler, tmp_path, monkeypatch, full_at):
+    """The uncertainty image is written first and the output last, and removed when the output
+    fails: an output on disk means a whole job (a kill between the two writes had left an output
+    that every rerun skipped, its uncertainty image missing for good)."""
+    import errno
+
+    import msrgan_core.io as io
+
+    real_imwrite = io.tifffile.imwrite
+
+    def full_at_f0(path, *args, **kwargs):
+        if Path(path).name.startswith(f".{full_at}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_imwrite(path, *args, **kwargs)
+
     inputs = _plate(tmp_path / "in", count=2)
     jobs, _ = plan([inputs], tmp_path / "out", uncertainty=True)
-    (tmp_path / "out" / "f0.tif").mkdir()  # in the way of the first output
+    monkeypatch.setattr(io.tifffile, "imwrite", full_at_f0)
     report = upscale_files(upscaler, jobs, progress=False)
     (failed, reason), = report.failed
-    assert failed.name == "f0.tif" and "cannot be written" in reason
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.tif", "f1.tif", "f1.uncertainty.tif"]
-    assert (tmp_path / "out" / "f0.tif").is_dir()
+    assert failed.name == "f0.tif" and reason == f"{tmp_path / 'out' / full_at}: cannot be written (No space left on device)"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f1.tif", "f1.uncertainty.tif"]
+    monkeypatch.setattr(io.tifffile, "imwrite", real_imwrite)
+    jobs, skipped = plan([inputs], tmp_path / "out", uncertainty=True)
+    assert [job.source.name for job in jobs] == ["f0.tif"] and [p.name for p in skipped] == ["f1.tif"]
 
 
 def test_outputs_are_compressed_as_their_inputs_never_with_loss(upscaler, tmp_path):
@@ -284,5 +303,32 @@ def test_part_files_are_matched_by_name_not_as_patterns(tmp_path):
 
     (tmp_path / ".w[1].tif.abc.part").write_bytes(b"half")
     (tmp_path / ".w1.tif.xyz.part").write_bytes(b"another file's")
-    assert remove_stale_parts(tmp_path / "w[1].tif") == 1
+    assert remove_stale_parts(tmp_path, ["w[1].tif"]) == 1
     assert (tmp_path / ".w1.tif.xyz.part").exists() and not (tmp_path / ".w[1].tif.abc.part").exists()
+
+
+def test_an_overlapping_run_neither_removes_the_others_writes_nor_redoes_its_outputs(upscaler, tmp_path):
+    """Two jobs on one plate (a requeue while the first still runs): a part file its writer holds
+    stays, an output written after the plan is skipped, and one that appears while a file is being
+    written is kept, not replaced."""
+    import fcntl
+
+    from msrgan_core.io import atomic_write
+
+    inputs = _plate(tmp_path / "in", count=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    live = out / ".f0.tif.live01.part"
+    with open(live, "wb") as writing:  # another process's write under way
+        fcntl.flock(writing.fileno(), fcntl.LOCK_EX)
+        (out / ".f0.tif.dead01.part").write_bytes(b"a killed run's")
+        jobs, _ = plan([inputs], out)
+        assert live.exists() and not (out / ".f0.tif.dead01.part").exists()
+    tifffile.imwrite(out / "f1.tif", np.full((4, 4), 7, np.uint16))  # the other run finished f1 meanwhile
+    report = upscale_files(upscaler, jobs, progress=False)
+    assert [p.name for p in report.skipped] == ["f1.tif"] and sorted(p.name for p in report.written) == ["f0.tif", "f2.tif"]
+    assert np.all(tifffile.imread(out / "f1.tif") == 7)
+    with pytest.raises(FileExistsError, match="written meanwhile by another run"):
+        with atomic_write(out / "f2.tif", replace_existing=False) as tmp:
+            Path(tmp).write_bytes(b"this run's")
+    assert (out / "f2.tif").read_bytes() != b"this run's" and not list(out.glob(".f2.tif.*.part"))
