@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -532,6 +533,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_signals_interrupt() -> List[str]:
+    """A scheduler's SIGTERM (a time limit, a preemption) and a closed terminal's SIGHUP stop a
+    command as Ctrl-C does: its clean-up runs (half-written files removed, queued outputs written,
+    a CellProfiler it started stopped), where the signals' default had killed it in its tracks.
+    Returns the list that gets the signal's name. (Training takes SIGTERM itself, to stop after
+    the step with a checkpoint.)"""
+    caught: List[str] = []
+
+    def interrupt(signum, frame):
+        caught.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    for stop in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if stop is not None:
+            signal.signal(stop, interrupt)
+    return caught
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command; a user's error is one line and exit status 2, msrgan's own one line and 1."""
     from .errors import UserError
@@ -544,11 +563,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    stopped_by = stop_signals_interrupt()
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("msrgan: interrupted", file=sys.stderr)
-        return 130
+        name = stopped_by[0] if stopped_by else "SIGINT"
+        print(f"msrgan: interrupted ({name})", file=sys.stderr)
+        return 128 + signal.Signals[name].value
     except BrokenPipeError:  # the reader stopped early (msrgan info MODEL | head -1): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, flushing what is left
         return 1

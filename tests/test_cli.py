@@ -298,3 +298,36 @@ def test_info_cut_short_by_its_reader_says_nothing(tmp_path):
     result = subprocess.run(f"{sys.executable} -m msrgan_core.cli info fidelity | head -n 1", shell=True,
                             capture_output=True, text=True, timeout=120)
     assert result.stdout.startswith("file: ") and result.stderr == ""
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_schedulers_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, stop):
+    """Clean-up runs (no half-written file stays) and the status says which signal; the rerun
+    finishes the plate. SIGTERM's default had killed msrgan with its temporary files left."""
+    import signal
+    import time
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(12):
+        tifffile.imwrite(inputs / f"f{i:02d}.tif", smooth_image((256, 256), seed=i, low=100, high=3000).astype(np.uint16))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "msrgan_core.cli", "upscale", str(inputs), "-o", str(out), "-q",
+               "--device", "cpu", "--threads", "1", "--uncertainty"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.glob("f*.uncertainty.tif")):
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.02)
+        proc.send_signal(getattr(signal, stop))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + getattr(signal, stop).value and f"msrgan: interrupted ({stop})" in err, err
+    assert not list(out.glob(".*.part"))
+    written = sorted(p.name for p in out.glob("f??.tif"))
+    assert 0 < len(written) < 12 and all((out / name.replace(".tif", ".uncertainty.tif")).exists() for name in written)
+    msrgan(*command[3:])
+    assert len(list(out.glob("f??.tif"))) == 12 and len(list(out.glob("f??.uncertainty.tif"))) == 12
