@@ -11,7 +11,7 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, List, Optional
 
 import torch
 
@@ -50,6 +50,31 @@ def resolve_device(device: str = "auto") -> torch.device:
 CGROUP_ROOT, CGROUP_MEMBERSHIP = Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
 
 
+def _cgroup_files(v2: List[str], controller: str, v1: List[str]) -> Iterator[List[str]]:
+    """The texts of cgroup v2's files ``v2``, or of v1's ``v1`` in the ``controller``'s tree, in
+    each folder of this process's groups and those above it, and in the mount's top folder (the
+    container's own group where its paths are the host's); folders lacking one are passed over."""
+    try:
+        memberships = CGROUP_MEMBERSHIP.read_text().splitlines()
+    except OSError:
+        return
+    for line in memberships:
+        _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: one tree
+            mounts, files = [CGROUP_ROOT], v2
+        elif controller in controllers.split(","):  # v1: the controller's tree
+            mounts, files = [CGROUP_ROOT / controllers, CGROUP_ROOT / controller], v1
+        else:
+            continue
+        parts = [part for part in group.strip().split("/") if part]
+        for mount in mounts:
+            for folder in {mount.joinpath(*parts[:n]) for n in range(len(parts) + 1)}:
+                try:
+                    yield [(folder / name).read_text() for name in files]
+                except OSError:
+                    continue
+
+
 def cpu_quota() -> Optional[int]:
     """The cores a CPU bandwidth limit on this process's control group allows (a container's
     ``--cpus``, a Kubernetes CPU limit), rounded up; None without one.
@@ -57,35 +82,37 @@ def cpu_quota() -> Optional[int]:
     Such a limit leaves every core of the node in the process's affinity: torch would start a
     thread per core and the kernel would throttle them all. Read from cgroup v2's ``cpu.max``
     (``QUOTA PERIOD``, or ``max PERIOD``) or v1's ``cpu.cfs_quota_us`` (-1: none) and
-    ``cpu.cfs_period_us``, in the process's group and those above it (the tightest holds) and in
-    the mount's top folder, which is the container's own group where its paths are the host's.
-    The plugin reads it the same way (``cellprofiler_plugin/upscalemsrgan.py``; the tests hold
-    them to one answer): CellProfiler's own environment may have neither msrgan nor PyTorch.
+    ``cpu.cfs_period_us`` (:func:`_cgroup_files`: the tightest holds). The plugin reads it the
+    same way (``cellprofiler_plugin/upscalemsrgan.py``; the tests hold them to one answer):
+    CellProfiler's own environment may have neither msrgan nor PyTorch.
     """
-    try:
-        memberships = CGROUP_MEMBERSHIP.read_text().splitlines()
-    except OSError:
-        return None
     limits = []
-    for line in memberships:
-        _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # v2: one tree
-            mounts, files = [CGROUP_ROOT], ["cpu.max"]
-        elif "cpu" in controllers.split(","):  # v1: the cpu controller's tree
-            mounts, files = [CGROUP_ROOT / controllers, CGROUP_ROOT / "cpu"], ["cpu.cfs_quota_us", "cpu.cfs_period_us"]
-        else:
+    for texts in _cgroup_files(["cpu.max"], "cpu", ["cpu.cfs_quota_us", "cpu.cfs_period_us"]):
+        try:
+            words = " ".join(texts).split()
+            quota, period = int(words[0]), int(words[1])
+        except (ValueError, IndexError):  # "max": no limit
             continue
-        parts = [part for part in group.strip().split("/") if part]
-        for mount in mounts:
-            for folder in {mount.joinpath(*parts[:n]) for n in range(len(parts) + 1)}:
-                try:
-                    words = [word for name in files for word in (folder / name).read_text().split()]
-                    quota, period = int(words[0]), int(words[1])
-                except (OSError, ValueError, IndexError):  # no such file, or "max": no limit
-                    continue
-                if quota > 0 and period > 0:
-                    limits.append(math.ceil(quota / period))
+        if quota > 0 and period > 0:
+            limits.append(math.ceil(quota / period))
     return min(limits) if limits else None
+
+
+def cgroup_memory_room() -> Optional[int]:
+    """Bytes this process's control groups let it allocate still (a cluster job's ``--mem``, a
+    container's memory limit): the least, over its groups and those above, of the limit less
+    what is in use; None without a limit. Past it the kernel kills the process without a word,
+    whatever the machine has free. cgroup v2's ``memory.max`` and ``memory.current``, v1's
+    ``memory.limit_in_bytes`` and ``memory.usage_in_bytes`` (:func:`_cgroup_files`)."""
+    rooms = []
+    for texts in _cgroup_files(["memory.max", "memory.current"], "memory",
+                               ["memory.limit_in_bytes", "memory.usage_in_bytes"]):
+        try:
+            limit, used = int(texts[0]), int(texts[1])
+        except ValueError:  # "max": no limit
+            continue
+        rooms.append(max(0, limit - used))
+    return min(rooms) if rooms else None
 
 
 def available_cores() -> int:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .binning import match_bins
 from .config import GeneratorConfig
-from .device import cpu_has_bf16, describe_device, resolve_device, set_threads, use_cpu
+from .device import cgroup_memory_room, cpu_has_bf16, describe_device, resolve_device, set_threads, use_cpu
 from .errors import UserError
 from .io import MAX_UNNAMED_CHANNELS, ImageError, read_image, to_cyx, write_image
 from .modelfile import LoadedModel, load_model
@@ -630,15 +630,19 @@ def _to_host(x: torch.Tensor) -> torch.Tensor:
 
 
 def available_memory() -> Optional[int]:
-    """Bytes of memory available to new allocations (Linux's MemAvailable), or None where unknown."""
+    """Bytes of memory available to new allocations: Linux's MemAvailable, or less where this
+    process's control group allows less (:func:`~msrgan_core.device.cgroup_memory_room`); None
+    where neither is known."""
+    free = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    room = cgroup_memory_room()
+    return free if room is None else room if free is None else min(free, room)
 
 
 def _take(stats: Stats, group: slice) -> Stats:

@@ -638,6 +638,32 @@ def test_threads_follow_a_containers_cpu_limit_not_the_nodes_cores(membership, f
     assert device.available_cores() == (quota or 64)
 
 
+@pytest.mark.parametrize("membership, files, room", [
+    # a Slurm job's --mem (cgroup v2): the job's limit, not the node's free memory
+    ("0::/system.slice/slurmstepd.scope/job_7/step_0\n",
+     {"system.slice/slurmstepd.scope/job_7/memory.max": "629145600\n",
+      "system.slice/slurmstepd.scope/job_7/memory.current": "314572800\n",
+      "system.slice/slurmstepd.scope/job_7/step_0/memory.max": "max\n",
+      "system.slice/slurmstepd.scope/job_7/step_0/memory.current": "314572800\n"}, 314572800),
+    # docker --memory (cgroup v1), the container's own group at the mount
+    ("4:memory:/docker/abc\n", {"memory/memory.limit_in_bytes": "1073741824\n",
+                                 "memory/memory.usage_in_bytes": "1000000000\n"}, 73741824),
+    ("0::/\n", {"memory.max": "max\n", "memory.current": "5\n"}, None),  # no limit
+    (None, {}, None),
+])
+def test_memory_follows_a_jobs_limit_not_the_nodes_free_memory(membership, files, room, tmp_path, monkeypatch):
+    """A job past its limit is killed without a word: an output that would not fit is refused instead."""
+    import msrgan_core.device as device
+    import msrgan_core.inference as inference
+
+    root, proc = cgroup_tree(tmp_path, membership, files)
+    monkeypatch.setattr(device, "CGROUP_ROOT", root)
+    monkeypatch.setattr(device, "CGROUP_MEMBERSHIP", proc)
+    assert device.cgroup_memory_room() == room
+    if room is not None:
+        assert inference.available_memory() == room  # the node has more free
+
+
 def test_threads_follow_omp_num_threads_where_it_asks_for_fewer(monkeypatch):
     import msrgan_core.device as device
 
