@@ -211,8 +211,9 @@ class Upscaler:
         pixel it came from (:func:`msrgan_core.binning.match_bins`): binning the output gives
         the input back. None: the model's own default (no where its file does not say).
     threads : int or None
-        CPU threads (torch's, for the whole process); None: the cores this process may use
-        (:func:`msrgan_core.device.available_cores`). Unused on a GPU.
+        CPU threads (torch's, for the whole process); None: the cores this process may use, or
+        fewer where ``OMP_NUM_THREADS`` says (:func:`msrgan_core.device.default_threads`). Unused
+        on a GPU.
     """
 
     def __init__(

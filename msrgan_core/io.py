@@ -604,8 +604,7 @@ def atomic_write(path: "str | Path", replace_existing: bool = True) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        _hold(fd)
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:
@@ -643,6 +642,15 @@ def stale_parts(folder: Path, names: Iterable[str]) -> List[Path]:
                     and entry.name[1:-len(".part")].rpartition(".")[0] in wanted and not _held(entry.path):
                 found.append(Path(entry.path))
     return found
+
+
+def _hold(fd: int) -> None:
+    """Lock a file being written, where locks are to be had (not on every network file system)."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
 
 
 def _held(path: str) -> bool:

@@ -35,10 +35,11 @@ def true_range(truth: np.ndarray) -> float:
 
 def image_metrics(truth: np.ndarray, test: np.ndarray) -> Dict[str, float]:
     """PSNR, SSIM (data range = :func:`true_range`) and NRMSE of a ``(Y, X)`` image; of a
-    ``(C, Y, X)`` one, each channel's on its own range, averaged (under one range a dim stain's
-    errors would hardly count)."""
+    ``(C, Y, X)`` one, each channel's on its own range, averaged over the channels that are not
+    flat (under one range a dim stain's errors would hardly count)."""
     if truth.ndim == 3:
-        each = [image_metrics(t, s) for t, s in zip(truth, test)]
+        varying = [c for c in range(len(truth)) if truth[c].max() > truth[c].min()] or list(range(len(truth)))
+        each = [image_metrics(truth[c], test[c]) for c in varying]  # a flat channel has no range to score on
         return {key: float(np.mean([m[key] for m in each])) for key in each[0]}
     data_range = true_range(truth)
     return {"psnr": psnr(truth, test, data_range), "ssim": ssim(truth, test, data_range), "nrmse": nrmse(truth, test)}

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,15 @@ class ModelCard:
         return f"{path.name} (packaged)" if path.parent == packaged_model_path(path.stem).parent else str(self.source)
 
     @property
+    def argument(self) -> str:
+        """How a command names the model: a packaged one's name, a file's path quoted for a shell,
+        ``MODEL.safetensors`` for one not saved (a blend made in memory)."""
+        path = Path(self.source)
+        if path.parent == packaged_model_path(path.stem).parent:
+            return path.stem
+        return shlex.quote(str(path)) if path.is_file() else "MODEL.safetensors"
+
+    @property
     def uncertainty_calibrated_for(self) -> "Optional[tuple[int, bool]]":
         """The orientations the uncertainty's spread was taken over and whether bins were matched,
         when ``msrgan calibrate`` measured its scale (None: never calibrated, the raw spread). Files
@@ -166,7 +176,8 @@ class ModelCard:
         name, calibrated_for = self.label, self.uncertainty_calibrated_for
         if calibrated_for is None:
             return (f"the uncertainty image of {name} is not calibrated: the raw spread over orientations, several times "
-                    f"smaller than the error as a rule (msrgan calibrate {name} --hr HELD_OUT_IMAGES -o CALIBRATED.safetensors)")
+                    f"smaller than the error as a rule (msrgan calibrate {self.argument} --hr HELD_OUT_IMAGES -o "
+                    "CALIBRATED.safetensors)")
         running = (uncertainty_orientation_count(ensemble), bool(match_bins))
         if running == calibrated_for:
             return ""

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import errno
 import gc
 import json
 import logging
@@ -62,9 +63,10 @@ PRETRAINED_CHECKPOINT = "checkpoint_pretrained.pt"
 METRICS = "metrics.csv"
 #: the file a run holds locked while it trains (:func:`run_lock`)
 LOCK = ".msrgan-train.lock"
-#: what a run writes besides its checkpoint: a folder holding any of them without one holds another run's ends
-RUN_FILES = ("config.json", "split.json", METRICS, "fidelity.safetensors", "perceptual.safetensors",
-             PRETRAINED_CHECKPOINT)
+#: what a run makes besides its checkpoint: a folder holding any of them without one holds another
+#: run's ends, which a fresh start would mix with its own (a run that ended before its first
+#: checkpoint and model file left only its record, which a fresh start replaces)
+RUN_FILES = ("fidelity.safetensors", "perceptual.safetensors", PRETRAINED_CHECKPOINT)
 LOSS_READ_EVERY = 20  # steps between reads of the training loss on CUDA (each read waits for the GPU)
 METRICS_FIELDS = ["step", "phase", "lr", "train_loss", "val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim", "seconds"]
 
@@ -142,6 +144,15 @@ def ignore_stop_signals(_worker: int) -> None:
     its workers; a worker that died of them first had failed the step under way, checkpoint lost."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stop_workers(stream) -> None:
+    """End the batch worker processes of a :func:`batch_stream` now. They ignore stop signals
+    (:func:`ignore_stop_signals`), so left to Python's exit they would be sent SIGTERM and waited
+    for without end, as after a failed run whose error escapes."""
+    shutdown = getattr(stream, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def batch_stream(batches: StepBatches, workers: int, pin_memory: bool):
@@ -368,11 +379,11 @@ def train(
 def run_lock(out_dir: Path):
     """Hold ``out_dir`` for this run: a second process training into it (a job requeued while the
     first still runs) would interleave its metrics and overwrite its checkpoints and models. The
-    main process of a ``torchrun`` holds it for all. A folder made here and left empty (a refused
-    run) is removed again."""
-    import fcntl
-
-    if os.environ.get("RANK", "0") != "0":
+    main process of a ``torchrun`` holds it for all. A POSIX record lock, which the batch workers
+    a run forks do not inherit (a lock they kept would outlive a failed run); where the file
+    system or the platform has no locks, the run goes on unguarded, with a note. A folder made
+    here and left empty (a refused run) is removed again."""
+    if os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield
         return
     if out_dir.exists() and not out_dir.is_dir():
@@ -385,10 +396,19 @@ def run_lock(out_dir: Path):
         raise TrainingError(f"{out_dir}: the run cannot be written there ({exc.strerror})") from None
     with fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainingError(f"{out_dir} is being trained into by another process (it holds {lock}): wait for "
-                                "it to end, or train into another folder") from None
+            import fcntl
+
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows
+            log.info("msrgan: %s is not locked for this run (no file locks here): train into it from one process "
+                     "at a time", out_dir)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):  # no locks on this file system (NFS without lockd, say)
+                log.warning("msrgan: %s cannot be locked for this run (%s): train into it from one process at a time",
+                            out_dir, exc.strerror)
+            else:
+                raise TrainingError(f"{out_dir} is being trained into by another process (it holds {lock}): wait "
+                                    "for it to end, or train into another folder") from None
         try:
             yield
         finally:
@@ -412,8 +432,11 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, progress: bool
             stale.unlink()
     stream = batch_stream(StepBatches(run.train_images, config, dist.rank, run.step, stop), tc.workers,
                           pin_memory=device.type == "cuda")
-    with stop_requests(dist.world_size == 1) as stopping:
-        run_steps(run, stream, stop, autocast, bar, writer, started, stopping)
+    try:
+        with stop_requests(dist.world_size == 1) as stopping:
+            run_steps(run, stream, stop, autocast, bar, writer, started, stopping)
+    finally:  # the batch workers (deaf to stop signals) end here, whatever ended the loop
+        stop_workers(stream)
     bar.close()
     if writer is not None:
         writer.close()
@@ -593,7 +616,12 @@ def recorded_config(out_dir: Path) -> Optional[dict]:
     """The config a run was started with (its ``config.json``, :func:`write_run_description`); None
     for a run written before it was recorded."""
     path = out_dir / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise TrainingError(f"--resume: {path} is damaged ({exc}): train into a new folder") from None
 
 
 def check_same_run(recorded: dict, config: ExperimentConfig, out_dir: Path) -> None:
@@ -631,9 +659,13 @@ def recorded_split(out_dir: Path) -> Optional[Split]:
     path = out_dir / "split.json"
     if not path.is_file():
         return None
-    recorded = json.loads(path.read_text())
-    return Split(train=[Path(p) for p in recorded["train"]], val=[Path(p) for p in recorded["val"]],
-                 by=recorded["by"], val_groups=recorded["val_groups"])
+    try:
+        recorded = json.loads(path.read_text())
+        return Split(train=[Path(p) for p in recorded["train"]], val=[Path(p) for p in recorded["val"]],
+                     by=recorded["by"], val_groups=recorded["val_groups"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"--resume: {path} is damaged ({type(exc).__name__}: {exc}): it says which files the run "
+                            "held out; without it, train into a new folder") from None
 
 
 def check_split_holds(split: Split, files: List[Path]) -> None:
@@ -712,10 +744,12 @@ def scorable(images: list, config: ExperimentConfig) -> list:
 
 def write_run_description(out_dir: Path, config: ExperimentConfig, split: Split) -> None:
     """Write ``split.json`` (which files train and which validate) and ``config.json`` into ``out_dir``."""
-    (out_dir / "split.json").write_text(json.dumps(
-        {"by": split.by, "val_groups": split.val_groups,
-         "train": [str(p) for p in split.train], "val": [str(p) for p in split.val]}, indent=1))
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    records = {"split.json": {"by": split.by, "val_groups": split.val_groups,
+                              "train": [str(p) for p in split.train], "val": [str(p) for p in split.val]},
+               "config.json": config.to_dict()}
+    for name, record in records.items():  # whole or not at all: a resume reads both
+        with atomic_write(out_dir / name) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=1))
 
 
 def build_networks(config: ExperimentConfig, device: torch.device) -> "tuple[nn.Module, Discriminator]":

@@ -27,7 +27,7 @@ def test_objects_match_by_iou_and_agree_with_f1():
     matches = match_objects(truth, test)
     assert [(a, b) for a, b, _ in matches] == [(1, 1), (3, 2)]
     assert all(0.5 <= iou <= 1 for _, _, iou in matches)
-    assert 2 * len(matches) / 6 == pytest.approx(matched_f1(truth, test))  # the same criterion as the segmentation F1
+    assert 2 * len(matches) / 6 == pytest.approx(matched_f1(truth, test))  # as F1 counts (IoU > 0.5 there, >= here)
 
 
 def test_a_nucleus_split_in_equal_halves_matches_one_half_only():

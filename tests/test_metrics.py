@@ -35,6 +35,8 @@ def test_each_channel_is_scored_on_its_own_range():
     worse_dim = test.copy()
     worse_dim[1] += rng.normal(0, 10, (64, 64))
     assert image_metrics(truth, worse_dim)["psnr"] < both["psnr"] - 3
+    with_empty = image_metrics(np.concatenate([truth, np.zeros((1, 64, 64))]), np.concatenate([test, np.zeros((1, 64, 64))]))
+    assert with_empty == pytest.approx(both)  # an empty channel has no range: not scored
 
 
 def test_an_integer_files_degraded_counterpart_holds_whole_counts(tmp_path):

@@ -1,6 +1,7 @@
 """Model files: self-describing safetensors, never unpickled, every bad file a ModelFileError."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import pickle
@@ -352,4 +353,8 @@ def test_the_uncertainty_calibration_holds_for_the_run_it_was_measured_on():
     blend = blend_models(perceptual, fidelity, 0.0)
     assert blend.card.uncertainty_calibrated_for is None and blend.card.uncertainty_scale == 1.0
     assert "not calibrated" in blend.card.uncertainty_problem(1, False)
+    assert "msrgan calibrate MODEL.safetensors --hr" in blend.card.uncertainty_problem(1, False)  # a blend not saved yet
+    uncalibrated = dataclasses.replace(fidelity.card, metadata={k: v for k, v in fidelity.metadata.items()
+                                                                 if k != "uncertainty_calibration"})
+    assert "msrgan calibrate fidelity --hr" in uncalibrated.uncertainty_problem(1, False)  # a command that runs
     assert "uncertainty image: not calibrated" in blend.card.summary()

@@ -186,27 +186,65 @@ def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path):
     with pytest.raises(TrainingError, match="no checkpoint.pt"):
         train(tiny_config(data), tmp_path / "empty", resume=True, progress=False)
     assert not (tmp_path / "empty").exists()  # a refused run leaves no folder behind
+    train(tiny_config(data), tmp_path / "run", progress=False, resume=True, until_step=4)  # a model file by now
     (tmp_path / "run" / CHECKPOINT).unlink()  # another run's ends, without its checkpoint: not mixed with a new one's
-    with pytest.raises(TrainingError, match=r"holds another run's files \(config.json, split.json, metrics.csv\)"):
+    with pytest.raises(TrainingError, match=r"holds another run's files \(fidelity.safetensors, checkpoint_pretrained.pt\)"):
         train(tiny_config(data, seed=1), tmp_path / "run", progress=False)
+    early = tmp_path / "early"  # a run that failed before its first checkpoint and model: started afresh
+    train(tiny_config(data), early, progress=False, until_step=1)
+    (early / CHECKPOINT).unlink()
+    train(tiny_config(data, seed=1), early, progress=False, until_step=1)
+    assert json.loads((early / "config.json").read_text())["train"]["seed"] == 1
     (tmp_path / "file").write_text("")
     with pytest.raises(TrainingError, match="file is a file: give a folder"):
         train(tiny_config(data), tmp_path / "file", progress=False)
 
 
+HOLD_LOCK = """
+import fcntl, sys, time
+with open(sys.argv[1], "a+") as fh:
+    fcntl.lockf(fh, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_one_process_at_a_time_trains_into_a_folder(tmp_path):
-    import fcntl
     from msrgan_core.train import LOCK
 
     data = make_plate(tmp_path / "plate")
     run = train(tiny_config(data), tmp_path / "run", progress=False, until_step=2)
-    with open(run / LOCK) as held:  # as a job still running holds it
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / LOCK)], stdout=subprocess.PIPE, text=True)
+    try:  # as a job still running holds it
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(TrainingError, match="being trained into by another process"):
             train(tiny_config(data), run, resume=True, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
     assert load_checkpoint(run / CHECKPOINT)["step"] == 2
     train(tiny_config(data), run, resume=True, progress=False)  # once it has ended
     assert load_checkpoint(run / CHECKPOINT)["step"] == 6
+
+
+FAILING_RUN = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from test_train import tiny_config
+from msrgan_core.train import train
+train(tiny_config(sys.argv[1], lr=1e9, workers=2, pretrain_steps=50, checkpoint_every=100, eval_every=100), sys.argv[2],
+      progress=False)
+"""
+
+
+def test_a_failed_run_with_batch_workers_exits(tmp_path):
+    """Its error escaping, the workers (deaf to stop signals) are ended with it, not waited for forever."""
+    from pathlib import Path as P
+
+    data = make_plate(tmp_path / "plate")
+    done = subprocess.run([sys.executable, "-c", FAILING_RUN, str(data), str(tmp_path / "run"), str(P(__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "TrainingError: the loss became" in done.stderr, done.stderr[-2000:]
 
 
 def test_a_resumed_run_keeps_its_split(tmp_path, caplog):
