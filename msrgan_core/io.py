@@ -12,6 +12,7 @@ import contextlib
 import errno
 import glob
 import inspect
+import logging
 import os
 import shutil
 import tempfile
@@ -203,7 +204,7 @@ def read_header(path: "str | Path", channel_axis: Optional[int] = None) -> "tupl
             shape = props.shape[:2] if _has_lookup_table(path) else props.shape  # the indices
             dtype, axes, stored = props.dtype, None, PNG_STORAGE
         else:
-            with tifffile.TiffFile(path) as tif:
+            with _open_tiff(path) as tif:
                 series = _one_series(tif, path)
                 _check_whole(tif, series, path)
                 shape, dtype, axes, stored = series.shape, series.dtype, series.axes, _tiff_storage(tif, series)
@@ -283,10 +284,45 @@ def _has_lookup_table(path: Path) -> bool:
     return bool(np.any(rgb != rgb[:, :1]))
 
 
+class _TiffNotes(logging.Handler):
+    """Keeps what tifffile logs of a file it reads anyway (a tag whose value lies past the end)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.notes: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.notes.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _open_tiff(path: Path) -> Iterator["tifffile.TiffFile"]:
+    """tifffile's TiffFile of ``path``, refused as cut short where a tag's value lies past the
+    file's end: tifffile drops such a tag with a log line (an OME-TIFF copied short of its
+    trailing OME-XML loses its pixel size and channel names without an error)."""
+    logger, notes = logging.getLogger("tifffile"), _TiffNotes()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(notes)
+    if logger.getEffectiveLevel() > logging.WARNING:  # heard here, still not shown
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            cut = next((note for note in notes.notes if "invalid value offset" in note), None)
+            if cut is not None:
+                raise ImageError(f"{path}: the file is cut short (a tag's value lies past its end, "
+                                 f"{tif.filehandle.size} bytes): copy it again from the source")
+            yield tif
+    finally:
+        logger.removeHandler(notes)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _read_tiff(path: Path, channel_axis: Optional[int]) -> "tuple[np.ndarray, str, dict]":
     """The pixels, tifffile's axes letters and what the layout says of its storage
     (:func:`_tiff_storage`) of a TIFF."""
-    with tifffile.TiffFile(path) as tif:
+    with _open_tiff(path) as tif:
         series = _one_series(tif, path)
         plane_layout(series.shape, series.dtype, path, series.axes, channel_axis)  # refused before its pixels are decoded
         _check_whole(tif, series, path)

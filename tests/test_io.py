@@ -283,6 +283,19 @@ def test_a_tiff_cut_short_is_refused_from_its_header(tmp_path, compression):
     read_header(whole), read_image(whole)
 
 
+def test_an_ome_tiff_cut_short_in_its_trailing_metadata_is_refused(tmp_path):
+    """tifffile drops a tag whose value lies past the end with a log line: the pixel size and
+    channel names would be lost without an error, for every output made from it."""
+    whole, cut = tmp_path / "whole.ome.tif", tmp_path / "cut.ome.tif"
+    tifffile.imwrite(whole, _pixels((64, 64), np.uint16), ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65})
+    cut.write_bytes(whole.read_bytes()[:-150])
+    for read in (read_header, read_image):
+        with pytest.raises(ImageError, match="cut.ome.tif: the file is cut short"):
+            read(cut)
+        assert read(whole)[1].pixel_size_um == (0.65, 0.65)
+
+
 def test_rejects_unsupported_suffix(tmp_path):
     path = tmp_path / "a.jpg"
     path.write_bytes(b"\xff\xd8\xff")
