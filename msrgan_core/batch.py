@@ -253,20 +253,20 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             result, deviation = result
         # the uncertainty image first, the output last: an output on disk means its job is whole, so
         # a rerun after a kill or a full disk between the two redoes the job instead of skipping it
+        # (and replaces the uncertainty image left without its output)
         target = job.uncertainty if deviation is not None else job.destination
         try:
             if deviation is not None:
-                write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype, miniswhite=False),
-                            replace_existing=job.overwrite)
+                write_image(job.uncertainty, deviation, replace(layout, dtype=deviation.dtype, miniswhite=False))
                 target = job.destination
             write_image(job.destination, result, layout, replace_existing=job.overwrite)
+        except FileExistsError:  # another run (an overlapping job) wrote the output meanwhile: its files stay
+            report.skipped.append(job.destination)
+            return
         except OSError as exc:
-            if target == job.destination and deviation is not None:  # not left to describe another output, or none
+            if target == job.destination and deviation is not None:  # not left to describe an output not there
                 job.uncertainty.unlink(missing_ok=True)
-            if isinstance(exc, FileExistsError):  # another run (an overlapping job) wrote it meanwhile: its files stay
-                report.skipped.append(job.destination)
-            else:
-                failed(job, OSError(f"{target}: cannot be written ({exc.strerror or exc})"))
+            failed(job, OSError(f"{target}: cannot be written ({exc.strerror or exc})"))
             return
         if job.stale is not None:  # an earlier run's, describing the output just replaced
             try:

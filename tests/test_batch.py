@@ -177,6 +177,9 @@ def test_a_job_whose_writes_fail_leaves_neither_file_and_the_rerun_redoes_it(ups
     monkeypatch.setattr(io.tifffile, "imwrite", real_imwrite)
     jobs, skipped = plan([inputs], tmp_path / "out", uncertainty=True)
     assert [job.source.name for job in jobs] == ["f0.tif"] and [p.name for p in skipped] == ["f1.tif"]
+    tifffile.imwrite(tmp_path / "out" / "f0.uncertainty.tif", np.zeros((4, 4), np.float32))  # a kill's leftover
+    assert [p.name for p in upscale_files(upscaler, jobs, progress=False).written] == ["f0.tif"]
+    assert tifffile.imread(tmp_path / "out" / "f0.uncertainty.tif").shape == tifffile.imread(tmp_path / "out" / "f0.tif").shape
 
 
 def test_outputs_are_compressed_as_their_inputs_never_with_loss(upscaler, tmp_path):
