@@ -7,6 +7,7 @@ upscaled or written is reported with its name and reason, and the others are sti
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -58,10 +59,22 @@ class BatchReport:
     written: List[Path] = field(default_factory=list)
     skipped: List[Path] = field(default_factory=list)  # existing, or written meanwhile by another run
     failed: List[Tuple[Path, str]] = field(default_factory=list)
+    #: why the batch stopped before its end (the output's file system takes no more), and how many files it left
+    stopped: str = ""
+    not_attempted: int = 0
 
     def summary(self) -> str:
         kept = f"skipped {len(self.skipped)} existing (use --overwrite to redo them), " if self.skipped else ""
-        return f"{len(self.written)} image(s) written, {kept}{len(self.failed)} failed"
+        said = f"{len(self.written)} image(s) written, {kept}{len(self.failed)} failed"
+        if self.stopped:
+            said += (f"; stopped, {self.not_attempted} not attempted: {self.stopped} (what is written is kept: make "
+                     "room, then run the same command again to finish)")
+        return said
+
+
+#: write errors of the output's whole file system, not of one file: every later file would fail
+#: the same way after its upscaling, so the batch stops at the first
+FILE_SYSTEM_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def prepare_output_folder(out_dir: Path) -> Path:
@@ -210,8 +223,10 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
         Called with a file's failure, in one line naming it, as it happens (not after the plate);
         not with ``stop_on_error``, whose raised error says it.
 
-    An error that is neither the input's nor the disk's (a defect, memory exhausted) stops the
-    batch and is raised; the outputs written so far stay. A job's output that another run (an
+    A full or read-only output file system (:data:`FILE_SYSTEM_FULL`) stops the batch at the
+    first file it fails, the rest left for a rerun (``stopped``, ``not_attempted``). An error
+    that is neither the input's nor the disk's (a defect, memory exhausted) stops the batch and
+    is raised; the outputs written so far stay. A job's output that another run (an
     overlapping job) writes after :func:`plan` is skipped, unless the job overwrites: before its
     file is read where it is there by then, else when this run's would replace it.
     """
@@ -267,6 +282,8 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             if target == job.destination and deviation is not None:  # not left to describe an output not there
                 job.uncertainty.unlink(missing_ok=True)
             failed(job, OSError(f"{target}: cannot be written ({exc.strerror or exc})"))
+            if exc.errno in FILE_SYSTEM_FULL:
+                report.stopped = f"{target.parent} takes no more ({exc.strerror or exc})"
             return
         if job.stale is not None:  # an earlier run's, describing the output just replaced
             try:
@@ -282,7 +299,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
             item = to_write.get()
             if item is _DONE:
                 return
-            if crashed:  # take what comes, so that nothing waits on this thread
+            if crashed or report.stopped:  # take what comes, so that nothing waits on this thread
                 continue
             try:
                 write_one(*item)
@@ -295,7 +312,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
     reader.start()
     writer.start()
     try:
-        while not crashed and not errors:
+        while not crashed and not errors and not report.stopped:
             item = to_upscale.get()
             if item is _DONE:
                 break
@@ -320,6 +337,8 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
         bar.close()
     if crashed or errors:
         raise (crashed or errors)[0]
+    if report.stopped:
+        report.not_attempted = len(jobs) - len(report.written) - len(report.skipped) - len(report.failed)
     return report
 
 

@@ -127,7 +127,8 @@ def test_a_read_only_output_folder_is_refused_before_the_model_loads(tmp_path, m
         plan([_plate(tmp_path / "in", count=1)], tmp_path / "out")
 
 
-def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing_half_written(upscaler, tmp_path, monkeypatch):
+def test_a_full_disk_stops_the_batch_at_its_first_file_and_leaves_nothing_half_written(upscaler, tmp_path, monkeypatch):
+    """Every later file would be upscaled only to fail the same way: the rest is left for a rerun."""
     import errno
 
     import msrgan_core.io as io
@@ -143,9 +144,10 @@ def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing_half_written
     jobs, _ = plan([inputs], tmp_path / "out")
     monkeypatch.setattr(io.tifffile, "imwrite", disk_full)
     report = upscale_files(upscaler, jobs, progress=False)
-    assert not report.written and len(report.failed) == 3
-    for (source, reason), job in zip(report.failed, jobs):
-        assert reason == f"{job.destination}: cannot be written (No space left on device)"
+    assert not report.written and report.failed == [(jobs[0].source, f"{jobs[0].destination}: cannot be written "
+                                                                      "(No space left on device)")]
+    assert report.not_attempted == 2 and "takes no more (No space left on device)" in report.summary()
+    assert "2 not attempted" in report.summary() and "run the same command again" in report.summary()
     assert not list((tmp_path / "out").iterdir())  # no output, no .part
     monkeypatch.setattr(io.tifffile, "imwrite", real_imwrite)  # space again: the rerun writes them all
     assert len(upscale_files(upscaler, plan([inputs], tmp_path / "out")[0], progress=False).written) == 3
@@ -164,7 +166,7 @@ def test_a_job_whose_writes_fail_leaves_neither_file_and_the_rerun_redoes_it(ups
 
     def full_at_f0(path, *args, **kwargs):
         if Path(path).name.startswith(f".{full_at}."):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(errno.EIO, "Input/output error")  # this file's: the batch goes on
         return real_imwrite(path, *args, **kwargs)
 
     inputs = _plate(tmp_path / "in", count=2)
@@ -172,7 +174,7 @@ def test_a_job_whose_writes_fail_leaves_neither_file_and_the_rerun_redoes_it(ups
     monkeypatch.setattr(io.tifffile, "imwrite", full_at_f0)
     report = upscale_files(upscaler, jobs, progress=False)
     (failed, reason), = report.failed
-    assert failed.name == "f0.tif" and reason == f"{tmp_path / 'out' / full_at}: cannot be written (No space left on device)"
+    assert failed.name == "f0.tif" and reason == f"{tmp_path / 'out' / full_at}: cannot be written (Input/output error)"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f1.tif", "f1.uncertainty.tif"]
     monkeypatch.setattr(io.tifffile, "imwrite", real_imwrite)
     jobs, skipped = plan([inputs], tmp_path / "out", uncertainty=True)
