@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Tuple
 
-from tqdm.auto import tqdm
 
 from .errors import UserError
 from .io import clashes, find_images, read_header, read_image, same_name_tif, stale_parts, write_image
+from .progress import progress_bar
 
 log = logging.getLogger("msrgan")
 
@@ -307,7 +307,7 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
                 crashed.append(exc)
             bar.update(1)
 
-    bar = tqdm(total=len(jobs), desc="upscaling", unit="image", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="upscaling", unit="image", disable=not progress)
     reader, writer = threading.Thread(target=read, daemon=True), threading.Thread(target=write, daemon=True)
     reader.start()
     writer.start()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .config import DegradationConfig, NormalizationConfig
 from .binning import crop_to_multiple
@@ -25,6 +24,7 @@ from .errors import UserError
 from .io import read_image
 from .normalize import normalize, percentile_stats
 from .pairs import RegistrationError, oriented, registered_pair
+from .progress import progress_bar
 
 log = logging.getLogger("msrgan")
 
@@ -147,7 +147,7 @@ def load_images(
     speaks of them in their ``role`` (:data:`TOO_SMALL_ADVICE`).
     """
     images = []
-    for path in tqdm(paths, desc="loading", unit="image", disable=not progress, leave=False):
+    for path in progress_bar(paths, desc="loading", unit="image", disable=not progress, leave=False):
         image, _ = read_image(path, channel_axis=channel_axis)
         if min(image.shape[1:]) < min_size:
             log.warning("msrgan: %s is smaller than %d pixels: left out", path, min_size)
@@ -195,7 +195,7 @@ def load_pairs(
     from .evaluate import BlankField
 
     found, used = [], 0
-    for lr_path, hr_path in tqdm(pairs, desc="registering", unit="pair", disable=not progress, leave=False):
+    for lr_path, hr_path in progress_bar(pairs, desc="registering", unit="pair", disable=not progress, leave=False):
         try:
             hr, lr, _ = registered_pair(lr_path, hr_path, normalization, scale, channel_axis, log_level=logging.DEBUG)
         except (BlankField, RegistrationError) as error:

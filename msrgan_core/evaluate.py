@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .config import DegradationConfig, NormalizationConfig
 from .binning import crop_to_multiple
@@ -19,6 +18,7 @@ from .io import MIN_EDGE, atomic_write, read_image
 from .metrics import BASELINES, high_frequency_ratio, image_metrics, noise_levels, psnr, true_range
 from .normalize import denormalize, normalize, percentile_stats
 from .options import GRID_READ_NOISE, QUALITY_GRID
+from .progress import progress_bar
 
 METHOD_ORDER = ("nearest", "bicubic", "lanczos", "nlm+bicubic", "msrgan")
 #: per image and method: PSNR, SSIM, NRMSE (:func:`~msrgan_core.metrics.image_metrics`) and the
@@ -123,7 +123,7 @@ def without_blanks(items: Sequence, make: Callable[[object], Tuple[Path, np.ndar
     and the items whose ``make`` raises one of ``also`` (pairs that cannot be registered), each
     with a warning; if every one is left out, a :class:`~msrgan_core.errors.UserError` says so."""
     blank = other = 0
-    for item in tqdm(items, desc=desc, unit="image", disable=not progress):
+    for item in progress_bar(items, desc=desc, unit="image", disable=not progress):
         try:
             pair = make(item)
         except (BlankField, *also) as error:

@@ -24,7 +24,6 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .binning import match_bins
 from .config import GeneratorConfig
@@ -35,6 +34,7 @@ from .modelfile import LoadedModel, load_model
 from .models import forward_bytes_per_pixel, forward_fixed_bytes, receptive_radius
 from .options import ENSEMBLES, PRECISIONS, uncertainty_orientation_count
 from .normalize import TORCH_DTYPES, Stats, constant_channels, denormalize, normalize, percentile_stats, stats_tensors
+from .progress import progress_bar
 
 log = logging.getLogger("msrgan")
 
@@ -442,7 +442,8 @@ class Upscaler:
         room = activation_room(self.model.config, self.memory, self.device.type)
         low, span = stats_tensors(stats, out.dtype, self.device)
         outputs, clipped = {}, 0
-        bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2, leave=False)
+        bar = progress_bar(total=len(tiles), desc="tiles", unit="tile", disable=not self.progress or len(tiles) < 2,
+                           leave=False, nested=True)
         for batch in _batches(items, room, per_item):
             x = torch.stack([orient(image[:, tile.source[0], tile.source[1]], *o) for _, tile, o in batch])
             y = self._forward(_to_device(x, self.device), source)
@@ -476,7 +477,8 @@ class Upscaler:
         x = torch.stack([orient(image, *o) for o in runs]).contiguous(memory_format=torch.channels_last)
         rows = self.strip_rows(width, spread is not None)
         clipped = 0
-        bar = tqdm(total=height, desc="rows", unit="row", disable=not self.progress or height <= rows, leave=False)
+        bar = progress_bar(total=height, desc="rows", unit="row", disable=not self.progress or height <= rows,
+                           leave=False, nested=True)
         for start, y in _each_in(self.generator.stream(x, rows), lambda: self._reduced(precision)):
             stop = start + y.shape[2] // self.scale
             strip = Tile(source=(slice(start, stop), slice(0, width)), core=(slice(0, stop - start), slice(0, width)),

@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import __version__
 from .config import ExperimentConfig, TrainConfig
@@ -52,6 +51,7 @@ from .losses import discriminator_loss, perceptual_loss, pixel_loss
 from .metrics import image_metrics, upscale_bicubic
 from .modelfile import ModelFileError, load_model, save_model, timestamp
 from .models import Discriminator, build_generator, count_parameters
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -424,7 +424,7 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, progress: bool
     writer = _tensorboard(run.out_dir) if tc.tensorboard and dist.is_main else None
     autocast = {"pretrain": autocast_for(tc, device), "gan": autocast_for(tc, device, adversarial=True)}
     total = tc.pretrain_steps + tc.gan_steps
-    bar = tqdm(total=total, initial=run.step, desc="training", unit="step", disable=not (progress and dist.is_main))
+    bar = progress_bar(total=total, initial=run.step, desc="training", unit="step", disable=not (progress and dist.is_main))
     started = time.time() - earlier  # a resumed run's seconds go on from its checkpoint's
     stop = total if until_step is None else min(total, int(until_step))
     if resume:

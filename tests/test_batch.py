@@ -337,3 +337,21 @@ def test_an_overlapping_run_neither_removes_the_others_writes_nor_redoes_its_out
         with atomic_write(out / "f2.tif", replace_existing=False) as tmp:
             Path(tmp).write_bytes(b"this run's")
     assert (out / "f2.tif").read_bytes() != b"this run's" and not list(out.glob(".f2.tif.*.part"))
+
+
+def test_progress_bars_in_a_log_file_are_few_lines_and_not_nested(tmp_path):
+    """A cluster job's log: tqdm's 0.1 s redraws had written a line of carriage returns as long as
+    the run, and each image's rows or tiles a bar of their own."""
+    import io as stdio
+
+    from msrgan_core.progress import LOG_INTERVAL, progress_bar
+
+    log_file = stdio.StringIO()  # not a terminal
+    outer, inner = progress_bar(total=3, file=log_file), progress_bar(total=3, file=log_file, nested=True)
+    assert outer.mininterval == LOG_INTERVAL and not outer.disable and inner.disable
+    for _ in range(3):
+        outer.update(1)
+    outer.close()
+    assert log_file.getvalue().count("\r") <= 3  # the start, the end and at most one redraw between
+    with open(tmp_path / "tty", "w") as not_a_tty:  # a file: not a terminal either
+        assert progress_bar(total=1, file=not_a_tty, nested=True).disable
