@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=list(QUALITY_GRID), choices=list(QUALITY_GRID))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp16"])
-    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use, or OMP_NUM_THREADS if fewer)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     args = parser.parse_args()
 

@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per dataset (0 = all)")
     parser.add_argument("--csv", type=Path, help="write per-image rows here")
     parser.add_argument("--plot", type=Path, help="draw the grid into this PNG (gains as bars, targets as dashed lines)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use, or OMP_NUM_THREADS if fewer)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as msrgan upscale's")
     add_inference_options(parser)
     args = parser.parse_args()

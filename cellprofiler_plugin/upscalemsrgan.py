@@ -285,7 +285,8 @@ def worker_threads(setting):
     """CPU threads for this process: the setting, or (0) the cores shared out among analysis workers.
 
     CellProfiler starts each analysis worker with ``--work-announce``; a headless run has none
-    and takes every core the process may use (None: :func:`available_cores`).
+    and takes every core the process may use, or fewer where ``OMP_NUM_THREADS`` says (None:
+    msrgan's own default). Workers share out :func:`available_cores` alone.
     """
     if setting > 0:
         return int(setting)
@@ -326,7 +327,7 @@ def get_upscaler(path, device, tile, ensemble=None, match_bins=None, threads=Non
     match_bins : bool or None
         Shift each output block to the mean of its input pixel; None: the model file's default.
     threads : int or None
-        CPU threads; None: every core the process may use.
+        CPU threads; None: every core the process may use, or fewer where ``OMP_NUM_THREADS`` says.
     precision : str
         ``auto`` (bf16 where the device computes it) or ``fp32``.
     """
@@ -789,7 +790,7 @@ image's size.""",
             0,
             minval=0,
             doc="""How many CPU threads the network may use on the CPU. With 0 (the default), a headless run uses
-every core the process may run on, and in CellProfiler's analysis workers the cores are shared
+every core the process may run on (fewer where OMP_NUM_THREADS asks for fewer), and in CellProfiler's analysis workers the cores are shared
 out among the workers CellProfiler started (at most *File > Preferences > Maximum number of
 workers*, and no more than the image sets), so that several
 workers do not fight over the same cores. The threads used are written to the log.""",

@@ -3,7 +3,8 @@
 One thread reads the next images while the network upscales the current one and another thread
 writes the previous outputs (two bounded queues, so memory is bounded by a few images, not the
 plate). Outputs keep the inputs' order and are written atomically. A file that cannot be read,
-upscaled or written is reported with its name and reason, and the others are still done.
+upscaled or written is reported with its name and reason, and the others are still done, except
+that a full or read-only output file system stops the batch at the first file it fails.
 """
 from __future__ import annotations
 

@@ -311,7 +311,8 @@ class Upscaler:
         Parameters
         ----------
         image : numpy.ndarray
-            ``(Y, X)`` or ``(C, Y, X)``, uint8, uint16 or float.
+            ``(Y, X)`` or ``(C, Y, X)``, uint8, uint16, int8, int16, int32, float32 or float64.
+            A channel of one value throughout comes back as that value, uncertainty 0.
         source : str
             What to call the image in messages (its file name).
         uncertainty : bool

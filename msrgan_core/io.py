@@ -560,7 +560,9 @@ def write_image(path: "str | Path", image: np.ndarray, layout: Optional[ImageLay
     An interrupted write never leaves a half-written file under ``path``. The file is stored as
     ``layout`` says (axis order, dtype, compression, pixel size): as an OME-TIFF under an
     ``.ome.tif`` name or for an OME-TIFF's layout (pixel size and channel names in its XML), as an ImageJ TIFF for an ImageJ
-    file's layout where ImageJ can hold the pixels, else as a plain TIFF.
+    file's layout where ImageJ can hold the pixels, else as a plain TIFF. Without
+    ``replace_existing``, a file another run wrote at ``path`` meanwhile is kept and
+    :class:`FileExistsError` raised (:func:`atomic_write`).
     """
     path = Path(path)
     layout = layout or ImageLayout(channel_axis=None if image.shape[0] == 1 else 0, dtype=image.dtype)

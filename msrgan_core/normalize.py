@@ -37,9 +37,10 @@ def percentile_stats(image: np.ndarray, config: NormalizationConfig = Normalizat
     """Low and high percentiles of each channel of a ``(C, Y, X)`` image.
 
     A channel whose high percentile is its low one (nearly all of it one value: sparse beads, a
-    masked field, an empty well) is mapped by its brightest pixel instead, on its own scale
-    whatever its units; a constant channel by a span far below its value (it maps to a constant;
-    an integer one by one grey level), so that the network's small output there stays small.
+    masked field, an empty well) is mapped by its brightest pixel instead where brighter pixels
+    exist, and by its darkest where that value is the brightest (a saturated field), on its own
+    scale whatever its units; a constant channel by a span far below its value (it maps to a
+    constant; an integer one by one grey level; an Upscaler returns such a channel as it is).
     """
     flat = image.reshape(image.shape[0], -1)
     step = max(1, flat.shape[1] // PERCENTILE_SAMPLE)

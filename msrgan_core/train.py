@@ -13,7 +13,8 @@ A run directory holds:
 - ``fidelity.safetensors``: the phase-1 generator with the best validation PSNR;
 - ``perceptual.safetensors``: the phase-2 generator at the end of training;
 - ``samples/step_NNNNNNN.png``: low resolution | output | truth, for each evaluation;
-- ``split.json`` and ``config.json``: what was trained on and how.
+- ``split.json`` and ``config.json``: what was trained on and how (a resume keeps the split);
+- ``.msrgan-train.lock``: held by the process training into the folder (:func:`run_lock`).
 
 With ``train.ema_decay`` > 0, the saved and scored generator is the moving average of its weights.
 """
