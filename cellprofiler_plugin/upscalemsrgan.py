@@ -72,7 +72,9 @@ Measurements made by this module
 -  *Upscale_ScaleFactor_<output>:* how many times larger in X and Y the output is than its input
    (4 for the packaged models): divide lengths by it and areas by its square to get back to the
    input's pixels.
--  *Upscale_Model_<output>:* the model file that upscaled it.
+-  *Upscale_Model_<output>:* the model file that upscaled it: a packaged model by its file name
+   (fidelity.safetensors), any other by its path (a training run names its models as the
+   packaged ones are named).
 
 Every measurement made in pixels on the upscaled image changes by the scale factor: with a 4x model, lengths, perimeters and diameters are 4 times larger, areas 16 times
 larger, and the typical object diameter in **IdentifyPrimaryObjects** must be given in upscaled
@@ -129,7 +131,7 @@ import numpy
 import tifffile
 from cellprofiler_core.image import Image
 from cellprofiler_core.module import ImageProcessing
-from cellprofiler_core.constants.measurement import COLTYPE_INTEGER, COLTYPE_VARCHAR_FILE_NAME, IMAGE
+from cellprofiler_core.constants.measurement import COLTYPE_INTEGER, COLTYPE_VARCHAR_PATH_NAME, IMAGE
 from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.text import Directory, Filename, ImageName, Integer, Pathname
@@ -286,13 +288,16 @@ def worker_threads(setting):
 
     CellProfiler starts each analysis worker with ``--work-announce``; a headless run has none
     and takes every core the process may use, or fewer where ``OMP_NUM_THREADS`` says (None:
-    msrgan's own default). Workers share out :func:`available_cores` alone.
+    msrgan's own default); a worker takes its share of :func:`available_cores`, or fewer where
+    ``OMP_NUM_THREADS`` says.
     """
     if setting > 0:
         return int(setting)
     if "--work-announce" not in sys.argv:
         return None
-    return max(1, available_cores() // analysis_workers())
+    share = max(1, available_cores() // analysis_workers())
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()  # fewer where the job's policy says so
+    return min(share, int(asked)) if asked.isdigit() and int(asked) > 0 else share
 
 
 def analysis_workers():
@@ -452,6 +457,17 @@ def run_elsewhere(command, arguments):
     return proc
 
 
+def model_record_name(path):
+    """How the ``Upscale_Model`` measurement and the display name a model file: a packaged one
+    (in msrgan's ``msrgan_core/weights``) by its file name, any other by its path, since a
+    training run names its models as the packaged ones are named."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    if os.path.basename(folder) == "weights" and os.path.basename(os.path.dirname(folder)) == "msrgan_core":
+        return os.path.basename(path)
+    return path
+
+
 def model_file_elsewhere(command, model):
     """The file name of ``model`` (a packaged model's name or a model file) in the other environment.
 
@@ -469,7 +485,7 @@ def model_file_elsewhere(command, model):
         raise OtherEnvironmentError("'{}' did not say which model file it read: is {} msrgan, or the python of an "
                                     "environment with msrgan installed?".format(" ".join(command + ["info", model]),
                                                                                 command[0]))
-    name = os.path.basename(found.group(1).strip())
+    name = model_record_name(found.group(1).strip())
     with _CACHE_LOCK:
         _MODELS_ELSEWHERE[key] = name
     return name
@@ -838,7 +854,7 @@ workers do not fight over the same cores. The threads used are written to the lo
     def get_measurement_columns(self, pipeline):
         return [
             (IMAGE, "Upscale_ScaleFactor_{}".format(self.y_name.value), COLTYPE_INTEGER),
-            (IMAGE, "Upscale_Model_{}".format(self.y_name.value), COLTYPE_VARCHAR_FILE_NAME),
+            (IMAGE, "Upscale_Model_{}".format(self.y_name.value), COLTYPE_VARCHAR_PATH_NAME),
         ]
 
     def get_categories(self, pipeline, object_name):
@@ -1036,9 +1052,9 @@ workers do not fight over the same cores. The threads used are written to the lo
                                      uncertainty=self.wants_uncertainty.value)
         except UserError as exc:
             raise ValueError("UpscaleMSRGAN cannot upscale '{}' with the model {}: {}".format(
-                self.x_name.value, os.path.basename(path), exc)) from exc
+                self.x_name.value, model_record_name(path), exc)) from exc
         results = list(results) if self.wants_uncertainty.value else [results]
-        return results, os.path.basename(path), describe_device(upscaler.device)
+        return results, model_record_name(path), describe_device(upscaler.device)
 
     def upscale_in_other_environment(self, x, options):
         """Upscale the image ``x`` with msrgan in the other environment; returns as :meth:`upscale_here`."""

@@ -538,15 +538,18 @@ def stop_signals_interrupt() -> List[str]:
     command as Ctrl-C does: its clean-up runs (half-written files removed, queued outputs written,
     a CellProfiler it started stopped), where the signals' default had killed it in its tracks.
     Returns the list that gets the signal's name. (Training takes SIGTERM itself, to stop after
-    the step with a checkpoint.)"""
+    the step with a checkpoint.) A signal ignored when msrgan started stays ignored (``nohup``
+    ignores SIGHUP), and a ``torchrun`` process keeps the defaults its launcher expects."""
     caught: List[str] = []
 
     def interrupt(signum, frame):
         caught.append(signal.Signals(signum).name)
         raise KeyboardInterrupt
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return caught
     for stop in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if stop is not None:
+        if stop is not None and signal.getsignal(stop) is not signal.SIG_IGN:
             signal.signal(stop, interrupt)
     return caught
 

@@ -232,8 +232,12 @@ class ModelCard:
                          f"split by {trained.get('split_by')} ({trained.get('val_files')} held out)")
         if meta.get("blend"):
             blend = meta["blend"]
-            lines.append(f"  a blend: {blend.get('weight')} x {blend.get('a', {}).get('model')} + "
-                         f"{1 - float(blend.get('weight', 0)):g} x {blend.get('b', {}).get('model')}")
+
+            def end(key: str, older: str) -> Any:  # blends before 2026-12-02 named their ends by role
+                found = blend.get(key, blend.get(older))
+                return found.get("model") if isinstance(found, dict) else found
+            lines.append(f"  a blend: {blend.get('weight')} x {end('a', 'adversarial')} + "
+                         f"{1 - float(blend.get('weight', 0)):g} x {end('b', 'fidelity')}")
         figures = meta.get("validation") or {}
         if "val_psnr" in figures:
             lines.append(f"  validation (training's own held-out pairs): PSNR {figures['val_psnr']:.2f} dB, "
@@ -255,8 +259,7 @@ RECORDS = {
     "training": (lambda v: isinstance(v, dict), "an object"),
     "validation": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()), "an object of numbers"),
     "changes": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v), "a list of objects"),
-    "blend": (lambda v: isinstance(v, dict) and _is_number(v.get("weight"))
-              and all(isinstance(v.get(end), dict) for end in "ab"), "an object with a weight and both ends"),
+    "blend": (lambda v: isinstance(v, dict) and _is_number(v.get("weight")), "an object with a weight"),
     "degradation": (lambda v: v is None or isinstance(v, dict), "an object or null"),
     "uncertainty_calibration": (
         lambda v: isinstance(v, dict) and (isinstance(v.get("orientations", 2), int) and not isinstance(v.get("orientations", 2), bool))

@@ -331,3 +331,25 @@ def test_a_schedulers_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, stop):
     assert 0 < len(written) < 12 and all((out / name.replace(".tif", ".uncertainty.tif")).exists() for name in written)
     msrgan(*command[3:])
     assert len(list(out.glob("f??.tif"))) == 12 and len(list(out.glob("f??.uncertainty.tif"))) == 12
+
+
+def test_a_signal_ignored_at_start_stays_ignored(monkeypatch):
+    """``nohup`` ignores SIGHUP: a job started so must survive its terminal; torchrun's processes
+    keep the defaults their launcher expects."""
+    import signal
+
+    from msrgan_core.cli import stop_signals_interrupt
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        stop_signals_interrupt()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and callable(signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        stop_signals_interrupt()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -207,6 +207,16 @@ def test_a_damaged_history_record_is_a_bad_file_not_a_crash(tmp_path, saved, rec
         load_model(bad)
 
 
+def test_a_blend_written_by_an_older_msrgan_still_loads(tmp_path, saved):
+    """Blends of 2026-11-30 to 12-01 named their ends by role."""
+    path, generator = saved
+    older = tmp_path / "old_blend.safetensors"
+    record = {"weight": 0.8, "adversarial": {"model": "perceptual.safetensors"}, "fidelity": {"model": "fidelity.safetensors"}}
+    save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(older),
+              metadata={METADATA_KEY: json.dumps(dict(read_metadata(path), blend=record))})
+    assert "a blend: 0.8 x perceptual.safetensors + 0.2 x fidelity.safetensors" in load_model(older).card.summary()
+
+
 def test_inference_defaults_are_written_read_and_checked(tmp_path, saved):
     path, generator = saved
     plain = load_model(path)

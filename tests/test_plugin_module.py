@@ -526,6 +526,7 @@ def test_a_newer_revision_is_refused_with_a_clear_message(upscale_module_class):
 def test_cpu_threads_are_shared_among_the_analysis_workers_that_run(plugin, monkeypatch):
     """Workers are counted as CellProfiler started them (one announce address on their command lines):
     a worker's own preferences read the machine's core count, not the user's worker count."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert plugin.worker_threads(3) == 3  # a number the user set is kept
     monkeypatch.setattr(sys, "argv", ["cellprofiler", "-c", "-r"])
     assert plugin.worker_threads(0) is None  # headless: every core the process may use
@@ -538,6 +539,9 @@ def test_cpu_threads_are_shared_among_the_analysis_workers_that_run(plugin, monk
     try:
         assert plugin.analysis_workers() == 3
         assert plugin.worker_threads(0) == 5  # 16 cores // 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a job's policy asks for fewer
+        assert plugin.worker_threads(0) == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
         workers.pop().communicate(b"")
         assert plugin.worker_threads(0) == 8
     finally:
@@ -624,7 +628,7 @@ def test_another_environment_gives_the_same_images_and_measurements(upscale_modu
     for name, pixels in want.items():
         assert have[name].shape == pixels.shape and have[name].dtype == pixels.dtype
         np.testing.assert_allclose(have[name], pixels, atol=1e-5)
-    assert measured(got) == measured(expected) == [4, "mine.safetensors" if custom else "fidelity.safetensors"]
+    assert measured(got) == measured(expected) == [4, str(tmp_path / "mine.safetensors") if custom else "fidelity.safetensors"]
     # where it ran, as the other environment's log says: with the threads asked for
     assert got.display_data.device == expected.display_data.device
     assert got.display_data.device == "cpu (1 threads)" or not custom
@@ -662,7 +666,7 @@ def test_another_environment_that_cannot_be_used_fails_validation(upscale_module
 
 def test_a_failing_other_environment_is_one_clear_error_and_leaves_no_files(upscale_module_class, fly_dna, tmp_path):
     script = fake_msrgan(tmp_path / "msrgan", f"""\
-        if [ "$1" = info ]; then echo "file: /elsewhere/fidelity.safetensors"; exit 0; fi
+        if [ "$1" = info ]; then echo "file: /elsewhere/msrgan_core/weights/fidelity.safetensors"; exit 0; fi
         echo "$2" > {tmp_path / "input.txt"}
         echo "Traceback (most recent call last):" >&2
         echo "RuntimeError: the other environment ran out of memory" >&2
@@ -727,3 +731,13 @@ def test_a_cellprofiler_without_torch_or_msrgan_runs_msrgan_in_another_environme
     assert "model: fidelity.safetensors" in proc.stdout and "imported: []" in proc.stdout
     expected = Upscaler(load_model("fidelity"), device="cpu").upscale(crop)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.clip(expected, 0, 1), atol=1e-5)
+
+
+def test_a_runs_model_is_recorded_by_its_path_not_as_the_packaged_one(plugin, tmp_path):
+    """A training run names its models as the packaged ones are named: Image.csv must tell them apart."""
+    import msrgan_core
+
+    packaged = Path(msrgan_core.__file__).parent / "weights" / "fidelity.safetensors"
+    assert plugin.model_record_name(str(packaged)) == "fidelity.safetensors"
+    run = tmp_path / "runs" / "plate1" / "fidelity.safetensors"
+    assert plugin.model_record_name(str(run)) == str(run)
