@@ -167,8 +167,8 @@ def plan(inputs: Iterable["str | Path"], out_dir: "str | Path", overwrite: bool 
     if stale:
         log.info("msrgan: removed %d half-written file(s) left by an interrupted run", stale)
     if overwrite:
-        return [replace(job, overwrite=True) if uncertainty else
-                replace(job, overwrite=True, stale=_existing(same_name_tif(job.source, out_dir, UNCERTAINTY_SUFFIX)))
+        return [replace(job, overwrite=True,
+                        stale=None if uncertainty else _existing(same_name_tif(job.source, out_dir, UNCERTAINTY_SUFFIX)))
                 for job in jobs], []
     incomplete = [job.uncertainty.name for job in jobs
                   if uncertainty and job.destination.exists() and not job.uncertainty.exists()]
@@ -277,7 +277,8 @@ def upscale_files(upscaler, jobs: List[Job], channel_axis: Optional[int] = None,
                 target = job.destination
             write_image(job.destination, result, layout, replace_existing=job.overwrite)
         except FileExistsError:  # another run (an overlapping job) wrote the output meanwhile: its files stay
-            report.skipped.append(job.destination)
+            with lock:
+                report.skipped.append(job.destination)
             return
         except OSError as exc:
             if target == job.destination and deviation is not None:  # not left to describe an output not there

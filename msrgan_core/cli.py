@@ -546,7 +546,9 @@ def stop_signals_interrupt() -> List[str]:
         caught.append(signal.Signals(signum).name)
         raise KeyboardInterrupt
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from .device import launched
+
+    if launched().world_size > 1:
         return caught
     for stop in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if stop is not None and signal.getsignal(stop) is not signal.SIG_IGN:

@@ -219,12 +219,20 @@ class Distributed:
         return self.rank == 0
 
 
-def setup_distributed(device_choice: str) -> "tuple[Distributed, torch.device]":
-    """Join the process group when started by ``torchrun``; pick this process's device."""
+def launched() -> Distributed:
+    """This process's place in a ``torchrun`` launch, from the environment torchrun sets (one
+    process of rank 0 otherwise); the process group is not joined here (:func:`setup_distributed`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return Distributed(), resolve_device(device_choice)
-    dist = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+        return Distributed()
+    return Distributed(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup_distributed(device_choice: str) -> "tuple[Distributed, torch.device]":
+    """Join the process group when started by ``torchrun``; pick this process's device."""
+    dist = launched()
+    if dist.world_size == 1:
+        return dist, resolve_device(device_choice)
     use_cuda = device_choice != "cpu" and torch.cuda.is_available()
     torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:

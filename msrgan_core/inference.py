@@ -33,7 +33,7 @@ from .io import MAX_UNNAMED_CHANNELS, ImageError, read_image, to_cyx, write_imag
 from .modelfile import LoadedModel, load_model
 from .models import forward_bytes_per_pixel, forward_fixed_bytes, receptive_radius
 from .options import ENSEMBLES, PRECISIONS, uncertainty_orientation_count
-from .normalize import TORCH_DTYPES, Stats, constant_channels, denormalize, normalize, percentile_stats, stats_tensors
+from .normalize import TORCH_DTYPES, Stats, channel_range, denormalize, normalize, percentile_stats, stats_tensors
 from .progress import progress_bar
 
 log = logging.getLogger("msrgan")
@@ -237,8 +237,8 @@ class Upscaler:
         self.check_uncertainty = True
         self.threads = use_cpu(threads) if self.device.type == "cpu" else None
         self.memory = self._tile_memory()
-        if self.requested_tile and self.plan().tile > self.requested_tile:
-            plan = self.plan()
+        plan = self.plan() if self.requested_tile else None  # (the plan may measure the model's influence radius)
+        if plan is not None and plan.tile > self.requested_tile:
             log.warning("msrgan: tile %d raised to %d: a tile holds its %d pixels of context on each side and at least "
                         "%d of its own", self.requested_tile, plan.tile, plan.margin, MIN_CORE)
         # channels-last weights: oneDNN's CPU convolutions and cuDNN's tensor cores run fastest on
@@ -343,7 +343,8 @@ class Upscaler:
         out = np.empty(shape, dtype=cyx.dtype)
         spread = np.empty(shape, dtype=np.float32) if uncertainty else None
         clipped = 0
-        constant = constant_channels(cyx)
+        lowest, highest = channel_range(cyx)
+        constant = lowest == highest
         for group in groups:
             if not constant[group].all():
                 normalized = torch.from_numpy(normalize(cyx[group], _take(stats, group)))
@@ -352,7 +353,7 @@ class Upscaler:
         out[constant] = cyx[constant, :1, :1]  # an empty channel stays that value, exactly, and certain
         if spread is not None:
             spread[constant] = 0.0
-        clipped += _clip_to_sensor_ceiling(cyx, out, source)
+        clipped += _clip_to_sensor_ceiling(highest, out, source)
         fraction = clipped / out.size
         if fraction > 0.01:
             log.warning("msrgan: %s: %.2f%% of output pixels were outside the %s range (or the camera's) and were "
@@ -573,16 +574,16 @@ def _finite(y: torch.Tensor, source: str, model: str) -> torch.Tensor:
 SENSOR_CEILINGS = (2 ** 10 - 1, 2 ** 12 - 1, 2 ** 14 - 1)
 
 
-def _clip_to_sensor_ceiling(image: np.ndarray, out: np.ndarray, source: str) -> int:
-    """Clip each channel of the upscaled ``out`` to the sensor's ceiling where ``image``'s pixels
-    reach one (:data:`SENSOR_CEILINGS`; saturated nuclei of a 12-bit camera stored as uint16): the
-    network extrapolates above it where nothing was measured; returns the pixels clipped."""
-    if image.dtype.kind not in "iu":
+def _clip_to_sensor_ceiling(highest: np.ndarray, out: np.ndarray, source: str) -> int:
+    """Clip each channel of the upscaled ``out`` to the sensor's ceiling where the input's pixels
+    reach one (``highest``, per channel; :data:`SENSOR_CEILINGS`; saturated nuclei of a 12-bit
+    camera stored as uint16): the network extrapolates above it where nothing was measured;
+    returns the pixels clipped."""
+    if out.dtype.kind not in "iu":
         return 0
     clipped = 0
-    for c in range(image.shape[0]):
-        top = int(image[c].max())
-        if top in SENSOR_CEILINGS and top < np.iinfo(image.dtype).max:
+    for c, top in enumerate(int(value) for value in highest):
+        if top in SENSOR_CEILINGS and top < np.iinfo(out.dtype).max:
             above = int(np.count_nonzero(out[c] > top))
             if above:
                 np.minimum(out[c], top, out=out[c])

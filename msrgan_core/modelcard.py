@@ -128,30 +128,34 @@ class ModelCard:
         except (TypeError, ConfigError) as exc:
             raise ModelFileError(f"{source}: its normalization metadata {meta.get('normalization')!r} is invalid ({exc})") from None
         radius = meta.get("influence_radius")
-        if radius is not None and (not isinstance(radius, int) or isinstance(radius, bool) or radius < 0):
+        if radius is not None and not (_is_whole(radius) and radius >= 0):
             raise ModelFileError(f"{source}: its influence_radius {radius!r} is not a whole number of pixels >= 0")
         scale = meta.get("uncertainty_scale", 1.0)
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+        if not (_is_number(scale) and scale > 0):
             raise ModelFileError(f"{source}: its uncertainty_scale {scale!r} is not a number > 0")
         check_records(meta, source)
         return cls(generator=generator, normalization=normalization, inference=InferenceDefaults.from_metadata(meta, source),
                    influence_radius=radius, uncertainty_scale=float(scale), metadata=meta, source=str(source))
 
     @property
+    def packaged(self) -> bool:
+        """Whether this is one of the models shipped inside ``msrgan_core/weights``."""
+        path = Path(self.source)
+        return path.parent == packaged_model_path(path.stem).parent
+
+    @property
     def label(self) -> str:
         """How messages name the model: a packaged one by its file name, marked so, any other by
         its path (a training run's ``fidelity.safetensors`` is not the packaged one)."""
-        path = Path(self.source)
-        return f"{path.name} (packaged)" if path.parent == packaged_model_path(path.stem).parent else str(self.source)
+        return f"{Path(self.source).name} (packaged)" if self.packaged else str(self.source)
 
     @property
     def argument(self) -> str:
         """How a command names the model: a packaged one's name, a file's path quoted for a shell,
         ``MODEL.safetensors`` for one not saved (a blend made in memory)."""
-        path = Path(self.source)
-        if path.parent == packaged_model_path(path.stem).parent:
-            return path.stem
-        return shlex.quote(str(path)) if path.is_file() else "MODEL.safetensors"
+        if self.packaged:
+            return Path(self.source).stem
+        return shlex.quote(self.source) if Path(self.source).is_file() else "MODEL.safetensors"
 
     @property
     def uncertainty_calibrated_for(self) -> "Optional[tuple[int, bool]]":
@@ -253,6 +257,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 #: the optional records a model file keeps of its history, and what each must hold where present:
 #: ``msrgan info`` and the uncertainty checks read them
 RECORDS = {
@@ -262,7 +270,7 @@ RECORDS = {
     "blend": (lambda v: isinstance(v, dict) and _is_number(v.get("weight")), "an object with a weight"),
     "degradation": (lambda v: v is None or isinstance(v, dict), "an object or null"),
     "uncertainty_calibration": (
-        lambda v: isinstance(v, dict) and (isinstance(v.get("orientations", 2), int) and not isinstance(v.get("orientations", 2), bool))
+        lambda v: isinstance(v, dict) and _is_whole(v.get("orientations", 2))
         and isinstance(v.get("match_bins", False), bool) and isinstance(v.get("degradations", []), list),
         "an object with whole orientations, a true/false match_bins and a list of degradations"),
 }

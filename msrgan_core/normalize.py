@@ -58,11 +58,12 @@ def percentile_stats(image: np.ndarray, config: NormalizationConfig = Normalizat
     return Stats(low=low, high=high)
 
 
-def constant_channels(image: np.ndarray) -> np.ndarray:
-    """Which channels of a ``(C, Y, X)`` image hold one value throughout (an empty channel): an
-    upscaler gives them back as that value exactly, not the network's faint answer to nothing."""
+def channel_range(image: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
+    """The lowest and highest value of each channel of a ``(C, Y, X)`` image: where they are one,
+    an empty channel, an upscaler gives it back as that value exactly, not the network's faint
+    answer to nothing; the highest tells a saturated camera's ceiling."""
     flat = image.reshape(image.shape[0], -1)
-    return flat.min(axis=1) == flat.max(axis=1)
+    return flat.min(axis=1), flat.max(axis=1)
 
 
 #: dtypes whose values float32 cannot hold exactly (an int32 or float64 image offset by 1e8):

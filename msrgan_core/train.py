@@ -29,7 +29,6 @@ import gc
 import json
 import logging
 import math
-import os
 import platform
 import shlex
 import signal
@@ -44,7 +43,7 @@ from torch import nn
 from . import __version__
 from .config import ExperimentConfig, TrainConfig
 from .data import Split, load_images, load_pairs, sample_batch, split_files, spread, validation_pairs
-from .device import Distributed, cpu_has_bf16, describe_device, reuse_freed_memory, setup_distributed
+from .device import Distributed, cpu_has_bf16, describe_device, launched, reuse_freed_memory, setup_distributed
 from .errors import UserError
 from .features import make_feature_extractor
 from .io import atomic_write, find_images
@@ -384,7 +383,7 @@ def run_lock(out_dir: Path):
     a run forks do not inherit (a lock they kept would outlive a failed run); where the file
     system or the platform has no locks, the run goes on unguarded, with a note. A folder made
     here and left empty (a refused run) is removed again."""
-    if os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if not launched().is_main:
         yield
         return
     if out_dir.exists() and not out_dir.is_dir():
@@ -616,7 +615,13 @@ RESUMABLE_CHANGES = ("train.device", "train.workers", "train.tensorboard", "trai
 def recorded_config(out_dir: Path) -> Optional[dict]:
     """The config a run was started with (its ``config.json``, :func:`write_run_description`); None
     for a run written before it was recorded."""
-    path = out_dir / "config.json"
+    return _run_record(out_dir, "config.json")
+
+
+def _run_record(out_dir: Path, name: str) -> Optional[dict]:
+    """A run's JSON record ``name`` (:func:`write_run_description`); None where the run has none;
+    a damaged one is a :class:`TrainingError`."""
+    path = out_dir / name
     if not path.is_file():
         return None
     try:
@@ -657,28 +662,27 @@ def check_steps_ahead(run: Run, recorded: Optional[dict]) -> None:
 
 def recorded_split(out_dir: Path) -> Optional[Split]:
     """The split a run was started with (its ``split.json``); None for a run without one."""
-    path = out_dir / "split.json"
-    if not path.is_file():
+    recorded = _run_record(out_dir, "split.json")
+    if recorded is None:
         return None
     try:
-        recorded = json.loads(path.read_text())
         return Split(train=[Path(p) for p in recorded["train"]], val=[Path(p) for p in recorded["val"]],
                      by=recorded["by"], val_groups=recorded["val_groups"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TrainingError(f"--resume: {path} is damaged ({type(exc).__name__}: {exc}): it says which files the run "
-                            "held out; without it, train into a new folder") from None
+    except (KeyError, TypeError) as exc:
+        raise TrainingError(f"--resume: {out_dir / 'split.json'} is damaged ({type(exc).__name__}: {exc}): it says "
+                            "which files the run held out; without it, train into a new folder") from None
 
 
 def check_split_holds(split: Split, files: List[Path]) -> None:
     """On resume: every file of the run's split is still there (a resumed run must not train on
     what it held out, nor score itself on what it trained on); files added since are not used."""
-    found = {str(p) for p in files}
-    gone = [str(p) for p in split.train + split.val if str(p) not in found]
+    found, kept = [str(p) for p in files], [str(p) for p in split.train + split.val]
+    found_set, kept_set = set(found), set(kept)
+    gone = [p for p in kept if p not in found_set]
     if gone:
         raise TrainingError(f"--resume: {len(gone)} file(s) of the run's split (split.json) are no longer found "
                             f"(first: {gone[0]}): restore them, or train into a new folder")
-    kept = {str(p) for p in split.train + split.val}
-    added = [str(p) for p in files if str(p) not in kept]
+    added = [p for p in found if p not in kept_set]
     if added:
         log.warning("msrgan: %d file(s) found since the run started (first: %s) are not used: a resumed run keeps "
                     "its split (split.json); train into a new folder to use them", len(added), added[0])
